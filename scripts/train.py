@@ -1,0 +1,21 @@
+"""Train a character-level Transformer: ``python scripts/train.py model.heads=4``.
+
+Configs live in ``configs/`` (root: ``train.yaml``); every key can be overridden on the
+command line, and ``-m`` sweeps over comma-separated values.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from tinylm.cli import exit_on_error, resolved
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from tinylm.train import train
+
+    return exit_on_error(lambda: train(resolved(cfg)))
+
+
+if __name__ == "__main__":
+    main()

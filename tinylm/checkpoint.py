@@ -1,0 +1,68 @@
+"""Reading tinylm checkpoints: everything needed to rebuild the model is inside the .ckpt.
+
+Every load uses ``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain
+Python values only, so a file carrying a pickled payload is refused and none of it runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinylm.config import ModelConfig, TinyLMError, parse_section
+from tinylm.model import TransformerLM
+from tinylm.tokenizer import CharTokenizer
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(TinyLMError):
+    """A checkpoint is missing, unreadable or not a tinylm checkpoint."""
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict, checked to be a tinylm checkpoint.
+
+    ``key`` is the config key that named the file, so errors say which setting to fix.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{key}: no checkpoint file at {path.resolve()}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{key}: {path} holds objects other than tensors and plain values, so it was not "
+            f"loaded (weights_only=True refuses code in checkpoints): {str(error).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"{key}: {path} is truncated or corrupt ({str(error).splitlines()[0]}); "
+            f"use another checkpoint, e.g. checkpoints/best.ckpt of the same run"
+        ) from None
+    if not isinstance(checkpoint, dict) or "tinylm" not in checkpoint:
+        raise CheckpointError(f"{key}: {path} is not a tinylm checkpoint (it has no 'tinylm' entry)")
+    return checkpoint
+
+
+def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
+    return parse_section(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[TransformerLM, CharTokenizer]:
+    """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone."""
+    checkpoint = read_checkpoint(path)
+    tokenizer = CharTokenizer(checkpoint["hyper_parameters"]["vocab"])
+    model = TransformerLM(model_config_of(checkpoint), tokenizer.vocab_size)
+    state = {
+        name.removeprefix("model."): tensor
+        for name, tensor in checkpoint["state_dict"].items()
+        if name.startswith("model.")
+    }
+    model.load_state_dict(state)
+    return model.to(map_location).eval(), tokenizer

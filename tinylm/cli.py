@@ -1,0 +1,33 @@
+"""What the command-line scripts share: turning a user's mistake into one clear line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tinylm.config import TinyLMError
+
+T = TypeVar("T")
+
+
+def exit_on_error(run: Callable[[], T]) -> T:
+    """Run ``run``; a TinyLMError becomes ``error: <message>`` on stderr and exit status 2.
+
+    Set TINYLM_DEBUG=1 to get the full traceback instead.
+    """
+    try:
+        return run()
+    except TinyLMError as error:
+        if os.environ.get("TINYLM_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """A Hydra config as plain, resolved Python values."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

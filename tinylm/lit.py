@@ -1,0 +1,98 @@
+"""The LightningModule: next-character cross-entropy, AdamW, warm-up + cosine schedule.
+
+It owns the training recipe and nothing else: the model comes from ``tinylm.model``, the
+batches from ``tinylm.data``, the Trainer from ``tinylm.train``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from tinylm.checkpoint import FORMAT_VERSION
+from tinylm.config import ModelConfig, OptimConfig, parse_section
+from tinylm.model import TransformerLM
+from tinylm.tokenizer import CharTokenizer
+
+LN2 = math.log(2)
+
+
+def learning_rate(step: int, config: OptimConfig, decay_steps: int) -> float:
+    """nanoGPT's schedule: linear warm-up to lr, then cosine decay to min_lr at decay_steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
+    if step >= decay_steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / max(1, decay_steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+class LitLM(L.LightningModule):
+    """Trains a TransformerLM. Its arguments are plain dicts and lists, stored in checkpoints
+    as they are, so ``torch.load(weights_only=True)`` can read them back."""
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], vocab: list[str],
+                 max_steps: int = -1) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the run's full config is logged separately
+        self.model_config = parse_section(ModelConfig, model, "model")
+        self.optim_config = parse_section(OptimConfig, optim, "optim")
+        self.tokenizer = CharTokenizer(vocab)
+        self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
+        self.decay_steps = self.optim_config.decay_steps or max_steps
+        self.val_loss = MeanMetric()  # token-weighted, and synced across processes
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy (nats per character) of predicting each next character."""
+        inputs, targets = batch  # (B, T), (B, T)
+        logits = self.model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # the mean over every validation window
+        self.val_loss.reset()
+        bpc = loss / LN2
+        self.log("val/loss", loss, prog_bar=True)
+        self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = self.optim_config
+        # Decay the matrices (and the embedding); leave biases and LayerNorm gains alone.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: learning_rate(step, config, self.decay_steps) / config.lr
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if self.optim_config.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim_config.grad_clip,
+                                gradient_clip_algorithm="norm")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Marks the file as ours; the vocabulary and model config are in its hyper_parameters.
+        checkpoint["tinylm"] = {"format": FORMAT_VERSION}
