@@ -324,7 +324,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             size = "a list" if ... in args else f"a list of {len(args)}"
             raise ConfigError(f"{key}: expected {size}, got {value!r}")
         item_hints = [args[0]] * len(value) if ... in args else args
-        return tuple(_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(zip(value, item_hints)))
+        items = zip(value, item_hints, strict=True)
+        return tuple(_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(items))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a group of keys, got {value!r}")

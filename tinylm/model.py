@@ -124,8 +124,8 @@ class TransformerLM(nn.Module):
     def forward(self, idx: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits (B, T, V) for token ids ``idx`` (B, T); with ``return_attention`` also each
         layer's attention weights (B, H, T, T), computed on the explicit path."""
-        B, T = idx.shape
-        if T > self.config.block_size:
+        T = idx.size(1)
+        if T > self.config.block_size:  # there is no position embedding beyond block_size
             raise ValueError(
                 f"a sequence of {T} tokens is longer than model.block_size={self.config.block_size}"
             )

@@ -22,6 +22,16 @@ def train(values: dict[str, Any]) -> float | None:
     config = TrainConfig.from_dict(values)
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+    trainer, _ = fit(config, values)
+    best = trainer.checkpoint_callback.best_model_score
+    return float(best) if best is not None else None
+
+
+def fit(config: TrainConfig, values: dict[str, Any]):
+    """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
+
+    ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
+    """
 
     import lightning as L
     import torch
@@ -64,8 +74,7 @@ def train(values: dict[str, Any]) -> float | None:
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
-    best = trainer.checkpoint_callback.best_model_score
-    return float(best) if best is not None else None
+    return trainer, module
 
 
 def _check_trainer_keys(trainer_args: dict[str, Any], trainer_class: type) -> None:

@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests never touch the network: the Hub is offline and caches are private."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Before datasets / huggingface_hub are imported anywhere: they read these at import time.
+_CACHE = Path(tempfile.mkdtemp(prefix="tinylm-tests-hf-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_CACHE)
+os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    """The real tiny-shakespeare corpus beside the repo (never copied into it)."""
+    if not SHAKESPEARE.is_file():
+        pytest.fail(f"the tiny-shakespeare corpus is missing: {SHAKESPEARE}")
+    return SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def small_text(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 30,000 characters of tiny shakespeare: trains in seconds."""
+    path = tmp_path_factory.mktemp("text") / "small.txt"
+    path.write_text(shakespeare_path.read_text()[:30_000])
+    return path
+
+
+def compose(*overrides: str, config_name: str = "train") -> dict:
+    """The real Hydra config, composed as scripts/train.py composes it, resolved to plain values.
+
+    ``paths.output_dir`` must be among the overrides: outside a Hydra run there is no run dir.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300):
+    """Run scripts/<script> in a fresh Python, as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
