@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinylm.config import ConfigError, TrainConfig, as_plain
+
+if TYPE_CHECKING:
+    from lightning import Callback, Trainer
+
+    from tinylm.lit import LitLM
 
 # Model settings a resumed run may change: they alter no parameter.
 RESUMABLE_CHANGES = ("attention", "dropout")
@@ -27,12 +33,13 @@ def train(values: dict[str, Any]) -> float | None:
     return float(best) if best is not None else None
 
 
-def fit(config: TrainConfig, values: dict[str, Any]):
+def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[Callback] = ()
+        ) -> tuple[Trainer, LitLM]:
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
 
     ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
+    ``extra_callbacks`` join the standard ones (benchmarks add a timer this way).
     """
-
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -61,6 +68,7 @@ def fit(config: TrainConfig, values: dict[str, Any]):
                         auto_insert_metric_name=False, enable_version_counter=False),
         LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps),
         TokensPerSecond(),
+        *extra_callbacks,
     ]
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     if refresh_rate > 0:
