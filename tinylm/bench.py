@@ -139,7 +139,8 @@ def time_bare_loop(config: TrainConfig, bench: BenchConfig) -> float:
         {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": optim.weight_decay},
         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                  fused=optim.fused)
     decay_steps = optim.decay_steps or config.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate(step, optim, decay_steps) / optim.lr
