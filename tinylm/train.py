@@ -38,8 +38,9 @@ def fit(config: TrainConfig, values: dict[str, Any]):
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond, flatten
+    from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond
     from tinylm.data import CharDataModule
+    from tinylm.hparams import flatten
     from tinylm.lit import LitLM
 
     _check_trainer_keys(config.trainer, L.Trainer)
