@@ -12,9 +12,13 @@ from tinylm.cli import exit_on_error, resolved
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from tinylm.train import train
 
-    return exit_on_error(lambda: train(resolved(cfg)))
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    return exit_on_error(lambda: train(resolved(cfg), sweep=sweep))
 
 
 if __name__ == "__main__":
