@@ -17,8 +17,10 @@ def main(cfg: DictConfig) -> float | None:
 
     from tinylm.train import train
 
-    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    return exit_on_error(lambda: train(resolved(cfg), sweep=sweep))
+    hydra_config = HydraConfig.get()
+    overrides = list(hydra_config.overrides.task)  # this job's, in a sweep
+    sweep = hydra_config.mode == RunMode.MULTIRUN
+    return exit_on_error(lambda: train(resolved(cfg), overrides=overrides, sweep=sweep))
 
 
 if __name__ == "__main__":

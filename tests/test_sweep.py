@@ -70,6 +70,10 @@ def test_hparams_plugin_data_holds_the_config_and_real_metrics(sweep: Path, text
         assert types["model.heads"] == api_pb2.DATA_TYPE_FLOAT64  # sortable and filterable by range
         assert types["model.bias"] == api_pb2.DATA_TYPE_BOOL
         assert types["data.source"] == api_pb2.DATA_TYPE_STRING
+        # The keys set on the command line come first in the tab (it shows five at the start).
+        differs = {info.name for info in experiment.hparam_infos if info.differs}
+        assert {"model.heads", "data.source", "model.layers"} <= differs
+        assert "optim.lr" not in differs and "paths.output_dir" not in differs
 
         hparams = metadata.parse_session_start_info_plugin_data(
             content[metadata.SESSION_START_INFO_TAG]).hparams

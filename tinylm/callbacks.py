@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,14 @@ class HParamsLogger(Callback):
     ``TokensPerSecond``.
     """
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], highlight: Collection[str] = ()) -> None:
         self.params = params
+        self.highlight = highlight  # shown first in the tab: the keys set on the command line
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, experiment_summary(self.params), session_start_summary(self.params))
+        self._write(trainer, experiment_summary(self.params, differs=self.highlight),
+                    session_start_summary(self.params))
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -16,6 +16,7 @@ would turn every scalar of every run into a column.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from tensorboard.compat.proto import summary_pb2
@@ -48,8 +49,21 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def experiment_summary(params: dict[str, Any]) -> summary_pb2.Summary:
-    """The tab's columns: each hyperparameter with its type, and the ``HP_METRICS``."""
+def overridden_keys(overrides: Iterable[str], params: Collection[str]) -> list[str]:
+    """The hyperparameters among ``params`` that command-line overrides set: ``model.heads=4``,
+    ``+x=1``, ``~x``; a config-group choice (``model=baby``) is not one of them."""
+    keys = (item.split("=", 1)[0].lstrip("+~") for item in overrides)
+    return [key for key in keys if key in params]
+
+
+def experiment_summary(params: dict[str, Any], differs: Collection[str] = ()) -> summary_pb2.Summary:
+    """The tab's columns: each hyperparameter with its type, and the ``HP_METRICS``.
+
+    The tab shows five hyperparameters until the user picks others: those marked as
+    differing between runs first, then in name order. One run cannot know what its siblings
+    set, so ``differs`` names the keys set on the command line; in a sweep they include the
+    swept ones.
+    """
 
     def data_type(value: Any) -> int:
         if isinstance(value, bool):  # before int: True is an int to isinstance
@@ -60,7 +74,8 @@ def experiment_summary(params: dict[str, Any]) -> summary_pb2.Summary:
 
     experiment = api_pb2.Experiment(
         time_created_secs=time.time(),
-        hparam_infos=[api_pb2.HParamInfo(name=k, type=data_type(v)) for k, v in params.items()],
+        hparam_infos=[api_pb2.HParamInfo(name=k, type=data_type(v), differs=k in differs)
+                      for k, v in params.items()],
         metric_infos=[
             api_pb2.MetricInfo(
                 name=api_pb2.MetricName(tag=tag),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +18,27 @@ from tinylm.config import ConfigError, TrainConfig, as_plain
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def train(values: dict[str, Any], sweep: bool = False) -> float | None:
+def train(values: dict[str, Any], overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
     """Train as ``values`` (the resolved Hydra config) say; return the best val/loss.
 
-    ``sweep``: this run is one job of a Hydra sweep (``-m``).
+    ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
+    of a Hydra sweep (``-m``).
     """
     config = TrainConfig.from_dict(values)
     if sweep:
         check_sweep_strategy(config.trainer)
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
-    trainer, _ = fit(config, values)
+    trainer, _ = fit(config, values, overrides)
     best = trainer.checkpoint_callback.best_model_score
     return float(best) if best is not None else None
 
 
-def fit(config: TrainConfig, values: dict[str, Any]):
+def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = ()):
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
 
-    ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
+    ``values`` is the same config as plain values: it is logged as the run's hyperparameters,
+    those that ``overrides`` set first.
     """
 
     import lightning as L
@@ -45,7 +48,7 @@ def fit(config: TrainConfig, values: dict[str, Any]):
 
     from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond
     from tinylm.data import CharDataModule
-    from tinylm.hparams import flatten
+    from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
 
     _check_trainer_keys(config.trainer, L.Trainer)
@@ -75,7 +78,8 @@ def fit(config: TrainConfig, values: dict[str, Any]):
     if config.logger.kind == "tensorboard":
         logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
                                    default_hp_metric=False)
-        callbacks.append(HParamsLogger(flatten(values)))
+        params = flatten(values)
+        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
