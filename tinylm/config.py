@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -32,6 +33,10 @@ def require(condition: bool, key: str, problem: str) -> None:
 
 
 ATTENTION_PATHS = ("sdpa", "explicit")
+POSITIONS = ("learned", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 
 
@@ -47,8 +52,16 @@ class ModelConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
     attention: str = "sdpa"  # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand
+    # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
+    position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
+    norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
+    mlp: str = "gelu"  # or "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden)
+    kv_heads: int | None = None  # heads of keys and values; null: heads (plain multi-head attention)
+    qk_norm: bool = False  # normalise each head's queries and keys before their dot product
 
     def __post_init__(self) -> None:
+        if self.kv_heads is None:  # derived once here, so a model always sees a number
+            object.__setattr__(self, "kv_heads", self.heads)
         require(self.layers >= 1, "model.layers", f"must be at least 1, got {self.layers}")
         require(self.heads >= 1, "model.heads", f"must be at least 1, got {self.heads}")
         require(self.d_model >= 1, "model.d_model", f"must be at least 1, got {self.d_model}")
@@ -73,6 +86,24 @@ class ModelConfig:
             "model.attention",
             f"must be one of {', '.join(ATTENTION_PATHS)}, got {self.attention!r}",
         )
+        for key, value, choices in [("position", self.position, POSITIONS), ("norm", self.norm, NORMS),
+                                    ("mlp", self.mlp, MLPS)]:
+            require(value in choices, f"model.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
+        kv_choices = [h for h in range(1, self.heads + 1) if self.heads % h == 0]
+        require(self.kv_heads >= 1, "model.kv_heads",
+                f"must be at least 1 (or null: model.heads), got {self.kv_heads}")
+        require(
+            self.heads % self.kv_heads == 0,
+            "model.kv_heads",
+            f"{self.kv_heads} does not divide model.heads={self.heads}; use one of {kv_choices} "
+            f"(1: multi-query, {self.heads}: plain multi-head) or null",
+        )
+        require(
+            self.position != "rope" or self.head_dim % 2 == 0,
+            "model.position",
+            f"rope needs an even head_dim (it turns pairs of coordinates), got model.d_model / "
+            f"model.heads = {self.d_model} / {self.heads} = {self.head_dim}; change one of them",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -80,7 +111,13 @@ class ModelConfig:
 
     @property
     def mlp_hidden(self) -> int:
-        return round(self.mlp_ratio * self.d_model)
+        """The MLP's hidden width: mlp_ratio · d_model for GELU. SwiGLU has three matrices where
+        GELU has two, so it gets 2/3 of that width, rounded up to a multiple of 8: about the
+        same parameters (nano: 344 units × 3 matrices against 512 × 2)."""
+        hidden = round(self.mlp_ratio * self.d_model)
+        if self.mlp == "swiglu":
+            return SWIGLU_MULTIPLE * math.ceil(2 * hidden / 3 / SWIGLU_MULTIPLE)
+        return hidden
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,20 @@
 Attention, for each head:  softmax(Q·Kᵀ / √head_dim + M) · V,  where the causal mask M is 0
 where key position ≤ query position and -inf elsewhere, so no position sees its future.
 
+That is nanoGPT's (GPT-2's) architecture, the default. Each later refinement is one config key:
+    model.position=rope     no P; queries and keys are rotated by their position (RoPE), so
+                            scores depend only on how far apart two positions are
+    model.position=none     no position signal but the causal mask itself
+    model.norm=rmsnorm      x / rms(x) · g instead of LayerNorm: no centring, no bias
+    model.mlp=swiglu        proj(SiLU(gate·x) ⊙ (up·x)), a gated MLP, instead of proj(GELU(fc·x))
+    model.kv_heads=1..H     grouped-query attention: H query heads share kv_heads key/value heads
+    model.qk_norm=true      queries and keys normalised per head before Q·Kᵀ
+
 Generation appends one token at a time. A KV cache keeps each layer's keys and values of the
 positions already seen, so a new token costs one query position instead of a whole forward pass.
 
-Shapes: B batch, T positions, d = d_model, H heads, hd = head_dim = d / H, V vocabulary.
-This module is plain PyTorch: no Lightning, no Hydra.
+Shapes: B batch, T positions, d = d_model, H heads, G = kv_heads key/value heads,
+hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning, no Hydra.
 """
 
 from __future__ import annotations
@@ -48,49 +57,92 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> t
     return y, weights
 
 
+def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
+    """model.norm: "layernorm" is (x - mean(x)) / std(x) · g + b over the last ``dim`` features;
+    "rmsnorm" is x / √(mean(x²) + ε) · g: no centring and no bias, a little cheaper."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, bias=bias)
+
+
+def rope_angles(positions: int, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
+    """cos and sin (positions, hd/2) of RoPE's angles: position p turns pair i by p·θᵢ, where
+    θᵢ = base^(-2i/hd) runs from 1 radian per position down to nearly 1/base."""
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    angles = torch.outer(torch.arange(positions, dtype=torch.float64), theta)  # (P, hd/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, heads, T, hd) by its positions' angles, cos and sin (T, hd/2): coordinates i
+    and i + hd/2 form a pair that turns as a point in the plane. Rotating a query by angle a and
+    a key by b makes q·k depend on a - b only, so scores see relative positions."""
+    x1, x2 = x.chunk(2, dim=-1)  # 2 × (B, heads, T, hd/2): the pairs' first and second coordinates
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, heads, T, hd)
+    return rotated.to(x.dtype)
+
+
 class LayerCache:
-    """One layer's keys and values for the positions seen so far: (B, H, block_size, hd)
-    buffers filled up to ``length``."""
+    """One layer's keys and values for the positions seen so far: (B, G, block_size, hd)
+    buffers filled up to ``length``. With RoPE the keys are stored already rotated."""
 
     def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, config.heads, config.block_size, config.head_dim)
+        shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions' k, v (B, H, T, hd); return all keys and values so far."""
+        """Store the new positions' k, v (B, G, T, hd); return all keys and values so far."""
         start, end = self.length, self.length + k.size(2)
         if end > self.keys.size(2):
             raise ValueError(f"the KV cache holds {self.keys.size(2)} positions; {end} were asked for")
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H, end, hd)
+        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, G, end, hd)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: H heads of width hd, side by side in d = H·hd."""
+    """Multi-head causal self-attention: H heads of width hd, side by side in d = H·hd.
+
+    Keys and values have G = kv_heads heads, each shared by a group of H / G query heads
+    (grouped-query attention). G = H is plain multi-head attention, G = 1 multi-query.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.heads, self.head_dim = config.heads, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)  # Q, K, V at once
+        qkv_width = (config.heads + 2 * config.kv_heads) * config.head_dim  # 3·d when G = H
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.bias)  # Q, K, V at once
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)  # mixes the heads
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm fixes the scale of each query and key, so scores cannot grow just because the
+        # vectors do (a cause of loss spikes in large models); it keeps only their directions and a gain.
+        self.q_norm = make_norm(config.norm, config.head_dim, config.bias) if config.qk_norm else None
+        self.k_norm = make_norm(config.norm, config.head_dim, config.bias) if config.qk_norm else None
 
-    def forward(self, x: Tensor, need_weights: bool = False, cache: LayerCache | None = None
-                ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, need_weights: bool = False, cache: LayerCache | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        """``rope``: the cos and sin (T, hd/2) of the positions of x, when model.position=rope."""
         B, T, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # 3 × (B, T, d)
-        # Split d into H heads, then move heads next to batch: each head attends on its own.
-        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        v = v.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        H, G, hd = self.heads, self.kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * hd, G * hd, G * hd], dim=2)  # (B, T, d), 2 × (B, T, G·hd)
+        # Split into heads, then move heads next to batch: each head attends on its own.
+        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, G, hd).transpose(1, 2)  # (B, G, T, hd)
+        v = v.view(B, T, G, hd).transpose(1, 2)  # (B, G, T, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # each head's vectors normalised over hd
+        if rope is not None:  # turn each query and key by its own position's angles
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # attend over the cached positions too
-            k, v = cache.append(k, v)  # (B, H, Tk, hd), Tk = cached + T
+            k, v = cache.append(k, v)  # (B, G, Tk, hd), Tk = cached + T
+        if G != H:  # each key/value head serves H / G query heads in a row: copy it to each
+            k = k.repeat_interleave(H // G, dim=1)  # (B, H, Tk, hd)
+            v = v.repeat_interleave(H // G, dim=1)  # (B, H, Tk, hd)
         dropout = self.dropout if self.training else 0.0
         if self.explicit or need_weights:
             y, weights = causal_attention(q, k, v, dropout)  # the teaching path
@@ -107,16 +159,28 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: d → hidden → d with a GELU between."""
+    """Position-wise feed-forward: d → hidden → d with a GELU between.
+
+    SwiGLU computes two hidden vectors and lets one gate the other, SiLU(gate) ⊙ up; ``fc``
+    then makes both at once, and the hidden width is 2/3 as large (ModelConfig.mlp_hidden).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(config.d_model, config.mlp_hidden, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"
+        fc_width = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
+        self.fc = nn.Linear(config.d_model, fc_width, bias=config.bias)
         self.proj = nn.Linear(config.mlp_hidden, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, d)
+        h = self.fc(x)  # (B, T, hidden), or (B, T, 2·hidden) for SwiGLU
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)  # 2 × (B, T, hidden)
+            h = F.silu(gate) * up  # each unit passes as much of `up` as its gate lets through
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.proj(h))  # (B, T, d)
 
 
 class Block(nn.Module):
@@ -124,21 +188,21 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln_1 = make_norm(config.norm, config.d_model, config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln_2 = make_norm(config.norm, config.d_model, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, need_weights: bool = False, cache: LayerCache | None = None
-                ) -> tuple[Tensor, Tensor | None]:
-        attended, weights = self.attn(self.ln_1(x), need_weights, cache)
+    def forward(self, x: Tensor, need_weights: bool = False, cache: LayerCache | None = None,
+                rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attn(self.ln_1(x), need_weights, cache, rope)
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
         return x, weights
 
 
 class TransformerLM(nn.Module):
-    """Embeddings → pre-norm blocks → final LayerNorm → logits over the vocabulary."""
+    """Embeddings → pre-norm blocks → final norm → logits over the vocabulary."""
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -146,10 +210,16 @@ class TransformerLM(nn.Module):
             raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
         self.config, self.vocab_size = config, vocab_size
         self.token_embedding = nn.Embedding(vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.block_size, config.d_model)
+        self.position_embedding = (
+            nn.Embedding(config.block_size, config.d_model) if config.position == "learned" else None
+        )
+        if config.position == "rope":  # every position's angles, computed once; not saved
+            cos, sin = rope_angles(config.block_size, config.head_dim)  # 2 × (block_size, hd/2)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
-        self.ln_f = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln_f = make_norm(config.norm, config.d_model, config.bias)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # weight tying: one (V, d) tensor
         self.apply(_init_weights)
@@ -169,15 +239,20 @@ class TransformerLM(nn.Module):
         """
         start = cache[0].length if cache else 0  # positions already in the cache
         end = start + idx.size(1)
-        if end > self.config.block_size:  # there is no position embedding beyond block_size
+        if end > self.config.block_size:  # there is no position (or cache room) beyond block_size
             raise ValueError(
                 f"a sequence of {end} tokens is longer than model.block_size={self.config.block_size}"
             )
-        positions = torch.arange(start, end, device=idx.device)  # (T,)
-        x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))  # (B, T, d)
+        x = self.token_embedding(idx)  # (B, T, d)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(start, end, device=idx.device))  # + (T, d)
+        x = self.dropout(x)
+        rope = None
+        if self.config.position == "rope":  # RoPE acts inside attention: angles of positions start..end-1
+            rope = (self.rope_cos[start:end], self.rope_sin[start:end])  # 2 × (T, hd/2)
         attention_maps = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, need_weights=return_attention, cache=cache[i] if cache else None)
+            x, weights = block(x, return_attention, cache[i] if cache else None, rope)
             attention_maps.append(weights)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         return (logits, attention_maps) if return_attention else logits
