@@ -49,7 +49,7 @@ class ModelConfig:
     d_model: int = 128
     block_size: int = 64  # the longest context the model attends over
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers
+    bias: bool = True  # biases in Linear and LayerNorm layers (RMSNorm has none)
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
     attention: str = "sdpa"  # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.

@@ -75,7 +75,7 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config
-        # Decay the matrices (and the embedding); leave biases and LayerNorm gains alone.
+        # Decay the matrices (and the embedding); leave biases and norm gains alone.
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},

@@ -271,7 +271,9 @@ class TransformerLM(nn.Module):
         The context is a window of at most block_size tokens. When it is full it slides forward
         by half a block: the newest block_size // 2 tokens are re-encoded and generation goes on.
         With ``use_cache`` each other token costs one query position; without, the window is
-        recomputed every step. Both follow the same windows and give the same tokens.
+        recomputed every step. Both follow the same windows and give the same tokens. (Positions
+        count from the window's start: with RoPE the cached keys were rotated for their place in
+        the window, and a slide re-encodes the kept tokens at their new places.)
         Call ``model.eval()`` first: in training mode dropout stays on.
         """
         check_sampling(max_new_tokens, temperature, top_k, top_p)
