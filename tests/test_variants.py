@@ -459,3 +459,13 @@ COMBINATIONS = [
 def test_every_combination_trains(combination: tuple[str, ...], small_text: Path, tmp_path: Path) -> None:
     trainer, _ = train_briefly(small_text, tmp_path, *combination)
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "none"])
+def test_benchmark_flops_count_only_the_position_weights_there_are(position: str) -> None:
+    from tinylm.bench import flops_per_token
+
+    config = ModelConfig(position=position)
+    weights = TransformerLM(config, VOCAB).num_parameters()
+    embedding = 64 * 128 if position == "learned" else 0  # a lookup, not a matmul
+    assert flops_per_token(config, weights) == 6 * (weights - embedding) + 12 * 4 * 128 * 64

@@ -73,7 +73,8 @@ def peak_matmul_gflops(dtype_name: str = "float32", size: int = 1024, repeats: i
 def flops_per_token(config: ModelConfig, num_parameters: int) -> float:
     """Training FLOPs per token, as nanoGPT (PaLM appendix B) counts them: 6 per weight that
     multiplies (position embeddings excluded) plus 12·layers·d·T for attention scores."""
-    matmul_weights = num_parameters - config.block_size * config.d_model
+    position_weights = config.block_size * config.d_model if config.position == "learned" else 0
+    matmul_weights = num_parameters - position_weights
     return 6 * matmul_weights + 12 * config.layers * config.d_model * config.block_size
 
 
