@@ -441,6 +441,11 @@ def test_resuming_with_kv_heads_null_or_equal_to_heads_is_the_same_model(small_t
     _check_resumable(config, vocab)  # no error: null meant 4 heads of keys and values
 
 
+def test_every_option_at_once_trains_in_bf16_mixed_precision(small_text: Path, tmp_path: Path) -> None:
+    """RoPE's float32 angles, the norms and GQA's copies under autocast: still finite."""
+    train_briefly(small_text, tmp_path, *MODERN, "trainer.precision=bf16-mixed")
+
+
 OPTION_VALUES = {
     "model.position": ["learned", "rope", "none"],
     "model.norm": ["layernorm", "rmsnorm"],
