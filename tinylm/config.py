@@ -60,7 +60,9 @@ class ModelConfig:
     qk_norm: bool = False  # normalise each head's queries and keys before their dot product
 
     def __post_init__(self) -> None:
-        if self.kv_heads is None:  # derived once here, so a model always sees a number
+        # Resolved once here, so a model always sees a number (and a checkpoint stores it); note
+        # that dataclasses.replace(config, heads=8) then keeps the resolved kv_heads.
+        if self.kv_heads is None:
             object.__setattr__(self, "kv_heads", self.heads)
         require(self.layers >= 1, "model.layers", f"must be at least 1, got {self.layers}")
         require(self.heads >= 1, "model.heads", f"must be at least 1, got {self.heads}")
