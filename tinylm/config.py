@@ -266,6 +266,22 @@ class PathsConfig:
     output_dir: str = "outputs/run"  # this run's directory (Hydra sets it)
 
 
+@dataclass(frozen=True)
+class AttentionScriptConfig:
+    """Settings of ``scripts/attention.py`` (configs/attention.yaml)."""
+
+    ckpt: str  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
+    out: str = "attention.png"
+    layer: int | None = None  # null: every layer; -1: the last
+    head: int | None = None  # null: every head
+    max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
+
+    def __post_init__(self) -> None:
+        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=attention.png")
+        require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
+
+
 # Trainer arguments that tinylm sets itself, with the key a user should change instead.
 TRAINER_KEYS_OWNED = {
     "logger": "logger.kind",

@@ -95,6 +95,14 @@ class HeadScores:
     def items(self) -> list[tuple[str, Tensor]]:
         return [(name, getattr(self, name)) for name in SCORES]
 
+    def title(self, layer: int, head: int) -> str:
+        """Two lines naming a head and its scores, for the title of its picture."""
+        return (
+            f"layer {layer} · head {head}\n"
+            f"prev {self.prev_token[layer, head]:.2f} · induction {self.induction[layer, head]:.2f} · "
+            f"first {self.first_token[layer, head]:.2f} · {self.entropy[layer, head]:.1f} bits"
+        )
+
     def table(self, layers: list[int] | None = None, heads: list[int] | None = None) -> str:
         """A markdown table, one row per head (entropy in bits, the others weights in [0, 1])."""
         n_layers, n_heads = self.entropy.shape

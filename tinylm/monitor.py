@@ -94,7 +94,7 @@ class AttentionMaps(Periodic):
 
             self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
         for layer in range(layers):
-            titles = [head_title(scores, layer, head) for head in range(heads)]
+            titles = [scores.title(layer, head) for head in range(heads)]
             self.figure.draw(shown[layer][None], titles)
             add_image(writer, f"attention/layer_{layer}", self.figure.to_array(), step)
             for head in range(heads):
@@ -109,14 +109,6 @@ def score_metrics(scores: HeadScores) -> dict[str, float]:
         for layer in range(values.size(0))
         for head in range(values.size(1))
     }
-
-
-def head_title(scores: HeadScores, layer: int, head: int) -> str:
-    return (
-        f"layer {layer} · head {head}\n"
-        f"prev {scores.prev_token[layer, head]:.2f} · induction {scores.induction[layer, head]:.2f} · "
-        f"first {scores.first_token[layer, head]:.2f} · {scores.entropy[layer, head]:.1f} bits"
-    )
 
 
 def add_image(writer: Any, tag: str, pixels: Any, step: int) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 # How characters are shown as tick labels: whitespace made visible, others as they are.
 VISIBLE = {"\n": "¶", " ": "␣", "\t": "⇥", "\r": "␍"}  # ¶: legible at 6.5 pt, unlike ⏎
 CELL_INCHES = 0.1  # one position: 10 pixels at 100 dpi, room for a 6.5 pt character label
-MIN_PANEL_INCHES = 2.4
+MIN_PANEL_INCHES = 3.0  # wide enough for a two-line title of scores
 MASKED_COLOUR = (0.85, 0.85, 0.85)  # keys after the query: masked out by causality
 LABEL_FONT = {"family": "DejaVu Sans Mono", "size": 6.5}  # ships with matplotlib; has ¶, ␣ and ⇥
 CMAP, GAMMA = "viridis", 0.5
