@@ -411,3 +411,42 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(hint, hint)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Settings of ``scripts/sample.py``."""
+
+    ckpt: str = ""  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    prompt: str = "\n"
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy; below 1 sharper, above 1 flatter than the model
+    top_k: int | None = 200
+    top_p: float | None = None
+    num_samples: int = 1
+    seed: int = 1337
+    stream: bool = True  # print characters as they are generated
+    use_cache: bool = True
+    drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
+        require(bool(self.prompt), "prompt", "must hold at least one character")
+        require(
+            self.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {self.max_new_tokens}"
+        )
+        require(
+            self.temperature >= 0, "temperature", f"must be 0 (greedy) or more, got {self.temperature}"
+        )
+        require(
+            self.top_k is None or self.top_k >= 1,
+            "top_k",
+            f"must be at least 1 (or null for no limit), got {self.top_k}",
+        )
+        require(
+            self.top_p is None or 0 < self.top_p <= 1,
+            "top_p",
+            f"must be in (0, 1] (or null for no limit), got {self.top_p}",
+        )
+        require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")

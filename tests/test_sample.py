@@ -1,0 +1,98 @@
+"""scripts/sample.py: text from a checkpoint alone, reproducible, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose, run_script
+
+from tinylm.config import TrainConfig
+from tinylm.sample import quote_prompt
+from tinylm.train import fit
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint from a real short training run; the text it trained on is then deleted."""
+    run_dir = tmp_path_factory.mktemp("run")
+    text = run_dir / "train.txt"
+    text.write_text(small_text.read_text())
+    values = compose(
+        f"data.source={text}", f"paths.output_dir={run_dir}", "model.layers=2", "model.d_model=32",
+        "model.block_size=32", "trainer.max_steps=30", "trainer.val_check_interval=30",
+        "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
+        "trainer.enable_model_summary=false", "logger=none",
+    )
+    fit(TrainConfig.from_dict(values), values)
+    text.unlink()  # sampling must need nothing but the .ckpt
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_sampling_is_reproducible_and_starts_with_the_prompt(checkpoint: Path) -> None:
+    args = [f"ckpt={checkpoint}", "prompt=ROMEO:", "max_new_tokens=200", "seed=1"]
+    first, second = run_script("sample.py", *args), run_script("sample.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("ROMEO:")
+    assert len(first.stdout) == len("ROMEO:") + 200 + 1  # prompt, 200 characters, final newline
+    other_seed = run_script("sample.py", *args[:-1], "seed=2")
+    assert other_seed.stdout != first.stdout
+
+
+def test_streaming_and_batch_output_are_the_same_text(checkpoint: Path) -> None:
+    args = [f"ckpt={checkpoint.parent.parent}", "prompt=First", "max_new_tokens=50", "num_samples=2"]
+    streamed, printed = run_script("sample.py", *args), run_script("sample.py", *args, "stream=false")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == printed.stdout  # a run directory works as ckpt too
+    assert streamed.stdout.count("First") >= 2 and "-" * 40 in streamed.stdout
+
+
+def test_unseen_prompt_characters_are_named(checkpoint: Path) -> None:
+    result = run_script("sample.py", f"ckpt={checkpoint}", "prompt=ROMEO€:", "max_new_tokens=5")
+    assert result.returncode != 0
+    assert "prompt:" in result.stderr and "'€' (U+20AC)" in result.stderr
+    assert "drop_unknown=true" in result.stderr and "Traceback" not in result.stderr
+    dropped = run_script("sample.py", f"ckpt={checkpoint}", "prompt=ROMEO€:", "max_new_tokens=5",
+                         "drop_unknown=true")
+    assert dropped.returncode == 0 and dropped.stdout.startswith("ROMEO:")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("temperature=-0.5", "temperature: must be 0 (greedy) or more"),
+        ("top_p=1.5", "top_p: must be in (0, 1]"),
+        ("top_p=0", "top_p: must be in (0, 1]"),
+        ("top_k=0", "top_k: must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(checkpoint: Path, override: str, message: str) -> None:
+    result = run_script("sample.py", f"ckpt={checkpoint}", override)
+    assert result.returncode != 0
+    assert f"error: {message}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(checkpoint: Path, tmp_path: Path) -> None:
+    missing = run_script("sample.py", f"ckpt={tmp_path / 'none.ckpt'}")
+    assert missing.returncode != 0 and "error: ckpt: no checkpoint file at" in missing.stderr
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    result = run_script("sample.py", f"ckpt={truncated}")
+    assert result.returncode != 0 and "truncated or corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    result = run_script("sample.py", f"ckpt={foreign}")
+    assert result.returncode != 0 and "not a tinylm checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("prompt", ["ROMEO€:", "it's", "a=b c", "back\\slash\\", "'quoted'"])
+def test_any_prompt_reaches_the_sampler_unchanged(prompt: str) -> None:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: F401  (grammar)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_override(quote_prompt(f"prompt={prompt}"))
+    expected = prompt[1:-1] if prompt.startswith("'") and prompt.endswith("'") else prompt
+    assert override.value() == expected

@@ -1,0 +1,104 @@
+"""Sampling text from a checkpoint: ``python scripts/sample.py ckpt=PATH prompt="ROMEO:"``.
+
+Needs nothing but the checkpoint: the vocabulary and the model's shape are inside it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from tinylm.cli import exit_on_error, resolved
+from tinylm.config import ConfigError, SampleConfig, parse_section
+from tinylm.tokenizer import describe_char
+
+SEPARATOR = "\n" + "-" * 40 + "\n"
+# An absolute path: Hydra would resolve a relative one inside the tinylm package.
+CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def checkpoint_path(ckpt: str) -> Path:
+    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
+    path = Path(ckpt).expanduser()
+    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
+
+
+def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write) -> list[str]:
+    """Generate ``config.num_samples`` texts, each the prompt and its continuation.
+
+    With ``config.stream`` each character is written as soon as it is sampled.
+    """
+    import torch
+
+    from tinylm.checkpoint import load_checkpoint, read_checkpoint
+
+    path = checkpoint_path(config.ckpt)
+    read_checkpoint(path, key="ckpt")  # a clear error for a missing, corrupt or foreign file
+    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
+    if device == "auto":
+        device = "cpu"
+    model, tokenizer = load_checkpoint(path, map_location=device)
+
+    prompt = config.prompt
+    unknown = tokenizer.unknown_characters(prompt)
+    if unknown and not config.drop_unknown:
+        shown = ", ".join(describe_char(c) for c in unknown)
+        raise ConfigError(
+            f"prompt: {len(unknown)} character(s) the model has never seen: {shown}; "
+            f"remove them, or pass drop_unknown=true to drop them"
+        )
+    if unknown:
+        prompt = "".join(c for c in prompt if c not in unknown)
+        print(f"dropped from the prompt: {', '.join(describe_char(c) for c in unknown)}", file=sys.stderr)
+        if not prompt:
+            raise ConfigError("prompt: no character is left after dropping the unknown ones")
+
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    context = torch.tensor([tokenizer.encode(prompt)], device=device)
+    texts = []
+    for i in range(config.num_samples):
+        if i:
+            write(SEPARATOR)
+        pieces = [prompt]
+        if config.stream:
+            write(prompt)
+        tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
+                              config.top_p, config.use_cache, generator)
+        for token in tokens:
+            pieces.append(tokenizer.decode(token[0].tolist()))
+            if config.stream:
+                write(pieces[-1])
+                sys.stdout.flush()
+        texts.append("".join(pieces))
+        if not config.stream:
+            write(texts[-1])
+    write("\n")
+    return texts
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="sample")
+def _hydra_main(cfg: DictConfig) -> None:
+    exit_on_error(lambda: sample(parse_section(SampleConfig, resolved(cfg), "")))
+
+
+def main() -> None:
+    """The command line; ``prompt=`` takes any text as it is (see ``quote_prompt``)."""
+    sys.argv = [quote_prompt(arg) for arg in sys.argv]
+    _hydra_main()
+
+
+def quote_prompt(arg: str) -> str:
+    """Quote a ``prompt=`` override for Hydra, whose grammar rejects unquoted text with
+    characters such as €, ', = or a trailing colon-space; already quoted values pass as they are."""
+    key, sep, value = arg.partition("=")
+    if key != "prompt" or not sep or (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
+        return arg
+    # Hydra's quoted strings: escape the quote, and double backslashes before a quote or the end.
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"prompt='{escaped}'"
