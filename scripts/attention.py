@@ -5,10 +5,13 @@
 ``layer=`` and ``head=`` pick one layer or head. Settings and defaults: configs/attention.yaml.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from tinylm.cli import exit_on_error, resolved
+from tinylm.sample import quote_prompt
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="attention")
@@ -20,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [quote_prompt(arg) for arg in sys.argv]  # prompt= takes any text: commas, €, ...
     main()

@@ -8,12 +8,6 @@ from pathlib import Path
 from tinylm.config import AttentionScriptConfig, ConfigError
 
 
-def checkpoint_path(ckpt: str) -> Path:
-    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
-    path = Path(ckpt).expanduser()
-    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-
-
 def pick(index: int | None, count: int, key: str, what: str) -> list[int]:
     """All of ``range(count)`` for None, else the one index (negative counts from the end)."""
     if index is None:
@@ -28,6 +22,7 @@ def render_attention(config: AttentionScriptConfig) -> str:
     markdown table and a line saying what was drawn."""
     from tinylm.checkpoint import load_checkpoint
     from tinylm.probe import attention_maps, encode_probe, head_scores
+    from tinylm.sample import checkpoint_path
     from tinylm.viz import AttentionFigure
 
     model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt))
