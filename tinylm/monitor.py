@@ -8,6 +8,7 @@ and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tinylm.diagnostics import HeadScores
 from tinylm.probe import ProbeError, attention_maps, check_characters, encode_probe, head_scores
 from tinylm.tokenizer import CharTokenizer
+from tinylm.viz import AttentionFigure, encode_pngs
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -90,15 +92,14 @@ class AttentionMaps(Periodic):
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
         layers, heads = shown.shape[:2]
         if self.figure is None:
-            from tinylm.viz import AttentionFigure
-
             self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
+        tags, pictures = [], []
         for layer in range(layers):
-            titles = [scores.title(layer, head) for head in range(heads)]
-            self.figure.draw(shown[layer][None], titles)
-            add_image(writer, f"attention/layer_{layer}", self.figure.to_array(), step)
-            for head in range(heads):
-                add_image(writer, f"attention/layer_{layer}/head_{head}", self.figure.panel(0, head), step)
+            self.figure.draw(shown[layer][None], [scores.title(layer, head) for head in range(heads)])
+            tags += [f"attention/layer_{layer}"] + [f"attention/layer_{layer}/head_{h}" for h in range(heads)]
+            pictures += self.figure.pictures()  # the layer, then each head
+        for tag, png in zip(tags, encode_pngs(pictures), strict=True):
+            add_image(writer, tag, png, step)
 
 
 def score_metrics(scores: HeadScores) -> dict[str, float]:
@@ -111,15 +112,13 @@ def score_metrics(scores: HeadScores) -> dict[str, float]:
     }
 
 
-def add_image(writer: Any, tag: str, pixels: Any, step: int) -> None:
-    """Write RGB ``pixels`` (height, width, 3) as a TensorBoard image, PNG-encoded by tinylm
-    (``SummaryWriter.add_image`` would re-encode it with Pillow, several times slower)."""
+def add_image(writer: Any, tag: str, png: bytes, step: int) -> None:
+    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and
+    encodes them with Pillow, several times slower than ``tinylm.viz.encode_png``.)"""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    from tinylm.viz import encode_png
-
-    height, width, _ = pixels.shape
-    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_png(pixels))
+    width, height = struct.unpack(">II", png[16:24])  # from the PNG's IHDR chunk
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 

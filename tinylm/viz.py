@@ -16,9 +16,11 @@ Pillow's adaptive filtering for pictures made of flat blocks.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +95,13 @@ class AttentionFigure:
         colorbar.set_ticks([0, 0.02, 0.1, 0.25, 0.5, 0.75, 1.0])
         colorbar.ax.tick_params(labelsize=7)
 
-        self.canvas.draw()  # constrained layout places everything, placeholder titles included
-        self.figure.set_layout_engine("none")  # ... and from here on nothing moves
+        # Constrained layout places everything, placeholder titles included (a layout pass, no
+        # pixels); then nothing moves again but the snapped axes, and the one full drawing
+        # of the still parts becomes the background.
+        self.figure.draw_without_rendering()
+        self.figure.set_layout_engine("none")
         self.width, self.height = int(self.figure.bbox.width), int(self.figure.bbox.height)
         self.cells = [self._snap(ax) for ax in self.axes.ravel()]
-        self.canvas.draw()  # tick labels at the snapped positions
         renderer = self.canvas.get_renderer()
         self.panel_boxes = [self._pixels(ax.get_tightbbox(renderer)) for ax in self.axes.ravel()]
         self.colorbar_box = self._pixels(colorbar.ax.get_tightbbox(renderer))
@@ -141,35 +145,67 @@ class AttentionFigure:
                 self.figure.draw_artist(spine)
             self.titles[i].set_text(titles[i] if i < len(titles) else "")
             self.figure.draw_artist(self.titles[i])
-        self.pixels = buffer[..., :3].copy()  # RGB, contiguous: what pictures are cut from
+
+    def _rgba(self) -> np.ndarray:
+        """The canvas, (height, width, 4) uint8: a view, valid until the next ``draw``."""
+        return np.asarray(self.canvas.buffer_rgba())
+
+    def _panel_pieces(self, pixels: np.ndarray, index: int) -> list[np.ndarray]:
+        """Panel ``index`` of ``pixels`` (with its title and labels) and the colour bar."""
+        rows, cols = self.panel_boxes[index]
+        return [pixels[rows, cols], pixels[rows, self.colorbar_box[1]]]
 
     def to_array(self) -> np.ndarray:
         """The last drawing as RGB pixels, (height, width, 3) uint8."""
-        return self.pixels.copy()
+        return self._rgba()[..., :3].copy()
 
     def panel(self, row: int, col: int) -> np.ndarray:
         """One panel of the last drawing, with its title and labels, beside the colour bar:
         (height, width, 3) uint8. In a one-row grid this is a complete picture of one map."""
-        rows, cols = self.panel_boxes[row * self.cols + col]
-        return np.concatenate([self.pixels[rows, cols], self.pixels[rows, self.colorbar_box[1]]], axis=1)
+        return np.concatenate(self._panel_pieces(self._rgba(), row * self.cols + col), axis=1)[..., :3]
+
+    def pictures(self) -> list[list[np.ndarray]]:
+        """The last drawing whole, then each panel beside the colour bar (row-major), as
+        pieces for ``encode_pngs``: views of one copy of the canvas, so the next ``draw`` may
+        start before they are encoded."""
+        pixels = self._rgba().copy()  # (height, width, 4); a plain copy, cheap
+        return [[pixels]] + [self._panel_pieces(pixels, i) for i in range(self.rows * self.cols)]
 
     def save(self, path: str | Path) -> None:
         """Write the last drawing as a PNG."""
-        Path(path).write_bytes(encode_png(self.to_array()))
+        Path(path).write_bytes(encode_png(self._rgba()))
 
 
-def encode_png(pixels: np.ndarray, level: int = 3) -> bytes:
-    """RGB pixels (height, width, 3) uint8 as PNG bytes: 8-bit truecolour, filter 0 on every row.
+def encode_pngs(pictures: Sequence[Sequence[np.ndarray]]) -> list[bytes]:
+    """``encode_png(*pieces)`` for each picture, on all cores: zlib and numpy let go of
+    Python's lock while they work, so the pictures compress in parallel."""
+    if len(pictures) <= 1:
+        return [encode_png(*pieces) for pieces in pictures]
+    with ThreadPoolExecutor(max_workers=min(len(pictures), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda pieces: encode_png(*pieces), pictures))
+
+
+def encode_png(*pieces: np.ndarray, level: int = 3) -> bytes:
+    """RGB or RGBA pixels (height, width, 3 or 4) uint8 as an RGB PNG, filter 0 on every row;
+    several pieces of the same height are placed side by side (alpha is dropped).
 
     Flat blocks of colour compress as well without PNG's per-row filters, and skipping the
     filters makes this several times faster than Pillow's encoder.
     """
-    pixels = np.asarray(pixels, dtype=np.uint8)
-    height, width, channels = pixels.shape
-    if channels != 3:
-        raise ValueError(f"expected RGB pixels (height, width, 3), got {pixels.shape}")
-    rows = np.zeros((height, 1 + width * 3), np.uint8)  # each row: filter type 0, then its pixels
-    rows[:, 1:] = pixels.reshape(height, -1)
+    height = pieces[0].shape[0]
+    for piece in pieces:
+        if piece.ndim != 3 or piece.shape[0] != height or piece.shape[2] not in (3, 4) \
+                or piece.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB or RGBA pixels (height={height}, width, 3 or 4), got "
+                             f"{piece.dtype} {piece.shape}")
+    width = sum(piece.shape[1] for piece in pieces)
+    rows = np.empty((height, 1 + width * 3), np.uint8)  # each row: filter type 0, then its pixels
+    rows[:, 0] = 0
+    pixels = rows[:, 1:].reshape(height, width, 3)  # a view into rows
+    left = 0
+    for piece in pieces:
+        _copy_rgb(piece, pixels[:, left : left + piece.shape[1]])
+        left += piece.shape[1]
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -177,3 +213,15 @@ def encode_png(pixels: np.ndarray, level: int = 3) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(rows, level)) + chunk(b"IEND", b""))
+
+
+def _copy_rgb(source: np.ndarray, target: np.ndarray) -> None:
+    """Copy the RGB of ``source`` (h, w, 3 or 4) into ``target`` (h, w, 3)."""
+    if source.shape[2] == 3:
+        target[...] = source
+        return
+    # Dropping every fourth byte element by element is slow in numpy; reading each pixel as
+    # one little-endian 32-bit word and taking its low three bytes is three times faster.
+    words = source.view("<u4")[..., 0]  # (h, w): R | G << 8 | B << 16 | A << 24
+    for channel in range(3):
+        target[..., channel] = words >> (8 * channel)  # the cast to uint8 keeps the low byte
