@@ -96,8 +96,12 @@ def test_resume_continues_the_global_step(trained, small_text: Path, tmp_path: P
     assert trainer.global_step == 60
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
-    steps = [s for s, _ in scalars(tmp_path)["train/loss"]]
-    assert min(steps) >= 40  # no step repeated
+    logged = scalars(tmp_path)
+    assert min(s for s, _ in logged["train/loss"]) >= 40  # no step repeated
+    # The best validation loss so far counts the validations before the resume too.
+    before = [v for _, v in scalars(run_dir)["val/loss"]]
+    after = [v for _, v in logged["val/loss"]]
+    assert logged["hp/best_val_loss"][-1][1] == pytest.approx(min(before + after))
 
 
 def test_resume_with_a_different_shape_is_refused(trained, small_text: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-HP_METRICS = ("hp/val_loss", "hp/val_bpc")
+from tinylm.hparams import experiment_summary, session_end_summary, session_start_summary
 
 
 class LastCheckpoint(Callback):
@@ -42,53 +43,79 @@ class LastCheckpoint(Callback):
 
 
 class TokensPerSecond(Callback):
-    """Logs ``train/tokens_per_sec`` (all processes together), shown in the progress bar.
+    """Logs training throughput (all processes together): ``train/tokens_per_sec`` over the
+    last ``window`` steps, shown in the progress bar, so it reads the steady state rather than
+    start-up; and ``hp/tokens_per_sec``, the mean over the whole run, for the HPARAMS tab.
 
-    It is measured over the last ``window`` steps, so it reads the steady state, not start-up.
+    Time spent validating is left out of both: it is not training throughput.
     """
 
     def __init__(self, window: int = 20) -> None:
         self.window = window
         self._times: list[float] = []
+        self._tokens = 0  # over the run, counted from the second step of each training stretch
+        self._seconds = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._times = [*self._times[-self.window :], time.perf_counter()]
+        now = time.perf_counter()
+        tokens = batch[0].numel() * trainer.world_size
+        if self._times:
+            self._tokens += tokens
+            self._seconds += now - self._times[-1]
+        self._times = [*self._times[-self.window :], now]
         if len(self._times) > 1:
-            tokens = batch[0].numel() * trainer.world_size * (len(self._times) - 1)
-            rate = tokens / (self._times[-1] - self._times[0])
+            rate = tokens * (len(self._times) - 1) / (self._times[-1] - self._times[0])
             pl_module.log("train/tokens_per_sec", rate, prog_bar=True)
+            pl_module.log("hp/tokens_per_sec", self._tokens / self._seconds)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._times = []  # the next step's time would include this validation
 
 
 class HParamsLogger(Callback):
-    """Writes the run's flattened config to TensorBoard's HPARAMS tab, declaring the real
-    metrics logged during validation (``hp/val_loss``, ``hp/val_bpc``) instead of a -1
-    placeholder."""
+    """Fills TensorBoard's HPARAMS tab for this run: the flattened config as its
+    hyperparameters, the real metrics of ``tinylm.hparams.HP_METRICS`` as its columns (never a
+    -1 placeholder), ``hp/params`` once training starts and the run's status when it ends.
 
-    def __init__(self, params: dict[str, Any]) -> None:
+    The other metrics are logged where they are measured: ``hp/val_loss``, ``hp/val_bpc`` and
+    ``hp/best_val_loss`` by ``LitLM`` at each validation, ``hp/tokens_per_sec`` by
+    ``TokensPerSecond``.
+    """
+
+    def __init__(self, params: dict[str, Any], highlight: Collection[str] = ()) -> None:
         self.params = params
+        self.highlight = highlight  # shown first in the tab: the keys set on the command line
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from torch.utils.tensorboard.summary import hparams
+        self._write(trainer, experiment_summary(self.params, differs=self.highlight),
+                    session_start_summary(self.params))
 
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                experiment, start, end = hparams(self.params, dict.fromkeys(HP_METRICS, 0.0))
-                for summary in (experiment, start, end):
-                    logger.experiment.file_writer.add_summary(summary)
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Logged directly: Lightning accepts self.log in on_train_start only per epoch, and an
+        # epoch of the endless training stream may never end. After a resume, global_step is
+        # already the checkpoint's here.
+        params = sum(p.numel() for p in pl_module.parameters())  # shared tensors counted once
+        for logger in self._loggers(trainer):
+            logger.log_metrics({"hp/params": params}, step=trainer.global_step)
 
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, session_end_summary("success"))
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"heads": 4}} → {"model.heads": 4}; lists and None become strings, as
-    TensorBoard's HPARAMS tab takes only numbers, strings and booleans."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+    @rank_zero_only
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self._write(trainer, session_end_summary("failure"))
+
+    @staticmethod
+    def _loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+    def _write(self, trainer: L.Trainer, *summaries: Any) -> None:
+        for logger in self._loggers(trainer):
+            for summary in summaries:
+                logger.experiment.file_writer.add_summary(summary)
+            logger.experiment.flush()

@@ -46,6 +46,7 @@ class LitLM(L.LightningModule):
         self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
         self.decay_steps = self.optim_config.decay_steps or max_steps
         self.val_loss = MeanMetric()  # token-weighted, and synced across processes
+        self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run remembers it
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -69,8 +70,11 @@ class LitLM(L.LightningModule):
         loss = self.val_loss.compute()  # the mean over every validation window
         self.val_loss.reset()
         bpc = loss / LN2
+        if not self.trainer.sanity_checking:  # a sanity check is not a result
+            self.best_val_loss = min(self.best_val_loss, loss.item())
         self.log("val/loss", loss, prog_bar=True)
-        self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc})
+        self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc,
+                       "hp/best_val_loss": self.best_val_loss})
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config
@@ -80,7 +84,8 @@ class LitLM(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
+                                      fused=config.fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate(step, config, self.decay_steps) / config.lr
         )
@@ -95,4 +100,7 @@ class LitLM(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Marks the file as ours; the vocabulary and model config are in its hyper_parameters.
-        checkpoint["tinylm"] = {"format": FORMAT_VERSION}
+        checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_loss = checkpoint.get("tinylm", {}).get("best_val_loss", math.inf)

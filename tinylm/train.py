@@ -8,38 +8,53 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinylm.config import ConfigError, TrainConfig, as_plain
+
+if TYPE_CHECKING:
+    from lightning import Callback, Trainer
+
+    from tinylm.lit import LitLM
 
 # Model settings a resumed run may change: they alter no parameter.
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def train(values: dict[str, Any]) -> float | None:
-    """Train as ``values`` (the resolved Hydra config) say; return the best val/loss."""
+def train(values: dict[str, Any], overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
+    """Train as ``values`` (the resolved Hydra config) say; return the best val/loss.
+
+    ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
+    of a Hydra sweep (``-m``).
+    """
     config = TrainConfig.from_dict(values)
+    if sweep:
+        check_sweep_strategy(config.trainer)
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
-    trainer, _ = fit(config, values)
+    trainer, _ = fit(config, values, overrides)
     best = trainer.checkpoint_callback.best_model_score
     return float(best) if best is not None else None
 
 
-def fit(config: TrainConfig, values: dict[str, Any]):
+def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = (),
+        extra_callbacks: Sequence[Callback] = ()) -> tuple[Trainer, LitLM]:
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
 
-    ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
+    ``values`` is the same config as plain values: it is logged as the run's hyperparameters,
+    those that ``overrides`` set first. ``extra_callbacks`` join the standard ones
+    (benchmarks add a timer this way).
     """
-
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond, flatten
+    from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond
     from tinylm.data import CharDataModule
+    from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
 
     _check_trainer_keys(config.trainer, L.Trainer)
@@ -61,6 +76,7 @@ def fit(config: TrainConfig, values: dict[str, Any]):
                         auto_insert_metric_name=False, enable_version_counter=False),
         LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps),
         TokensPerSecond(),
+        *extra_callbacks,
     ]
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     if refresh_rate > 0:
@@ -69,7 +85,8 @@ def fit(config: TrainConfig, values: dict[str, Any]):
     if config.logger.kind == "tensorboard":
         logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
                                    default_hp_metric=False)
-        callbacks.append(HParamsLogger(flatten(values)))
+        params = flatten(values)
+        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
         callbacks.extend(watch_callbacks(config, data))
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
@@ -101,6 +118,29 @@ def watch_callbacks(config: TrainConfig, data) -> list:
                                      top_p=samples.top_p, seed=samples.seed,
                                      every_n_steps=samples.every_n_steps))
     return callbacks
+
+
+# Strategies that start their processes without re-running the script.
+IN_PROCESS_LAUNCH = ("spawn", "fork", "notebook")
+
+
+def check_sweep_strategy(trainer_args: dict[str, Any]) -> None:
+    """Refuse DDP that re-runs the script in a sweep: each process would start the whole sweep.
+
+    Lightning's ``ddp`` launches processes 1..N-1 by running ``sys.argv`` again, ``-m`` and all
+    (lightning-hydra-template issue 393); ``ddp_spawn`` starts them inside this job.
+    """
+    strategy = str(trainer_args.get("strategy", "auto"))
+    devices = trainer_args.get("devices", "auto")
+    several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or (
+        isinstance(devices, list | tuple) and len(devices) > 1)
+    relaunches = (strategy.startswith("ddp") and not any(k in strategy for k in IN_PROCESS_LAUNCH)) or (
+        strategy == "auto" and several)  # auto picks ddp for several devices
+    if relaunches:
+        raise ConfigError(
+            f"trainer.strategy: {strategy} with trainer.devices={devices} re-runs this script in every "
+            f"process, which under -m starts the whole sweep again; use trainer.strategy=ddp_spawn"
+        )
 
 
 def _check_trainer_keys(trainer_args: dict[str, Any], trainer_class: type) -> None:

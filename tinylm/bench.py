@@ -1,0 +1,265 @@
+"""Benchmarks: training speed against a bare PyTorch loop, and sampling with and without the
+KV cache. Speed targets live here, never in unit tests; results are medians.
+
+    python scripts/bench.py experiment=cpu_quick data.source=PATH bench.steps=200
+    python scripts/bench.py bench.task=sample model=baby
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tinylm.config import ModelConfig, TrainConfig, require
+
+TASKS = ("train", "sample")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache
+    steps: int = 200  # timed training steps
+    warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
+    bare: bool = True  # also time the same model and data in a bare PyTorch loop
+    data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
+    new_tokens: int = 500  # sample: tokens generated per timing
+    repeats: int = 3  # sample: timings per setting; the median is reported
+    vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
+
+    def __post_init__(self) -> None:
+        require(self.task in TASKS, "bench.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for key in ("steps", "new_tokens", "repeats", "vocab_size"):
+            require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def process_start_time() -> float:
+    """When this process started (epoch seconds), from /proc; now where /proc is missing."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def peak_matmul_gflops(dtype_name: str = "float32", size: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of a square matmul in ``dtype_name`` on this machine now: the roof for MFU."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def flops_per_token(config: ModelConfig, num_parameters: int) -> float:
+    """Training FLOPs per token, as nanoGPT (PaLM appendix B) counts them: 6 per weight that
+    multiplies (position embeddings excluded) plus 12·layers·d·T for attention scores."""
+    matmul_weights = num_parameters - config.block_size * config.d_model
+    return 6 * matmul_weights + 12 * config.layers * config.d_model * config.block_size
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _step_times_callback():
+    from lightning import Callback
+
+    class StepTimes(Callback):
+        """Wall-clock time at the end of every training step."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.first_step_end_epoch: float | None = None
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.ends.append(time.perf_counter())
+            if self.first_step_end_epoch is None:
+                self.first_step_end_epoch = time.time()
+
+    return StepTimes()
+
+
+def _median_ms(ends: list[float], warmup: int) -> float:
+    steps = [b - a for a, b in zip(ends[warmup:], ends[warmup + 1 :], strict=False)]
+    return 1000 * statistics.median(steps)
+
+
+def time_tinylm(values: dict[str, Any], bench: BenchConfig) -> dict[str, float]:
+    """Time ``tinylm.train.fit`` as users run it (logger, progress bar), validation off."""
+    from tinylm.train import fit
+
+    timer = _step_times_callback()
+    with tempfile.TemporaryDirectory(prefix="tinylm-bench-") as run_dir:
+        run = {**values, "paths": {"output_dir": run_dir}}
+        run["trainer"] = {**values["trainer"], "max_steps": bench.warmup + bench.steps + 1,
+                          "limit_val_batches": 0}
+        fit(TrainConfig.from_dict(run), run, extra_callbacks=[timer])
+    return {"ms_per_step": _median_ms(timer.ends, bench.warmup),
+            "startup_s": timer.first_step_end_epoch - process_start_time()}
+
+
+def time_bare_loop(config: TrainConfig, bench: BenchConfig) -> float:
+    """Median ms/step of the same model, data, optimiser and schedule in a plain PyTorch loop."""
+    import torch
+    import torch.nn.functional as F
+
+    from tinylm.data import CharDataModule, RandomWindows
+    from tinylm.lit import learning_rate
+    from tinylm.model import TransformerLM
+
+    data = CharDataModule(config.data, config.model.block_size, config.seed)
+    data.prepare()
+    torch.manual_seed(config.seed)
+    model = TransformerLM(config.model, data.tokenizer.vocab_size).train()
+    optim = config.optim
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                  fused=optim.fused)
+    decay_steps = optim.decay_steps or config.max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate(step, optim, decay_steps) / optim.lr
+    )
+    autocast = _autocast(str(config.trainer.get("precision", "32-true")))
+    batches = iter(RandomWindows(data.train_tokens, config.model.block_size, config.data.batch_size,
+                                 config.seed))
+    ends = []
+    for _ in range(bench.warmup + bench.steps + 1):
+        inputs, targets = next(batches)
+        with autocast:
+            loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        loss.backward()
+        if optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        ends.append(time.perf_counter())
+    return _median_ms(ends, bench.warmup)
+
+
+def _autocast(precision: str):
+    import contextlib
+
+    import torch
+
+    if precision.startswith("bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def time_data_prep(source: str | tuple[str, ...]) -> tuple[float, float]:
+    """Seconds to load + encode ``source`` with an empty ``datasets`` cache, then with it full.
+
+    Each runs in a fresh process so neither benefits from the other's imports or memory.
+    """
+    code = (
+        "import time, json, sys; from tinylm.config import DataConfig; "
+        "from tinylm.data import CharDataModule; "
+        "source = json.loads(sys.argv[1]); start = time.perf_counter(); "
+        "CharDataModule(DataConfig(source=tuple(source) if isinstance(source, list) else source), 8)"
+        ".prepare(); print(time.perf_counter() - start)"
+    )
+    with tempfile.TemporaryDirectory(prefix="tinylm-bench-cache-") as cache:
+        env = {**os.environ, "HF_DATASETS_CACHE": cache}
+        seconds = []
+        for _ in range(2):
+            result = subprocess.run([sys.executable, "-c", code, json.dumps(source)], env=env,
+                                    capture_output=True, text=True, check=True)
+            seconds.append(float(result.stdout.strip().splitlines()[-1]))
+    return seconds[0], seconds[1]
+
+
+def bench_train(values: dict[str, Any], bench: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    config = TrainConfig.from_dict(values)
+    from tinylm.model import TransformerLM
+
+    result: dict[str, Any] = {"task": "train", "threads": torch.get_num_threads(),
+                              "precision": str(config.trainer.get("precision", "32-true"))}
+    result.update(time_tinylm(values, bench))
+    tokens_per_step = config.data.batch_size * config.model.block_size
+    num_parameters = TransformerLM(config.model, bench.vocab_size).num_parameters()
+    result["tokens_per_sec"] = tokens_per_step / (result["ms_per_step"] / 1000)
+    result["flops_per_token"] = flops_per_token(config.model, num_parameters)
+    result["achieved_gflops"] = result["flops_per_token"] * result["tokens_per_sec"] / 1e9
+    dtype = "bfloat16" if result["precision"].startswith("bf16") else "float32"
+    result["peak_gflops"] = peak_matmul_gflops(dtype)
+    result["mfu"] = result["achieved_gflops"] / result["peak_gflops"]
+    if bench.bare:
+        result["bare_ms_per_step"] = time_bare_loop(config, bench)
+        result["lightning_overhead"] = result["ms_per_step"] / result["bare_ms_per_step"]
+    if bench.data_prep:
+        result["data_prep_cold_s"], result["data_prep_cached_s"] = time_data_prep(config.data.source)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337) -> dict[str, Any]:
+    """Tokens/s generating ``bench.new_tokens`` from a one-token prompt, cache on and off."""
+    import torch
+
+    from tinylm.model import TransformerLM
+
+    torch.manual_seed(seed)
+    model = TransformerLM(replace(model_config, dropout=0.0), bench.vocab_size).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    result: dict[str, Any] = {"task": "sample", "new_tokens": bench.new_tokens,
+                              "block_size": model_config.block_size, "threads": torch.get_num_threads()}
+    texts = {}
+    for use_cache in (True, False):
+        seconds = []
+        for _ in range(bench.repeats):
+            generator = torch.Generator().manual_seed(seed)
+            start = time.perf_counter()
+            texts[use_cache] = model.generate(prompt, bench.new_tokens, temperature=1.0, top_k=50,
+                                              use_cache=use_cache, generator=generator)
+            seconds.append(time.perf_counter() - start)
+        key = "cached" if use_cache else "uncached"
+        result[f"{key}_tokens_per_sec"] = bench.new_tokens / statistics.median(seconds)
+    result["speedup"] = result["cached_tokens_per_sec"] / result["uncached_tokens_per_sec"]
+    result["same_tokens"] = bool(torch.equal(texts[True], texts[False]))
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    """A two-column table of the figures, then the same as one JSON line (last, for tools)."""
+    width = max(map(len, result))
+    rows = [f"{key:<{width}}  {_fmt(value)}" for key, value in result.items()]
+    return "\n".join([*rows, json.dumps(result)])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)

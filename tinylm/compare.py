@@ -1,0 +1,228 @@
+"""Compare runs: one table row per TensorBoard run, and their loss curves on one figure.
+
+``python scripts/compare.py multirun/<date>/<time>`` prints a markdown table: each run's name,
+the hyperparameters that differ between the runs, its size, how far it trained, its final and
+best validation loss and bits per character, its throughput and wall time. Everything is read
+from the runs' TensorBoard event files (``tinylm.runs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinylm.config import TinyLMError
+from tinylm.runs import Run, find_runs
+
+# Hyperparameters that differ between runs without saying anything about them.
+IGNORED_HPARAMS = ("paths.",)  # the run's own directory
+
+
+class CompareError(TinyLMError):
+    """A compare.py argument is wrong; the message names it."""
+
+
+@dataclass
+class Row:
+    """What the table says about one run. None: not logged (yet)."""
+
+    run: str
+    hparams: dict[str, bool | float | str]
+    params: int | None
+    steps: int | None
+    val_loss: float | None  # at the last validation
+    best_val_loss: float | None
+    val_bpc: float | None
+    best_val_bpc: float | None
+    tokens_per_sec: float | None
+    wall_time: float  # seconds
+
+    @property
+    def validated(self) -> bool:
+        return self.val_loss is not None
+
+
+METRICS = ("params", "steps", "val_loss", "best_val_loss", "val_bpc", "best_val_bpc",
+           "tokens_per_sec", "wall_time")
+HEADINGS = ("params", "steps", "val/loss", "best val/loss", "val/bpc", "best val/bpc", "tokens/s",
+            "wall time")
+
+
+def summarize(run: Run) -> Row:
+    """The table row of ``run``, from its scalars."""
+
+    def values(tag: str) -> list[float]:
+        return [p.value for p in run.scalars.get(tag, [])]
+
+    def last(tag: str) -> float | None:
+        return values(tag)[-1] if values(tag) else None
+
+    def best(tag: str) -> float | None:
+        return min(values(tag)) if values(tag) else None
+
+    # The steps trained: Lightning logs step n's values at step n - 1.
+    logged_steps = [p.step for tag, points in run.scalars.items()
+                    if tag.startswith(("train/", "val/")) for p in points]
+    params = last("hp/params")
+    # hp/tokens_per_sec is the run's mean; older runs have only the windowed train/ rate.
+    tokens_per_sec = last("hp/tokens_per_sec")
+    if tokens_per_sec is None and values("train/tokens_per_sec"):
+        tokens_per_sec = statistics.mean(values("train/tokens_per_sec"))
+    return Row(
+        run=run.name, hparams=run.hparams,
+        params=int(params) if params is not None else None,
+        steps=max(logged_steps) + 1 if logged_steps else None,
+        val_loss=last("val/loss"), best_val_loss=best("val/loss"),
+        val_bpc=last("val/bpc"), best_val_bpc=best("val/bpc"),
+        tokens_per_sec=tokens_per_sec, wall_time=run.wall_time,
+    )
+
+
+def differing_hparams(rows: Sequence[Row]) -> list[str]:
+    """The hyperparameters whose values are not the same in every run (missing counts)."""
+    keys = sorted({key for row in rows for key in row.hparams if not key.startswith(IGNORED_HPARAMS)})
+    return [key for key in keys if len({repr(row.hparams.get(key)) for row in rows}) > 1]
+
+
+def sort_rows(rows: list[Row], key: str) -> list[Row]:
+    """Rows in ascending order of ``key`` (a metric, ``run``, or a hyperparameter); rows
+    without a value go last. Run names sort naturally: 2_... before 10_...."""
+
+    def value(row: Row) -> Any:
+        if key == "run":
+            return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", row.run)]
+        return row.hparams.get(key) if key not in METRICS else getattr(row, key)
+
+    def order(row: Row) -> tuple:
+        v = value(row)
+        return (v is None, isinstance(v, str), v if v is not None else 0)
+
+    choices = ["run", *METRICS, *sorted({k for row in rows for k in row.hparams})]
+    if key not in choices:
+        raise CompareError(f"--sort: no column {key!r}; use one of {', '.join(choices[:len(METRICS) + 1])} "
+                           f"or a hyperparameter such as model.heads")
+    return sorted(rows, key=order)
+
+
+def markdown(rows: Sequence[Row], keys: Sequence[str]) -> str:
+    """A markdown table: run, the hyperparameters ``keys``, then the metrics."""
+    header = ["run", *keys, *HEADINGS]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "---|" * (1 + len(keys)) + "---:|" * len(HEADINGS)]
+    for row in rows:
+        metrics = [
+            _number(row.params, "{:,}"), _number(row.steps, "{:,}"),
+            _number(row.val_loss, "{:.4f}") if row.validated else "no validation yet",
+            _number(row.best_val_loss, "{:.4f}"), _number(row.val_bpc, "{:.4f}"),
+            _number(row.best_val_bpc, "{:.4f}"), _number(row.tokens_per_sec, "{:,.0f}"),
+            _duration(row.wall_time),
+        ]
+        cells = [row.run, *(_hparam(row.hparams.get(k)) for k in keys), *metrics]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(rows: Sequence[Row], keys: Sequence[str]) -> str:
+    """The same table as CSV, numbers unformatted; empty cells where nothing was logged."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run", *keys, *METRICS[:-1], "wall_time_s", "validated"])
+    for row in rows:
+        writer.writerow([row.run, *(_hparam(row.hparams.get(k), missing="") for k in keys),
+                         *("" if getattr(row, m) is None else getattr(row, m) for m in METRICS),
+                         str(row.validated).lower()])
+    return out.getvalue()
+
+
+def labels(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
+    """Short names for a legend: the differing hyperparameters (``model.heads=4``) where they
+    tell the runs apart, else the run names; Hydra's job names repeat every fixed override."""
+    short = [", ".join(f"{k}={_hparam(row.hparams.get(k))}" for k in keys) for row in rows]
+    if keys and len(set(short)) == len(short):
+        return short
+    return [row.run if len(row.run) <= 60 else f"{row.run[:28]}…{row.run[-28:]}" for row in rows]
+
+
+def plot_curves(runs: Sequence[Run], names: Sequence[str], path: str | Path) -> None:
+    """val/loss (solid) and train/loss (dashed) against step, one colour per run, to ``path``;
+    ``names`` label the runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        colour = colours[i % len(colours)]
+        train, val = run.scalars.get("train/loss", []), run.scalars.get("val/loss", [])
+        ax.plot([p.step for p in train], [p.value for p in train], "--", color=colour, alpha=0.6,
+                linewidth=1, label=None if val else f"{name} (no validation yet)")
+        if val:
+            ax.plot([p.step for p in val], [p.value for p in val], "-o", color=colour, markersize=3,
+                    linewidth=1.8, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per character)")
+    ax.set_title("val/loss (solid) and train/loss (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> None:
+    """compare.py's command line; ``out`` receives the table."""
+    parser = argparse.ArgumentParser(
+        prog="compare.py", description="Compare TensorBoard runs: a table of their settings and results.")
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="a run dir, a sweep dir (multirun/<date>/<time>), outputs/ ...")
+    parser.add_argument("--sort", default="run", metavar="COLUMN",
+                        help=f"sort rows by run (default), {', '.join(METRICS)} or a hyperparameter")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of markdown")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the loss curves of all runs to this file")
+    args = parser.parse_args(argv)
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise CompareError(f"--plot: no directory {Path(args.plot).resolve().parent} to write into")
+
+    runs = find_runs(args.dirs)
+    rows = sort_rows([summarize(run) for run in runs], args.sort)
+    keys = differing_hparams(rows)
+    out(csv_table(rows, keys).rstrip("\n") if args.csv else markdown(rows, keys))
+    if args.plot:
+        by_name = {run.name: run for run in runs}
+        plot_curves([by_name[row.run] for row in rows], labels(rows, keys), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else spec.format(value)
+
+
+def _hparam(value: bool | float | str | None, missing: str = "—") -> str:
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return value
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

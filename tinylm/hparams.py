@@ -1,0 +1,126 @@
+"""TensorBoard's HPARAMS tab: a run's hyperparameters and the metrics shown beside them.
+
+The tab reads three summaries from each run, in the layout that
+``tensorboard/plugins/hparams/summary.py`` documents (that module needs TensorFlow, so the
+same protos are built here from TensorBoard's own ``api_pb2`` / ``plugin_data_pb2``):
+
+- ``_hparams_/experiment``: the columns, i.e. which hyperparameters and which metrics;
+- ``_hparams_/session_start_info``: this run's hyperparameter values;
+- ``_hparams_/session_end_info``: how the run ended.
+
+The metrics are ordinary scalars logged in the same run (``hp/val_loss`` ...); the tab shows
+the last value of each. The experiment names exactly these metrics: without it TensorBoard
+would turn every scalar of every run into a column.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+# The metrics of the tab, with the description TensorBoard shows for each.
+HP_METRICS = {
+    "hp/val_loss": "validation loss (nats per character) at the last validation",
+    "hp/val_bpc": "validation bits per character at the last validation",
+    "hp/best_val_loss": "lowest validation loss so far",
+    "hp/params": "trainable parameters (the tied embedding counted once)",
+    "hp/tokens_per_sec": "training tokens per second, averaged over the run (validation excluded)",
+}
+
+STATUS = ("unknown", "success", "failure", "running")  # api_pb2.Status, in enum order
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"heads": 4}} → {"model.heads": 4}; lists and None become strings, as
+    TensorBoard's HPARAMS tab takes only numbers, strings and booleans."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def overridden_keys(overrides: Iterable[str], params: Collection[str]) -> list[str]:
+    """The hyperparameters among ``params`` that command-line overrides set: ``model.heads=4``,
+    ``+x=1``, ``~x``; a config-group choice (``model=baby``) is not one of them."""
+    keys = (item.split("=", 1)[0].lstrip("+~") for item in overrides)
+    return [key for key in keys if key in params]
+
+
+def experiment_summary(params: dict[str, Any], differs: Collection[str] = ()) -> summary_pb2.Summary:
+    """The tab's columns: each hyperparameter with its type, and the ``HP_METRICS``.
+
+    The tab shows five hyperparameters until the user picks others: those marked as
+    differing between runs first, then in name order. One run cannot know what its siblings
+    set, so ``differs`` names the keys set on the command line; in a sweep they include the
+    swept ones.
+    """
+
+    def data_type(value: Any) -> int:
+        if isinstance(value, bool):  # before int: True is an int to isinstance
+            return api_pb2.DATA_TYPE_BOOL
+        if isinstance(value, int | float):
+            return api_pb2.DATA_TYPE_FLOAT64
+        return api_pb2.DATA_TYPE_STRING
+
+    experiment = api_pb2.Experiment(
+        time_created_secs=time.time(),
+        hparam_infos=[api_pb2.HParamInfo(name=k, type=data_type(v), differs=k in differs)
+                      for k, v in params.items()],
+        metric_infos=[
+            api_pb2.MetricInfo(
+                name=api_pb2.MetricName(tag=tag),
+                description=description,
+                dataset_type=api_pb2.DATASET_VALIDATION if "val_" in tag else api_pb2.DATASET_TRAINING,
+            )
+            for tag, description in HP_METRICS.items()
+        ],
+    )
+    return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
+
+
+def session_start_summary(params: dict[str, Any]) -> summary_pb2.Summary:
+    """This run's hyperparameter values (flat: numbers, strings and booleans)."""
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for key, value in params.items():
+        if isinstance(value, bool):
+            start.hparams[key].bool_value = value
+        elif isinstance(value, int | float):
+            start.hparams[key].number_value = value
+        else:
+            start.hparams[key].string_value = str(value)
+    return _summary(metadata.SESSION_START_INFO_TAG,
+                    plugin_data_pb2.HParamsPluginData(session_start_info=start))
+
+
+def session_end_summary(status: str) -> summary_pb2.Summary:
+    """How the run ended: one of ``STATUS`` (TensorBoard shows it in the Status column)."""
+    end = plugin_data_pb2.SessionEndInfo(status=STATUS.index(status), end_time_secs=time.time())
+    return _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
+
+
+def read_session_hparams(content: bytes) -> dict[str, bool | float | str]:
+    """The hyperparameters in a ``_hparams_/session_start_info`` summary's plugin content.
+
+    Numbers come back as floats: the protocol stores every number as a double.
+    """
+    start = metadata.parse_session_start_info_plugin_data(content)
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()
+            if value.WhichOneof("kind") in ("bool_value", "number_value", "string_value")}
+
+
+def _summary(tag: str, plugin_data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    # The empty tensor marks the value as data (not a scalar or image) for the event readers.
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data),
+                      tensor=metadata.NULL_TENSOR)
+    return summary
