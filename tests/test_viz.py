@@ -27,10 +27,21 @@ def test_colours_follow_the_colour_bar_and_grey_out_the_future() -> None:
     assert rgba[1, 0, :3].tolist() != rgba[1, 1, :3].tolist()
 
 
-def test_encoded_png_decodes_to_the_same_pixels() -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
-    decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))).convert("RGB"))
-    assert np.array_equal(decoded, pixels)
+@pytest.mark.parametrize(("channels", "mode"), [(3, "RGB"), (4, "RGBA")])
+def test_encoded_png_decodes_to_the_same_pixels(channels: int, mode: str) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (17, 23, channels), dtype=np.uint8)
+    with Image.open(io.BytesIO(encode_png(pixels))) as image:
+        assert image.mode == mode
+        assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_pieces_are_encoded_side_by_side() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (9, 30, 4), dtype=np.uint8)
+    left, right = pixels[:, :12], pixels[:, 20:]  # views, rows not contiguous
+    with Image.open(io.BytesIO(encode_png(left, right))) as image:
+        assert np.array_equal(np.asarray(image), np.concatenate([left, right], axis=1))
+    with pytest.raises(ValueError, match="expected uint8 pixels"):
+        encode_png(left, right[:5])
 
 
 def a_figure_with_one_sharp_head() -> tuple[AttentionFigure, np.ndarray]:

@@ -95,7 +95,9 @@ class AttentionMaps(Periodic):
             self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
         tags, pictures = [], []
         for layer in range(layers):
-            self.figure.draw(shown[layer][None], [scores.title(layer, head) for head in range(heads)])
+            # Titles name the head only: each title costs milliseconds of glyphs to draw, and
+            # the scores are right beside the pictures, as scalars.
+            self.figure.draw(shown[layer][None], [f"layer {layer} · head {head}" for head in range(heads)])
             tags += [f"attention/layer_{layer}"] + [f"attention/layer_{layer}/head_{h}" for h in range(heads)]
             pictures += self.figure.pictures()  # the layer, then each head
         for tag, png in zip(tags, encode_pngs(pictures), strict=True):
@@ -117,8 +119,9 @@ def add_image(writer: Any, tag: str, png: bytes, step: int) -> None:
     encodes them with Pillow, several times slower than ``tinylm.viz.encode_png``.)"""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    width, height = struct.unpack(">II", png[16:24])  # from the PNG's IHDR chunk
-    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+    colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
+    image = Summary.Image(height=height, width=width, colorspace=colorspace, encoded_image_string=png)
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 

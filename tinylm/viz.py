@@ -10,8 +10,8 @@ Pictures are made to be cheap, as the training callback draws L·(H + 1) of them
 matplotlib draws the still parts once (axes, 2·T tick labels per panel, colour bar) onto an
 Agg canvas of its own (no pyplot, no global state); each map is then pasted in as whole
 pixels, since its axes are snapped to an exact number of pixels per position, and only the
-titles are drawn again. PNGs are encoded with a plain zlib stream, several times faster than
-Pillow's adaptive filtering for pictures made of flat blocks.
+titles are drawn again. PNGs are encoded with one filter for every row and one zlib call,
+several times faster than Pillow, which tries every filter on every row.
 """
 
 from __future__ import annotations
@@ -186,42 +186,35 @@ def encode_pngs(pictures: Sequence[Sequence[np.ndarray]]) -> list[bytes]:
 
 
 def encode_png(*pieces: np.ndarray, level: int = 3) -> bytes:
-    """RGB or RGBA pixels (height, width, 3 or 4) uint8 as an RGB PNG, filter 0 on every row;
-    several pieces of the same height are placed side by side (alpha is dropped).
+    """Pixels (height, width, 3 or 4) uint8, RGB or RGBA, as PNG bytes; several pieces of the
+    same height and kind are placed side by side.
 
-    Flat blocks of colour compress as well without PNG's per-row filters, and skipping the
-    filters makes this several times faster than Pillow's encoder.
+    Every row is stored with PNG's "Up" filter (its difference from the row above): a map is
+    made of blocks several pixels tall, so most rows come out all zeros and compress to almost
+    nothing. One numpy subtraction and one zlib call, several times faster than Pillow's
+    encoder, which tries every filter on every row.
     """
-    height = pieces[0].shape[0]
+    height, channels = pieces[0].shape[0], pieces[0].shape[-1]
     for piece in pieces:
-        if piece.ndim != 3 or piece.shape[0] != height or piece.shape[2] not in (3, 4) \
-                or piece.dtype != np.uint8:
-            raise ValueError(f"expected uint8 RGB or RGBA pixels (height={height}, width, 3 or 4), got "
-                             f"{piece.dtype} {piece.shape}")
+        if piece.ndim != 3 or piece.shape[0] != height or piece.shape[2] != channels \
+                or channels not in (3, 4) or piece.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels (height={height}, width, {channels}) with 3 or 4 "
+                             f"channels, got {piece.dtype} {piece.shape}")
     width = sum(piece.shape[1] for piece in pieces)
-    rows = np.empty((height, 1 + width * 3), np.uint8)  # each row: filter type 0, then its pixels
-    rows[:, 0] = 0
-    pixels = rows[:, 1:].reshape(height, width, 3)  # a view into rows
-    left = 0
+    rows = np.empty((height, 1 + width * channels), np.uint8)  # each row: filter type, then bytes
+    rows[:, 0] = 2  # "Up"
+    start = 1
     for piece in pieces:
-        _copy_rgb(piece, pixels[:, left : left + piece.shape[1]])
-        left += piece.shape[1]
+        flat = piece.reshape(height, -1)  # (height, w·channels): a view, rows stay contiguous
+        end = start + flat.shape[1]
+        rows[0, start:end] = flat[0]  # the row above the first is taken as zeros
+        np.subtract(flat[1:], flat[:-1], out=rows[1:, start:end])  # wraps modulo 256, as PNG wants
+        start = end
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, no interlace
+    colour_type = {3: 2, 4: 6}[channels]  # truecolour, truecolour with alpha
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)  # 8 bits, no interlace
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(rows, level)) + chunk(b"IEND", b""))
-
-
-def _copy_rgb(source: np.ndarray, target: np.ndarray) -> None:
-    """Copy the RGB of ``source`` (h, w, 3 or 4) into ``target`` (h, w, 3)."""
-    if source.shape[2] == 3:
-        target[...] = source
-        return
-    # Dropping every fourth byte element by element is slow in numpy; reading each pixel as
-    # one little-endian 32-bit word and taking its low three bytes is three times faster.
-    words = source.view("<u4")[..., 0]  # (h, w): R | G << 8 | B << 16 | A << 24
-    for channel in range(3):
-        target[..., channel] = words >> (8 * channel)  # the cast to uint8 keeps the low byte
