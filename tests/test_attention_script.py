@@ -19,8 +19,10 @@ LAYERS, HEADS, BLOCK = 2, 4, 32
 @pytest.fixture(scope="module")
 def checkpoint(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
+    text = run_dir / "train.txt"  # a copy: small_text's encoding stays out of the datasets cache,
+    text.write_text(small_text.read_text())  # which tests/test_data.py expects to write itself
     values = compose(
-        f"data.source={small_text}", f"paths.output_dir={run_dir}", f"model.layers={LAYERS}",
+        f"data.source={text}", f"paths.output_dir={run_dir}", f"model.layers={LAYERS}",
         f"model.heads={HEADS}", "model.d_model=32", f"model.block_size={BLOCK}", "trainer.max_steps=20",
         "trainer.val_check_interval=20", "trainer.limit_val_batches=2", "logger=none",
         "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
