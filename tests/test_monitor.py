@@ -121,6 +121,7 @@ def test_the_probe_runs_on_the_explicit_path_only(small_text: Path, tmp_path: Pa
     assert batches and set(batches) <= {1, 8}
 
 
+@pytest.mark.slow
 def test_every_n_steps_logs_without_validation(small_text: Path, tmp_path: Path) -> None:
     values = compose(*overrides(small_text, tmp_path, "trainer.limit_val_batches=0", "trainer.max_steps=12",
                                 "callbacks.attention.every_n_steps=4", "callbacks.samples.every_n_steps=6"))
