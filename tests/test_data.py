@@ -60,13 +60,15 @@ def test_text_column_is_configurable_and_checked(hub_layout_dir: Path) -> None:
         prepared(str(hub_layout_dir), text_column="content")
 
 
-def test_encoding_is_cached_between_runs(small_text: Path) -> None:
+def test_encoding_is_cached_between_runs(small_text: Path, tmp_path: Path) -> None:
+    text = tmp_path / "fresh.txt"  # a file no other test has encoded yet
+    text.write_text(small_text.read_text() + f"\n{tmp_path}\n")
     cache = Path(os.environ["HF_DATASETS_CACHE"])
     before = set(cache.rglob("cache-*.arrow"))
-    first = prepared(str(small_text))
+    first = prepared(str(text))
     written = {p: p.stat().st_mtime_ns for p in set(cache.rglob("cache-*.arrow")) - before}
     assert written, "the first run should write the encoded rows to the datasets cache"
-    second = prepared(str(small_text))
+    second = prepared(str(text))
     assert set(cache.rglob("cache-*.arrow")) - before == set(written)  # nothing new encoded
     assert {p: p.stat().st_mtime_ns for p in written} == written  # nor rewritten
     assert torch.equal(first.train_tokens, second.train_tokens)

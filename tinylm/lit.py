@@ -58,10 +58,7 @@ class LitLM(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
-        return loss
+        return self.loss(batch)  # logged by tinylm.callbacks.TrainingMetrics, cheaply
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())

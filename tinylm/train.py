@@ -49,10 +49,10 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
     """
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond
+    from tinylm.callbacks import HParamsLogger, LastCheckpoint, ProgressBar, TrainingMetrics
     from tinylm.data import CharDataModule
     from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
@@ -75,12 +75,12 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
                         mode="min", save_top_k=1, save_on_train_epoch_end=False,
                         auto_insert_metric_name=False, enable_version_counter=False),
         LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps),
-        TokensPerSecond(),
+        TrainingMetrics(),
         *extra_callbacks,
     ]
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     if refresh_rate > 0:
-        callbacks.append(TQDMProgressBar(refresh_rate=refresh_rate))
+        callbacks.append(ProgressBar(refresh_rate=refresh_rate))
     logger: TensorBoardLogger | bool = False
     if config.logger.kind == "tensorboard":
         logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
