@@ -148,3 +148,12 @@ def test_fast_dev_run_writes_nothing_heavy(small_text: Path, tmp_path: Path) -> 
     result = run_script("train.py", "debug=fdr", f"data.source={small_text}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_bf16_mixed_precision_trains_with_the_fused_optimizer(small_text: Path, tmp_path: Path) -> None:
+    values = compose(*quick_overrides(small_text, tmp_path, "trainer.precision=bf16-mixed",
+                                      "trainer.max_steps=4", "trainer.limit_val_batches=1",
+                                      "trainer.val_check_interval=4", "logger=none"))
+    trainer, module = fit(TrainConfig.from_dict(values), values)
+    assert trainer.global_step == 4
+    assert all(torch.isfinite(p).all() for p in module.parameters())

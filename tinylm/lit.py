@@ -82,7 +82,7 @@ class LitLM(L.LightningModule):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
-                                      fused=config.fused)
+                                      fused=config.fused and not self._fp16_scaled)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate(step, config, self.decay_steps) / config.lr
         )
@@ -91,9 +91,18 @@ class LitLM(L.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        if self.optim_config.grad_clip > 0:
+        if self.optim_config.grad_clip <= 0:
+            return
+        if self._fp16_scaled:  # Lightning unscales fp16 gradients before it clips them
             self.clip_gradients(optimizer, gradient_clip_val=self.optim_config.grad_clip,
                                 gradient_clip_algorithm="norm")
+        else:  # unscaled gradients; Lightning would refuse a fused optimizer under bf16-mixed
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip)
+
+    @property
+    def _fp16_scaled(self) -> bool:
+        """Float16 mixed precision scales the loss; the fused AdamW cannot take part in that."""
+        return self._trainer is not None and str(self.trainer.precision).startswith("16")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Marks the file as ours; the vocabulary and model config are in its hyper_parameters.
