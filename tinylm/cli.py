@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tinylm.config import TinyLMError
+from tinylm.config import ConfigError, TinyLMError
 
 T = TypeVar("T")
 
@@ -27,7 +27,13 @@ def exit_on_error(run: Callable[[], T]) -> T:
 
 
 def resolved(cfg: Any) -> dict[str, Any]:
-    """A Hydra config as plain, resolved Python values."""
+    """A Hydra config as plain, resolved Python values; a required key left unset (``???``)
+    is a ConfigError naming it."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key}: is required; set it on the command line: "
+                          f"{error.full_key}=...") from None

@@ -224,10 +224,68 @@ class ProgressBarConfig:
         )
 
 
+def _check_every_n_steps(value: int | None, key: str) -> None:
+    require(value is None or value >= 1, key,
+            f"must be at least 1 (or null: after every validation), got {value}")
+
+
+@dataclass(frozen=True)
+class AttentionMapsConfig:
+    """Attention maps and head scores on a fixed probe text, logged to TensorBoard."""
+
+    enabled: bool = True
+    every_n_steps: int | None = None  # null: at step 0 and after every validation
+    probe: str | None = None  # null: the start of the validation text, up to model.block_size
+    max_chars: int = 64  # pictures show the first max_chars positions, so labels stay legible
+
+    def __post_init__(self) -> None:
+        _check_every_n_steps(self.every_n_steps, "callbacks.attention.every_n_steps")
+        require(
+            self.probe is None or len(self.probe) >= 2,
+            "callbacks.attention.probe",
+            f"must be at least 2 characters (or null for the validation text), got {self.probe!r}",
+        )
+        require(
+            self.max_chars >= 2,
+            "callbacks.attention.max_chars",
+            f"must be at least 2, got {self.max_chars}",
+        )
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """Text sampled from a fixed prompt and seed, logged to TensorBoard as ``samples``."""
+
+    enabled: bool = True
+    every_n_steps: int | None = None  # null: at step 0 and after every validation
+    prompt: str | None = None  # null: a newline (the first validation character if none)
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 is greedy decoding
+    top_k: int | None = None  # keep the k likeliest characters; null: all
+    top_p: float | None = None  # keep the likeliest characters up to this mass; null: all
+    seed: int = 1337  # the same seed at every step: samples differ only by what was learned
+
+    def __post_init__(self) -> None:
+        key = "callbacks.samples"
+        _check_every_n_steps(self.every_n_steps, f"{key}.every_n_steps")
+        require(self.prompt is None or len(self.prompt) >= 1, f"{key}.prompt",
+                "is empty; give at least one character, or null for a newline")
+        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens",
+                f"must be at least 1, got {self.max_new_tokens}")
+        require(self.temperature >= 0, f"{key}.temperature",
+                f"must be 0 (greedy) or more, got {self.temperature}")
+        require(self.top_k is None or self.top_k >= 1, f"{key}.top_k",
+                f"must be at least 1 (or null for all), got {self.top_k}")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"{key}.top_p",
+                f"must be in (0, 1] (or null for all), got {self.top_p}")
+
+
 @dataclass(frozen=True)
 class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     progress_bar: ProgressBarConfig = field(default_factory=ProgressBarConfig)
+    attention: AttentionMapsConfig = field(default_factory=AttentionMapsConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
 
 @dataclass(frozen=True)
@@ -246,6 +304,22 @@ class LoggerConfig:
 @dataclass(frozen=True)
 class PathsConfig:
     output_dir: str = "outputs/run"  # this run's directory (Hydra sets it)
+
+
+@dataclass(frozen=True)
+class AttentionScriptConfig:
+    """Settings of ``scripts/attention.py`` (configs/attention.yaml)."""
+
+    ckpt: str  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
+    out: str = "attention.png"
+    layer: int | None = None  # null: every layer; -1: the last
+    head: int | None = None  # null: every head
+    max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
+
+    def __post_init__(self) -> None:
+        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=attention.png")
+        require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
 
 
 # Trainer arguments that tinylm sets itself, with the key a user should change instead.

@@ -87,11 +87,37 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
                                    default_hp_metric=False)
         params = flatten(values)
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
+        callbacks.extend(watch_callbacks(config, data))
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
     return trainer, module
+
+
+def watch_callbacks(config: TrainConfig, data) -> list:
+    """The TensorBoard callbacks that show the model learning: attention maps and head scores
+    on a probe, and text samples. ``data`` is the prepared data module."""
+    from tinylm.monitor import AttentionMaps, TextSamples
+
+    block_size, tokenizer = config.model.block_size, data.tokenizer
+    callbacks = []
+    attention = config.callbacks.attention
+    if attention.enabled:
+        # The default probe: real text the model is not trained on, as long as a context.
+        probe = attention.probe or tokenizer.decode(data.val_tokens[:block_size].tolist())
+        callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
+                                       every_n_steps=attention.every_n_steps))
+    samples = config.callbacks.samples
+    if samples.enabled:
+        prompt = samples.prompt
+        if prompt is None:
+            prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.decode(data.val_tokens[:1].tolist())
+        callbacks.append(TextSamples(prompt, tokenizer, max_new_tokens=samples.max_new_tokens,
+                                     temperature=samples.temperature, top_k=samples.top_k,
+                                     top_p=samples.top_p, seed=samples.seed,
+                                     every_n_steps=samples.every_n_steps))
+    return callbacks
 
 
 # Strategies that start their processes without re-running the script.

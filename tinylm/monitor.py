@@ -1,0 +1,174 @@
+"""Callbacks to watch a model learn in TensorBoard: its attention maps and head diagnostics,
+and text sampled from it.
+
+Both run at the start of training (the untrained baseline, step 0) and after every validation,
+or every ``every_n_steps`` optimizer steps instead. They run on the global-zero process only,
+and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`` skip them).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from tinylm.diagnostics import HeadScores
+from tinylm.probe import ProbeError, attention_maps, check_characters, encode_probe, head_scores
+from tinylm.tokenizer import CharTokenizer
+from tinylm.viz import AttentionFigure, encode_pngs
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the trainer's TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class Periodic(Callback):
+    """Calls ``record(trainer, module, writer)`` at step 0, then after every validation, or every
+    ``every_n_steps`` optimizer steps when that is set: once per step at most, on rank 0."""
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self._logged_at = -1
+
+    def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
+        raise NotImplementedError
+
+    def _maybe_log(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero or self._logged_at == trainer.global_step:
+            return
+        self._logged_at = trainer.global_step
+        self.record(trainer, module, writer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:  # a resumed run has its baseline already
+            self._maybe_log(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._maybe_log(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.every_n_steps and not trainer.sanity_checking:
+            self._maybe_log(trainer, pl_module)
+
+
+class AttentionMaps(Periodic):
+    """Logs every head's attention on a fixed probe text, as pictures and as four scores.
+
+    Images: ``attention/layer_{l}`` (all heads of layer l side by side) and
+    ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
+    Scalars: ``heads/{entropy,prev_token,induction,first_token}/layer_{l}_head_{h}`` (see
+    ``tinylm.diagnostics``), measured on the whole probe (and, for induction, on repeated
+    random sequences).
+    """
+
+    def __init__(self, probe: str, tokenizer: CharTokenizer, block_size: int, max_chars: int = 64,
+                 every_n_steps: int | None = None, key: str = "callbacks.attention.probe") -> None:
+        super().__init__(every_n_steps)
+        self.probe = probe
+        self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
+        self.shown = min(max_chars, len(probe))  # rendered positions: labels stay readable
+        self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
+
+    @torch.no_grad()
+    def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
+        model, step = module.model, trainer.global_step
+        maps = attention_maps(model, self.ids)  # (L, 1, H, T, T)
+        scores = head_scores(model, self.ids, maps)
+        for logger in trainer.loggers:
+            logger.log_metrics(score_metrics(scores), step=step)
+        # A causal map cut to its first n rows and columns is exactly the map of the first n
+        # characters: no position attends to anything after it.
+        n = self.shown
+        shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
+        layers, heads = shown.shape[:2]
+        if self.figure is None:
+            self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
+        tags, pictures = [], []
+        for layer in range(layers):
+            # Titles name the head only: each title costs milliseconds of glyphs to draw, and
+            # the scores are right beside the pictures, as scalars.
+            self.figure.draw(shown[layer][None], [f"layer {layer} · head {head}" for head in range(heads)])
+            tags += [f"attention/layer_{layer}"] + [f"attention/layer_{layer}/head_{h}" for h in range(heads)]
+            pictures += self.figure.pictures()  # the layer, then each head
+        for tag, png in zip(tags, encode_pngs(pictures), strict=True):
+            add_image(writer, tag, png, step)
+
+
+def score_metrics(scores: HeadScores) -> dict[str, float]:
+    """``heads/<score>/layer_{l}_head_{h}`` → value, for every score and head."""
+    return {
+        f"heads/{name}/layer_{layer}_head_{head}": float(values[layer, head])
+        for name, values in scores.items()
+        for layer in range(values.size(0))
+        for head in range(values.size(1))
+    }
+
+
+def add_image(writer: Any, tag: str, png: bytes, step: int) -> None:
+    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and
+    encodes them with Pillow, several times slower than ``tinylm.viz.encode_png``.)"""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+    colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
+    image = Summary.Image(height=height, width=width, colorspace=colorspace, encoded_image_string=png)
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+class TextSamples(Periodic):
+    """Logs text sampled from a fixed prompt with a fixed seed as TensorBoard text, tag
+    ``samples``: as the seed never changes, samples at different steps differ only by what
+    the model has learned."""
+
+    def __init__(self, prompt: str, tokenizer: CharTokenizer, max_new_tokens: int = 200,
+                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 1337, every_n_steps: int | None = None,
+                 key: str = "callbacks.samples.prompt") -> None:
+        super().__init__(every_n_steps)
+        self.tokenizer = tokenizer
+        self.ids = encode_prompt(prompt, tokenizer, key)  # (1, P)
+        self.options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p)
+        self.seed = seed
+
+    @torch.no_grad()
+    def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
+        model = module.model
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        was_training = model.training
+        model.eval()
+        try:
+            ids = model.generate(self.ids.to(device), generator=generator, **self.options)  # (1, P + N)
+        finally:
+            model.train(was_training)
+        add_text(writer, "samples", self.tokenizer.decode(ids[0].tolist()), trainer.global_step)
+
+
+def encode_prompt(prompt: str, tokenizer: CharTokenizer, key: str) -> torch.Tensor:
+    """A sampling prompt as ids (1, P): known characters only, at least one. Any length will
+    do: generation keeps the last block_size positions as its context."""
+    if not prompt:
+        raise ProbeError(f"{key}: is empty; give at least one character (e.g. a newline)")
+    check_characters(prompt, tokenizer, key)
+    return torch.tensor([tokenizer.encode(prompt)])
+
+
+def add_text(writer: Any, tag: str, text: str, step: int) -> None:
+    """Write ``text`` as TensorBoard text under exactly ``tag`` (``SummaryWriter.add_text``
+    appends "/text_summary"), as a Markdown code block so its line breaks survive."""
+    from torch.utils.tensorboard.summary import text as text_summary
+
+    summary = text_summary(tag, "\n".join("    " + line for line in text.split("\n")))
+    summary.value[0].tag = tag
+    writer.file_writer.add_summary(summary, step)

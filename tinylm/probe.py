@@ -1,0 +1,92 @@
+"""Running a model on a probe text to read its attention: shared by the TensorBoard callback
+and ``scripts/attention.py``, so both show the same maps and the same head scores.
+
+The maps come from the explicit attention path (``return_attention=True``), in eval mode and
+without gradients, on the probe only: training itself keeps the fused kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tinylm.config import TinyLMError
+from tinylm.diagnostics import HeadScores
+from tinylm.model import TransformerLM
+from tinylm.tokenizer import CharTokenizer, describe_char
+
+INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier curve
+INDUCTION_SEED = 0
+
+
+class ProbeError(TinyLMError, ValueError):
+    """A probe or prompt the model cannot read; the message names the key to fix."""
+
+
+def check_characters(text: str, tokenizer: CharTokenizer, key: str) -> None:
+    """Refuse ``text`` with a one-line error naming ``key`` if the model never saw some of its
+    characters (it has no embedding for them)."""
+    unknown = tokenizer.unknown_characters(text)
+    if unknown:
+        shown = ", ".join(describe_char(c) for c in unknown[:20])
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        raise ProbeError(
+            f"{key}: {len(unknown)} character(s) not in the model's vocabulary: {shown}{more}; "
+            f"use only characters of the text it was trained on"
+        )
+
+
+def encode_probe(text: str, tokenizer: CharTokenizer, block_size: int, key: str = "prompt") -> Tensor:
+    """``text`` as token ids (1, T), refused with a one-line error naming ``key`` when it is
+    shorter than 2 characters, longer than the model's context, or holds characters the
+    model never saw."""
+    if len(text) < 2:  # one position has one possible key: there is nothing to look at
+        raise ProbeError(f"{key}: {text!r} is too short; attention needs at least 2 characters")
+    check_characters(text, tokenizer, key)
+    if len(text) > block_size:
+        raise ProbeError(
+            f"{key}: {len(text)} characters is longer than the model's block_size={block_size}; "
+            f"shorten it to at most {block_size}"
+        )
+    return torch.tensor([tokenizer.encode(text)])
+
+
+def induction_tokens(vocab_size: int, block_size: int, batch: int = INDUCTION_BATCH,
+                     seed: int = INDUCTION_SEED) -> tuple[Tensor, int]:
+    """Random sequences repeated twice, (batch, 2·period), and the period.
+
+    Each sequence draws ``period`` distinct tokens, so every token of the second copy has
+    exactly one earlier occurrence; period = min(vocab_size, block_size // 2).
+    """
+    period = min(vocab_size, block_size // 2)
+    if period < 1:
+        raise ValueError(f"block_size={block_size} is too short for an induction probe")
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.stack([torch.randperm(vocab_size, generator=generator)[:period] for _ in range(batch)])
+    return first.repeat(1, 2), period  # (batch, 2·period)
+
+
+@torch.no_grad()
+def attention_maps(model: TransformerLM, idx: Tensor) -> Tensor:
+    """Every head's attention on ``idx`` (B, T): (layers, B, heads, T, T), float32 on the CPU.
+
+    Runs in eval mode (no dropout) and puts the model back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        _, maps = model(idx.to(device), return_attention=True)
+    finally:
+        model.train(was_training)
+    return torch.stack(maps).float().cpu()  # (L, B, H, T, T)
+
+
+def head_scores(model: TransformerLM, text_ids: Tensor, text_maps: Tensor | None = None) -> HeadScores:
+    """The four diagnostics of every head: entropy, prev_token and first_token on the text
+    ``text_ids`` (1, T) (pass its maps if already computed), induction on repeated random
+    sequences."""
+    if text_maps is None:
+        text_maps = attention_maps(model, text_ids)
+    sequences, period = induction_tokens(model.vocab_size, model.config.block_size)
+    return HeadScores.from_maps(text_maps, attention_maps(model, sequences), period)
