@@ -4,18 +4,25 @@ Configs live in ``configs/`` (root: ``train.yaml``); every key can be overridden
 command line, and ``-m`` sweeps over comma-separated values.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from tinylm.cli import exit_on_error, resolved
+from tinylm.cli import discard_unused_run_dir, exit_on_error, resolved
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from tinylm.train import train
 
-    return exit_on_error(lambda: train(resolved(cfg)))
+    return exit_on_error(lambda: train(resolved(cfg)), cleanup=discard_unused_run_dir)
 
 
 if __name__ == "__main__":
+    from tinylm.preflight import check_command_line
+    from tinylm.train import check
+
+    # Every job's config is checked before Hydra creates a run directory.
+    exit_on_error(lambda: check_command_line(sys.argv[1:], "train", check))
     main()

@@ -20,6 +20,9 @@ from typing import Any
 class TinyLMError(Exception):
     """An error the user can fix; the message says what is wrong and how to fix it."""
 
+    label = "error"  # the command line prints "<label>: <message>" ...
+    exit_code = 2  # ... and exits with this status
+
 
 class ConfigError(TinyLMError, ValueError):
     """A configuration value is wrong; the message names the key."""

@@ -23,11 +23,21 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def train(values: dict[str, Any]) -> float | None:
-    """Train as ``values`` (the resolved Hydra config) say; return the best val/loss."""
+def check(values: dict[str, Any]) -> TrainConfig:
+    """``values`` (the resolved Hydra config) checked as far as can be done in seconds, without
+    torch: every setting, that ``ckpt_path`` exists, and that ``data.source`` can be had."""
+    from tinylm.sources import check_source
+
     config = TrainConfig.from_dict(values)
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+    check_source(config.data)
+    return config
+
+
+def train(values: dict[str, Any]) -> float | None:
+    """Train as ``values`` (the resolved Hydra config) say; return the best val/loss."""
+    config = check(values)
     trainer, _ = fit(config, values)
     best = trainer.checkpoint_callback.best_model_score
     return float(best) if best is not None else None
