@@ -219,6 +219,7 @@ TRAINER_KEYS_OWNED = {
     "gradient_clip_val": "optim.grad_clip",
     "gradient_clip_algorithm": "optim.grad_clip",
     "enable_checkpointing": "callbacks.checkpoint.*",
+    "plugins": "the defaults (tinylm's plugin writes checkpoints atomically)",
 }
 
 

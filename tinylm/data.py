@@ -19,8 +19,6 @@ from tinylm.config import DataConfig
 from tinylm.sources import OFFLINE_HINT, DataError, load_texts
 from tinylm.tokenizer import CharTokenizer
 
-__all__ = ["CharDataModule", "DataError", "RandomWindows", "SequentialWindows", "encode_cached"]
-
 # --------------------------------------------------------------------------- encoding
 
 
@@ -49,6 +47,14 @@ def _encode_batch(batch: dict, vocab: list[str]) -> dict:
 # --------------------------------------------------------------------------- batches
 
 
+def derived_seed(*key: int) -> int:
+    """A seed for one stream of random numbers, e.g. (seed, rank, batch number): distinct keys
+    give independent streams. (Append a nonzero tag to start a new family: SeedSequence pads
+    keys with zeros, so (a, b) and (a, b, 0) are the same key.)"""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+
 class RandomWindows(IterableDataset):
     """Training batches as nanoGPT draws them: ``batch_size`` windows of ``block_size + 1``
     tokens at uniformly random offsets; inputs are the first ``block_size`` tokens of each
@@ -65,8 +71,7 @@ class RandomWindows(IterableDataset):
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
-        seed = np.random.SeedSequence([self.seed, self.rank, n]).generate_state(1)[0]
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, n))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
         offsets = torch.arange(self.block_size + 1)
         windows = self.tokens[starts[:, None] + offsets]  # (B, T + 1)

@@ -49,6 +49,7 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
 
     ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
     ``extra_callbacks`` join the standard ones (benchmarks add a timer this way).
+    Raises ``Interrupted`` when a signal stopped training (after saving last.ckpt).
     """
     import lightning as L
     import torch
@@ -58,6 +59,7 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
     from tinylm.callbacks import HParamsLogger, LastCheckpoint, TokensPerSecond, flatten
     from tinylm.data import CharDataModule
     from tinylm.lit import LitLM
+    from tinylm.resilience import AtomicCheckpointIO, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 
     _check_trainer_keys(config.trainer, L.Trainer)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
@@ -72,11 +74,16 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
                    max_steps=config.max_steps)
 
     output_dir = Path(config.paths.output_dir)
+    last = LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps)
+    stop = StopOnSignal(last)
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val/loss",
                         mode="min", save_top_k=1, save_on_train_epoch_end=False,
                         auto_insert_metric_name=False, enable_version_counter=False),
-        LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps),
+        last,
+        StepSeed(config.seed),
+        stop,
+        StopOnNonFiniteLoss(last, config.optim.lr),
         TokensPerSecond(),
         *extra_callbacks,
     ]
@@ -89,9 +96,11 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
                                    default_hp_metric=False)
         callbacks.append(HParamsLogger(flatten(values)))
 
-    trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
+    trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    if interrupted := stop.stopped():
+        raise interrupted
     return trainer, module
 
 
