@@ -50,12 +50,46 @@ def compose(*overrides: str, config_name: str = "train") -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300):
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard files: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def quick_overrides(text: Path, run_dir: Path, *extra: str, script: bool = False) -> list[str]:
+    """A model and run small enough to train in seconds on a CPU; ``script``: for
+    scripts/train.py (which takes the run directory as hydra.run.dir) rather than ``compose``."""
+    return [
+        f"data.source={text}", f"{'hydra.run.dir' if script else 'paths.output_dir'}={run_dir}",
+        "model.layers=2", "model.d_model=64", "model.block_size=32", "data.batch_size=16",
+        "optim.warmup_steps=5", "trainer.max_steps=40", "trainer.val_check_interval=20",
+        "trainer.log_every_n_steps=5", "callbacks.progress_bar.refresh_rate=0",
+        "trainer.enable_model_summary=false", *extra,
+    ]
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300,
+               cwd: Path = REPO):
     """Run scripts/<script> in a fresh Python, as a user would; returns the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_script(script: str, *args: str, env: dict | None = None):
+    """Start scripts/<script> as run_script does, without waiting: for signals and kills.
+    The caller waits for it (or kills it)."""
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, **(env or {})},
     )
