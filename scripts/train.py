@@ -20,9 +20,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from tinylm.config import TrainConfig
     from tinylm.preflight import check_command_line
     from tinylm.train import check
 
     # Every job's config is checked before Hydra creates a run directory.
-    exit_on_error(lambda: check_command_line(sys.argv[1:], "train", check))
+    exit_on_error(lambda: check_command_line(sys.argv[1:], "train", check, TrainConfig.from_dict))
     main()

@@ -22,9 +22,11 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
-def check_command_line(argv: Sequence[str], config_name: str,
-                       validate: Callable[[dict[str, Any]], object]) -> None:
-    """Compose the config of each job ``argv`` asks for and pass it to ``validate``.
+def check_command_line(argv: Sequence[str], config_name: str, check: Callable[[dict[str, Any]], object],
+                       parse: Callable[[dict[str, Any]], object] | None = None) -> None:
+    """Compose the config of each job ``argv`` asks for and pass it to ``check``, which raises
+    a TinyLMError for what it finds wrong. ``parse`` (default: ``check``) only validates the
+    settings, quickly: it tells whether a key Hydra does not know could be added with ``+``.
 
     Raises ConfigError for any mistake. Does nothing when ``argv`` is not a run (``--help``,
     ``--cfg``, ``--info``) or points Hydra at other config files: Hydra handles those itself.
@@ -42,7 +44,7 @@ def check_command_line(argv: Sequence[str], config_name: str,
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             for overrides in _jobs(args.overrides, args.multirun):
-                validate(_compose(name, overrides, validate))
+                check(_compose(name, overrides, parse or check))
     finally:
         HydraConfig.instance().cfg = None  # Hydra sets it again for the real run
 
@@ -64,7 +66,7 @@ def _jobs(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
     yield from batch
 
 
-def _compose(name: str, overrides: list[str], validate: Callable[[dict[str, Any]], object]
+def _compose(name: str, overrides: list[str], parse: Callable[[dict[str, Any]], object]
              ) -> dict[str, Any]:
     """The job's config as plain values, or a ConfigError for what Hydra refused."""
     from hydra.errors import HydraException, MissingConfigException
@@ -74,7 +76,7 @@ def _compose(name: str, overrides: list[str], validate: Callable[[dict[str, Any]
     except MissingConfigException as error:
         raise _missing_preset(error) from None
     except HydraException as error:
-        raise _unknown_key(error, name, overrides, validate) or _hydra_error(error) from None
+        raise _unknown_key(error, name, overrides, parse) or _hydra_error(error) from None
 
 
 def _values(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def _values(name: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def _unknown_key(error: Exception, name: str, overrides: list[str],
-                 validate: Callable[[dict[str, Any]], object]) -> ConfigError | None:
+                 parse: Callable[[dict[str, Any]], object]) -> ConfigError | None:
     """Hydra's "Could not override 'model.foo'" as our one line, or None for other errors.
 
     Composed again with the key added (``+model.foo=1``), the config meets our validation,
@@ -114,7 +116,7 @@ def _unknown_key(error: Exception, name: str, overrides: list[str],
     except HydraException:
         return None  # not a key that can be added either (e.g. one below a number)
     try:
-        validate(values)
+        parse(values)
     except ConfigError as refused:
         return refused
     parent, _, leaf = key.rpartition(".")
