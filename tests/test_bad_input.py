@@ -210,3 +210,9 @@ def test_a_checkpoint_that_cannot_be_resumed(damage, starts, contains, checkpoin
     args = quick_overrides(small_text, workdir / "run", f"ckpt_path={path}", *extra, script=True)
     result, _ = train_cli(workdir, *args)
     assert_one_line_error(result, workdir, starts, contains)
+
+
+def test_tinylm_debug_shows_the_traceback(workdir) -> None:
+    result, _ = train_cli(workdir, "model.heads=5", env={"TINYLM_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError: model.heads: 5 heads" in result.stderr

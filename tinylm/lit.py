@@ -69,8 +69,10 @@ class LitLM(L.LightningModule):
         loss = self.val_loss.compute()  # the mean over every validation window
         self.val_loss.reset()
         bpc = loss / LN2
-        self.log("val/loss", loss, prog_bar=True)
-        self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc})
+        # Already the same on every process (the metric syncs); sync_dist says so to Lightning.
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc},
+                      sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config

@@ -49,7 +49,7 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
 
     ``values`` is the same config as plain values: it is logged as the run's hyperparameters.
     ``extra_callbacks`` join the standard ones (benchmarks add a timer this way).
-    Raises ``Interrupted`` when a signal stopped training (after saving last.ckpt).
+    Raises ``Interrupted`` (on rank 0) when a signal stopped training, after saving last.ckpt.
     """
     import lightning as L
     import torch
@@ -99,7 +99,9 @@ def fit(config: TrainConfig, values: dict[str, Any], extra_callbacks: Sequence[C
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
-    if interrupted := stop.stopped():
+    # One process reports (and exits 128+N); the others end quietly: Lightning's launcher
+    # kills all processes when one of the ranks it started exits non-zero.
+    if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
 
