@@ -15,15 +15,15 @@ T = TypeVar("T")
 
 def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
     """Run ``run``; a TinyLMError becomes ``<label>: <message>`` on stderr and its exit status
-    (``error: ...`` and 2 for a mistake). ``cleanup`` runs first: it removes what the failed
-    run wrote, so a mistake leaves nothing behind.
+    (``error: ...`` and 2 for a mistake). For bad input ``cleanup`` runs first: it removes what
+    the failed run wrote, so a mistake leaves nothing behind.
 
     Set TINYLM_DEBUG=1 to get the full traceback instead.
     """
     try:
         return run()
     except TinyLMError as error:
-        if cleanup is not None:
+        if cleanup is not None and error.bad_input:
             cleanup()
         if os.environ.get("TINYLM_DEBUG"):
             raise

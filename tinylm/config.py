@@ -22,6 +22,7 @@ class TinyLMError(Exception):
 
     label = "error"  # the command line prints "<label>: <message>" ...
     exit_code = 2  # ... and exits with this status
+    bad_input = True  # found before any work was done: the run's directory can go
 
 
 class ConfigError(TinyLMError, ValueError):

@@ -83,6 +83,7 @@ class Interrupted(TinyLMError):
     """Training stopped on a signal, after saving a checkpoint to resume from."""
 
     label = "stopped"
+    bad_input = False
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -157,6 +158,8 @@ class StopOnSignal(Callback):
 
 class DivergedError(TinyLMError):
     """The training loss became NaN or infinite."""
+
+    bad_input = False
 
 
 class StopOnNonFiniteLoss(Callback):
