@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, quick_overrides, run_script
+from conftest import closed_port, compose, quick_overrides, run_script
 
 from tinylm.config import TrainConfig
 from tinylm.train import fit
@@ -116,12 +116,6 @@ def test_a_hub_id_while_offline(workdir) -> None:
     assert seconds < HUB_SECONDS, f"{seconds:.1f} s"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def silent_listener() -> Iterator[int]:
     """A server on 127.0.0.1 that accepts connections and never answers; closed afterwards."""
@@ -152,7 +146,7 @@ def silent_listener() -> Iterator[int]:
 
 @pytest.mark.parametrize("hub", ["closed port", "never answers"])
 def test_an_unreachable_hub_fails_fast(hub: str, workdir, request) -> None:
-    port = _closed_port() if hub == "closed port" else request.getfixturevalue("silent_listener")
+    port = closed_port() if hub == "closed port" else request.getfixturevalue("silent_listener")
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
     result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=env)
     assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare'",

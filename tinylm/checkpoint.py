@@ -33,10 +33,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{key}: no checkpoint file at {path.resolve()}")
-    corrupt = f"{key}: {path} is truncated or corrupt ({{}}); use another checkpoint, e.g. " \
-              f"checkpoints/best.ckpt of the same run"
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
-        raise CheckpointError(corrupt.format("not a complete zip archive, as torch.save writes"))
+        raise _corrupt(key, path, "not a complete zip archive, as torch.save writes")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -47,10 +45,15 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
             f"(weights_only=True); use a checkpoint that tinylm wrote"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(corrupt.format(str(error).splitlines()[0])) from None
+        raise _corrupt(key, path, str(error).splitlines()[0]) from None
     if not isinstance(checkpoint, dict) or "tinylm" not in checkpoint:
         raise CheckpointError(f"{key}: {path} is not a tinylm checkpoint (it has no 'tinylm' entry)")
     return checkpoint
+
+
+def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); use another "
+                           f"checkpoint, e.g. checkpoints/best.ckpt of the same run")
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:

@@ -148,10 +148,15 @@ class StopOnSignal(Callback):
         """What to tell the user when training stopped on a signal; None otherwise."""
         if self.signum is None:
             return None
-        path = self.checkpoint.path.absolute()
+        path, saved = self.checkpoint.path.absolute(), self.checkpoint.saved_step
+        if saved == self.step:
+            kept = f"and saved {path}; resume with ckpt_path={path}"
+        elif saved is not None:
+            kept = f"(its weights were not finite, not saved); resume from step {saved}: ckpt_path={path}"
+        else:
+            kept = "(its weights were not finite, not saved); no checkpoint was written"
         return Interrupted(
-            f"{signal.Signals(self.signum).name} received; training stopped after step {self.step} "
-            f"and saved {path}; resume with ckpt_path={path}",
+            f"{signal.Signals(self.signum).name} received; training stopped after step {self.step} {kept}",
             self.signum,
         )
 
