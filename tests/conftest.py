@@ -36,6 +36,18 @@ def small_text(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
+@pytest.fixture(scope="session")
+def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 40-step run of the quick model: its run directory, Trainer and LitLM."""
+    from tinylm.config import TrainConfig
+    from tinylm.train import fit
+
+    run_dir = tmp_path_factory.mktemp("run")
+    values = compose(*quick_overrides(small_text, run_dir))
+    trainer, module = fit(TrainConfig.from_dict(values), values)
+    return run_dir, trainer, module
+
+
 def compose(*overrides: str, config_name: str = "train") -> dict:
     """The real Hydra config, composed as scripts/train.py composes it, resolved to plain values.
 

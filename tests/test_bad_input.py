@@ -17,10 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import closed_port, compose, quick_overrides, run_script
-
-from tinylm.config import TrainConfig
-from tinylm.train import fit
+from conftest import closed_port, quick_overrides, run_script
 
 # Config mistakes are found before torch and Lightning are imported: 3 s of work at most. It
 # is the child's CPU time that is bounded: on a shared machine, wall-clock time under the test
@@ -183,13 +180,9 @@ def test_unusable_text(source, starts, contains, texts, workdir) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(trained) -> Path:
     """A real last.ckpt of a 2-layer model."""
-    run_dir = tmp_path_factory.mktemp("run")
-    values = compose(*quick_overrides(small_text, run_dir, "trainer.max_steps=5",
-                                      "trainer.limit_val_batches=0", "logger=none"))
-    fit(TrainConfig.from_dict(values), values)
-    return run_dir / "checkpoints" / "last.ckpt"
+    return trained[0] / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.slow

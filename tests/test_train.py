@@ -13,14 +13,6 @@ from tinylm.config import ConfigError, TrainConfig
 from tinylm.train import fit, train
 
 
-@pytest.fixture(scope="module")
-def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
-    run_dir = tmp_path_factory.mktemp("run")
-    values = compose(*quick_overrides(small_text, run_dir))
-    trainer, module = fit(TrainConfig.from_dict(values), values)
-    return run_dir, trainer, module
-
-
 def test_run_writes_checkpoints_and_tensorboard_scalars(trained) -> None:
     run_dir, trainer, _ = trained
     assert trainer.global_step == 40
