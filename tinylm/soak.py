@@ -86,6 +86,9 @@ def soak(values: dict[str, Any], settings: SoakConfig) -> dict[str, Any]:
     last = (steps - settings.window + 1, steps)
     start_peak, end_peak = monitor.window_peak(*first), monitor.window_peak(*last)
     growth = (end_peak - start_peak) / MB
+    # The peak over each window in turn: a leak climbs steadily, noise does not.
+    trend = [monitor.window_peak(a, min(a + settings.window - 1, steps)) / MB
+             for a in range(first[0], steps + 1, settings.window)]
     return {
         "steps": trainer.global_step,
         "seconds": round(seconds, 1),
@@ -97,6 +100,7 @@ def soak(values: dict[str, Any], settings: SoakConfig) -> dict[str, Any]:
         "start_window": f"steps {first[0]}-{first[1]}",
         "end_window": f"steps {last[0]}-{last[1]}",
         "rss_growth_mb": round(growth, 1),
+        "rss_peak_per_window_mb": " ".join(f"{mb:.1f}" for mb in trend),
         "tolerance_mb": settings.tolerance_mb,
         "verdict": "ok" if growth <= settings.tolerance_mb else "GREW",
     }
