@@ -36,6 +36,18 @@ def small_text(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
+@pytest.fixture(scope="session")
+def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 40-step run of the quick model: its run directory, Trainer and LitLM."""
+    from tinylm.config import TrainConfig
+    from tinylm.train import fit
+
+    run_dir = tmp_path_factory.mktemp("run")
+    values = compose(*quick_overrides(small_text, run_dir))
+    trainer, module = fit(TrainConfig.from_dict(values), values)
+    return run_dir, trainer, module
+
+
 def compose(*overrides: str, config_name: str = "train") -> dict:
     """The real Hydra config, composed as scripts/train.py composes it, resolved to plain values.
 
@@ -50,12 +62,55 @@ def compose(*overrides: str, config_name: str = "train") -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300):
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard files: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def quick_overrides(text: Path, run_dir: Path, *extra: str, script: bool = False) -> list[str]:
+    """A model and run small enough to train in seconds on a CPU; ``script``: for
+    scripts/train.py (which takes the run directory as hydra.run.dir) rather than ``compose``."""
+    return [
+        f"data.source={text}", f"{'hydra.run.dir' if script else 'paths.output_dir'}={run_dir}",
+        "model.layers=2", "model.d_model=64", "model.block_size=32", "data.batch_size=16",
+        "optim.warmup_steps=5", "trainer.max_steps=40", "trainer.val_check_interval=20",
+        "trainer.log_every_n_steps=5", "callbacks.progress_bar.refresh_rate=0",
+        "trainer.enable_model_summary=false", *extra,
+    ]
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300,
+               cwd: Path = REPO):
     """Run scripts/<script> in a fresh Python, as a user would; returns the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_script(script: str, *args: str, env: dict | None = None):
+    """Start scripts/<script> as run_script does, without waiting: for signals and kills.
+    The caller waits for it (or kills it)."""
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, **(env or {})},
     )

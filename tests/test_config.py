@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIGS, REPO, compose, run_script
+from conftest import CONFIGS, REPO, compose
 
 from tinylm.config import ConfigError, ModelConfig, TrainConfig
 
@@ -84,20 +84,3 @@ def test_validating_a_config_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-
-
-@pytest.mark.parametrize(
-    ("override", "key"), [("model.heads=5", "model.heads"), ("model.heads=four", "model.heads")]
-)
-def test_train_script_stops_on_a_bad_value_with_one_line(override: str, key: str, tmp_path) -> None:
-    result = run_script("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert f"error: {key}:" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_train_script_rejects_unknown_keys_before_starting(tmp_path) -> None:
-    result = run_script("train.py", "model.head=4", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert "model.head" in result.stderr

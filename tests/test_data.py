@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, closed_port
 
 from tinylm.config import DataConfig
 from tinylm.data import CharDataModule, DataError, RandomWindows, SequentialWindows
@@ -154,19 +153,13 @@ def test_hub_id_while_offline_fails_fast_with_alternatives() -> None:
     assert "data=pydocs" in str(error.value) and "data.source=path/to/file.txt" in str(error.value)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_hub_fails_fast_with_alternatives() -> None:
     """With HF_HUB_OFFLINE unset, an unreachable Hub must not mean minutes of retries."""
     code = (
         "from tinylm.config import DataConfig; from tinylm.data import CharDataModule;"
         "CharDataModule(DataConfig(source='karpathy/tiny_shakespeare'), 64).prepare()"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             cwd=REPO, timeout=120)

@@ -6,36 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, run_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import compose, quick_overrides, run_script, scalars
 
 import tinylm
 from tinylm.config import ConfigError, TrainConfig
 from tinylm.train import fit, train
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def quick_overrides(text: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"data.source={text}", f"paths.output_dir={run_dir}",
-        "model.layers=2", "model.d_model=64", "model.block_size=32", "data.batch_size=16",
-        "optim.warmup_steps=5", "trainer.max_steps=40", "trainer.val_check_interval=20",
-        "trainer.log_every_n_steps=5", "callbacks.progress_bar.refresh_rate=0",
-        "trainer.enable_model_summary=false", *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
-    run_dir = tmp_path_factory.mktemp("run")
-    values = compose(*quick_overrides(small_text, run_dir))
-    trainer, module = fit(TrainConfig.from_dict(values), values)
-    return run_dir, trainer, module
 
 
 def test_run_writes_checkpoints_and_tensorboard_scalars(trained) -> None:

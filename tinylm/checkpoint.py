@@ -7,6 +7,7 @@ Python values only, so a file carrying a pickled payload is refused and none of 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,21 +33,27 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{key}: no checkpoint file at {path.resolve()}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
+        raise _corrupt(key, path, "not a complete zip archive, as torch.save writes")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise CheckpointError(
-            f"{key}: {path} holds objects other than tensors and plain values, so it was not "
-            f"loaded (weights_only=True refuses code in checkpoints): {str(error).splitlines()[0]}"
+            f"{key}: {path} holds Python objects{f' ({found[1]})' if found else ''} besides "
+            f"tensors and plain values, so it was not loaded and nothing in it ran "
+            f"(weights_only=True); use a checkpoint that tinylm wrote"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(
-            f"{key}: {path} is truncated or corrupt ({str(error).splitlines()[0]}); "
-            f"use another checkpoint, e.g. checkpoints/best.ckpt of the same run"
-        ) from None
+        raise _corrupt(key, path, str(error).splitlines()[0]) from None
     if not isinstance(checkpoint, dict) or "tinylm" not in checkpoint:
         raise CheckpointError(f"{key}: {path} is not a tinylm checkpoint (it has no 'tinylm' entry)")
     return checkpoint
+
+
+def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); use another "
+                           f"checkpoint, e.g. checkpoints/best.ckpt of the same run")
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:

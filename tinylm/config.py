@@ -21,6 +21,10 @@ from typing import Any
 class TinyLMError(Exception):
     """An error the user can fix; the message says what is wrong and how to fix it."""
 
+    label = "error"  # the command line prints "<label>: <message>" ...
+    exit_code = 2  # ... and exits with this status
+    bad_input = True  # found before any work was done: the run's directory can go
+
 
 class ConfigError(TinyLMError, ValueError):
     """A configuration value is wrong; the message names the key."""
@@ -330,6 +334,7 @@ TRAINER_KEYS_OWNED = {
     "gradient_clip_val": "optim.grad_clip",
     "gradient_clip_algorithm": "optim.grad_clip",
     "enable_checkpointing": "callbacks.checkpoint.*",
+    "plugins": "the defaults (tinylm's plugin writes checkpoints atomically)",
 }
 
 

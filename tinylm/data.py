@@ -1,171 +1,23 @@
 """Text in, batches of character ids out: a LightningDataModule over Hugging Face ``datasets``.
 
-The texts of all splits of the source are concatenated in order and cut, as nanoGPT does,
-into the first ``1 - val_fraction`` for training and the rest for validation. Encoding runs
-once: ``datasets`` caches it on disk, keyed by the source's fingerprint and the vocabulary.
+The texts of all splits of the source (``tinylm.sources``) are concatenated in order and cut,
+as nanoGPT does, into the first ``1 - val_fraction`` for training and the rest for validation.
+Encoding runs once: ``datasets`` caches it on disk, keyed by the source's fingerprint and the
+vocabulary.
 """
 
 from __future__ import annotations
 
-import glob
 import itertools
-import os
-import re
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from tinylm.config import DataConfig, TinyLMError
+from tinylm.config import DataConfig
+from tinylm.sources import OFFLINE_HINT, DataError, load_texts
 from tinylm.tokenizer import CharTokenizer
-
-BUILTIN_PREFIX = "builtin:"
-OFFLINE_HINT = "offline alternatives: data=pydocs, or data.source=path/to/file.txt"
-# Splits in the order their texts are joined; other splits follow in the source's order.
-SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
-FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-HUB_PROBE_TIMEOUT_S = 5.0
-
-
-class DataError(TinyLMError):
-    """The data source cannot give us text; the message names the key to change."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_texts(config: DataConfig):
-    """The source as a ``datasets.Dataset`` with one column, "text", in corpus order
-    (the splits of a Hub dataset joined train, validation, test)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    source = config.source
-    rows = _load_rows(source, config.revision)
-    if config.text_column not in rows.column_names:
-        raise DataError(
-            f"data.text_column={config.text_column!r} is not a column of data.source={source!r}; "
-            f"its columns are {rows.column_names}"
-        )
-    rows = rows.select_columns([config.text_column])
-    if config.text_column != "text":
-        rows = rows.rename_column(config.text_column, "text")
-    return rows
-
-
-def _load_rows(source: str | tuple[str, ...], revision: str | None):
-    """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
-    import datasets
-
-    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
-        return _builtin(source.removeprefix(BUILTIN_PREFIX))
-    files = _local_files(source)
-    if files is not None:
-        builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
-        # sample_by="document": each file is one row, its text exactly as on disk.
-        options = {"sample_by": "document"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=files, split="train", **options)
-    if Path(source).expanduser().is_dir():
-        return _concatenate_splits(datasets.load_dataset(str(Path(source).expanduser())))
-    _check_hub_reachable(source)
-    try:
-        loaded = datasets.load_dataset(source, revision=revision)
-    except Exception as error:  # the Hub raises many types; every one means "no data"
-        raise DataError(
-            f"data.source={source!r} (revision {revision!r}) could not be loaded from the "
-            f"Hugging Face Hub: {type(error).__name__}: {_first_line(error)}. "
-            f"Check the id and data.revision, or use {OFFLINE_HINT}"
-        ) from error
-    return _concatenate_splits(loaded)
-
-
-def _local_files(source: str | tuple[str, ...]) -> list[str] | None:
-    """The files ``source`` names; None when it names a directory or a Hub id."""
-    if isinstance(source, str):
-        path = Path(source).expanduser()
-        if path.is_dir() or not (path.exists() or glob.has_magic(source) or _looks_like_path(source)):
-            return None
-    patterns = [source] if isinstance(source, str) else list(source)
-    files: list[str] = []
-    for pattern in patterns:
-        expanded = os.path.expanduser(pattern)
-        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
-        if not matches:
-            raise DataError(f"data.source: no file matches {pattern!r}; {OFFLINE_HINT}")
-        for match in matches:
-            if not Path(match).is_file():
-                raise DataError(
-                    f"data.source: file not found: {Path(match).resolve()}; fix the path, "
-                    f"or use a Hub dataset id, or data=pydocs"
-                )
-        files.extend(matches)
-    return files
-
-
-def _looks_like_path(source: str) -> bool:
-    """A Hub id is "name" or "owner/name"; anything else, or a file suffix, means a path."""
-    suffix = Path(source).suffix.lower()
-    return (
-        not HUB_ID.match(source)
-        or source.startswith((".", "~"))
-        or suffix in (".txt", ".text", ".md", *FILE_BUILDERS)
-    )
-
-
-def _concatenate_splits(loaded):
-    import datasets
-
-    names = list(loaded)
-    ordered = [s for s in SPLIT_ORDER if s in names] + [s for s in names if s not in SPLIT_ORDER]
-    return datasets.concatenate_datasets([loaded[s] for s in ordered])
-
-
-def _builtin(name: str):
-    import datasets
-
-    if name != "pydocs":
-        raise DataError(f"data.source: unknown built-in corpus {name!r}; the built-in is 'builtin:pydocs'")
-    return datasets.Dataset.from_generator(_pydoc_topics)
-
-
-def _pydoc_topics():
-    """Python's own documentation topics (shipped with every CPython): English prose, offline."""
-    from pydoc_data.topics import topics
-
-    for name in sorted(topics):
-        yield {"text": topics[name] + "\n\n"}
-
-
-def _check_hub_reachable(source: str) -> None:
-    """Fail in seconds, not minutes, when the Hub cannot be reached (datasets retries long)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return  # datasets then uses its cache, or fails at once
-    endpoint = constants.ENDPOINT
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return  # the server answered: it is reachable
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise DataError(
-            f"data.source={source!r} looks like a Hugging Face Hub id, but the Hub at {endpoint} "
-            f"cannot be reached ({reason}). If you meant a local path, it does not exist: "
-            f"{Path(source).resolve()}. {OFFLINE_HINT.capitalize()}; or, if the dataset is "
-            f"already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
-        ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
-
 
 # --------------------------------------------------------------------------- encoding
 
@@ -195,6 +47,14 @@ def _encode_batch(batch: dict, vocab: list[str]) -> dict:
 # --------------------------------------------------------------------------- batches
 
 
+def derived_seed(*key: int) -> int:
+    """A seed for one stream of random numbers, e.g. (seed, rank, batch number): distinct keys
+    give independent streams. (Append a nonzero tag to start a new family: SeedSequence pads
+    keys with zeros, so (a, b) and (a, b, 0) are the same key.)"""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+
 class RandomWindows(IterableDataset):
     """Training batches as nanoGPT draws them: ``batch_size`` windows of ``block_size + 1``
     tokens at uniformly random offsets; inputs are the first ``block_size`` tokens of each
@@ -211,8 +71,7 @@ class RandomWindows(IterableDataset):
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
-        seed = np.random.SeedSequence([self.seed, self.rank, n]).generate_state(1)[0]
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, n))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
         offsets = torch.arange(self.block_size + 1)
         windows = self.tokens[starts[:, None] + offsets]  # (B, T + 1)

@@ -69,9 +69,10 @@ class LitLM(L.LightningModule):
         bpc = loss / LN2
         if not self.trainer.sanity_checking:  # a sanity check is not a result
             self.best_val_loss = min(self.best_val_loss, loss.item())
-        self.log("val/loss", loss, prog_bar=True)
+        # Already the same on every process (the metric syncs); sync_dist says so to Lightning.
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc,
-                       "hp/best_val_loss": self.best_val_loss})
+                       "hp/best_val_loss": self.best_val_loss}, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config

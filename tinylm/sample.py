@@ -84,13 +84,20 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="sample")
 def _hydra_main(cfg: DictConfig) -> None:
-    exit_on_error(lambda: sample(parse_section(SampleConfig, resolved(cfg), "")))
+    exit_on_error(lambda: sample(_check(resolved(cfg))))
 
 
 def main() -> None:
     """The command line; ``prompt=`` takes any text as it is (see ``quote_prompt``)."""
+    from tinylm.preflight import check_command_line
+
     sys.argv = [quote_prompt(arg) for arg in sys.argv]
+    exit_on_error(lambda: check_command_line(sys.argv[1:], "sample", _check))
     _hydra_main()
+
+
+def _check(values: dict[str, Any]) -> SampleConfig:
+    return parse_section(SampleConfig, values, "")
 
 
 def quote_prompt(arg: str) -> str:

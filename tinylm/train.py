@@ -23,17 +23,27 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
+def check(values: dict[str, Any]) -> TrainConfig:
+    """``values`` (the resolved Hydra config) checked as far as can be done in seconds, without
+    torch: every setting, that ``ckpt_path`` exists, and that ``data.source`` can be had."""
+    from tinylm.sources import check_source
+
+    config = TrainConfig.from_dict(values)
+    if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+    check_source(config.data)
+    return config
+
+
 def train(values: dict[str, Any], overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
     """Train as ``values`` (the resolved Hydra config) say; return the best val/loss.
 
     ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
     of a Hydra sweep (``-m``).
     """
-    config = TrainConfig.from_dict(values)
+    config = check(values)
     if sweep:
         check_sweep_strategy(config.trainer)
-    if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
     trainer, _ = fit(config, values, overrides)
     best = trainer.checkpoint_callback.best_model_score
     return float(best) if best is not None else None
@@ -45,7 +55,8 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
 
     ``values`` is the same config as plain values: it is logged as the run's hyperparameters,
     those that ``overrides`` set first. ``extra_callbacks`` join the standard ones
-    (benchmarks add a timer this way).
+    (benchmarks add a timer this way). Raises ``Interrupted`` (on rank 0) when a signal stopped
+    training, after saving last.ckpt.
     """
     import lightning as L
     import torch
@@ -56,6 +67,7 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
     from tinylm.data import CharDataModule
     from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
+    from tinylm.resilience import AtomicCheckpointIO, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 
     _check_trainer_keys(config.trainer, L.Trainer)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
@@ -70,11 +82,16 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
                    max_steps=config.max_steps)
 
     output_dir = Path(config.paths.output_dir)
+    last = LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps)
+    stop = StopOnSignal(last)
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val/loss",
                         mode="min", save_top_k=1, save_on_train_epoch_end=False,
                         auto_insert_metric_name=False, enable_version_counter=False),
-        LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps),
+        last,
+        StepSeed(config.seed),
+        stop,
+        StopOnNonFiniteLoss(last, config.optim.lr),
         TrainingMetrics(),
         *extra_callbacks,
     ]
@@ -89,9 +106,13 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
         callbacks.extend(watch_callbacks(config, data))
 
-    trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks,
+    trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    # One process reports (and exits 128+N); the others end quietly: Lightning's launcher
+    # kills all processes when one of the ranks it started exits non-zero.
+    if (interrupted := stop.stopped()) and trainer.is_global_zero:
+        raise interrupted
     return trainer, module
 
 

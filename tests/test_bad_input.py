@@ -1,0 +1,217 @@
+"""Every bad input, from the command line, as a user meets it: one line on stderr that names
+the key or file and the fix, exit status 2, no traceback, and nothing written.
+
+The README's "When things go wrong" table lists the same cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import closed_port, quick_overrides, run_script
+
+# Config mistakes are found before torch and Lightning are imported: 3 s of work at most. It
+# is the child's CPU time that is bounded: on a shared machine, wall-clock time under the test
+# suite's load says more about the neighbours than about tinylm (wall-clock gets a generous
+# bound that still catches any waiting).
+CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS = 3, 20
+HUB_SECONDS = 15  # an unreachable Hub: a short probe, not datasets' minutes of retries
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory: runs go to its outputs/<date>/<time>, as for a user."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which importing torch or lightning fails: an error that still comes
+    out as one clean line came before them."""
+    root = tmp_path_factory.mktemp("no-torch")
+    for name in ("torch", "lightning"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    return {"PYTHONPATH": str(root)}
+
+
+def train_cli(workdir: Path, *args: str, env: dict | None = None):
+    """scripts/train.py in ``workdir``; returns the result, the seconds it took and the CPU
+    seconds it used."""
+    started, used = time.monotonic(), _children_cpu()
+    result = run_script("train.py", *args, env=env, cwd=workdir)
+    return result, time.monotonic() - started, _children_cpu() - used
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def assert_one_line_error(result, workdir: Path, starts: str, *contains: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"error: {starts}"), lines[0]
+    for text in contains:
+        assert text in lines[0], lines[0]
+    assert list(workdir.iterdir()) == [], "a run that stopped on bad input left files behind"
+
+
+# ---------------------------------------------------------------- config: before torch, < 3 s
+
+
+@pytest.mark.parametrize(
+    ("override", "starts", "contains"),
+    [
+        ("model.foo=1", "model.foo: unknown key", "known keys are layers, heads"),
+        ("model.head=4", "model.head: unknown key", "did you mean model.heads?"),
+        ("trainer.max_step=10", "trainer.max_step: unknown key", "did you mean trainer.max_steps?"),
+        ("model.heads=four", "model.heads: expected an integer, got 'four'", ""),
+        ("model.heads=5", "model.heads: 5 heads do not divide model.d_model=128", "use one of [1, 2, 4, 8"),
+        ("model.block_size=0", "model.block_size: must be at least 1", ""),
+        ("model.dropout=1.0", "model.dropout: must be in [0, 1)", ""),
+        ("model.dropout=-0.1", "model.dropout: must be in [0, 1)", ""),
+        ("model=nano2", "model: no preset 'nano2'", "choose one of baby, nano"),
+        ("model.heads=[4", "model.heads=[4: ", "quote"),
+        ("data=text_file", "data.source: is required", ""),
+        ("data.source=/no/such/file.txt", "data.source: file not found: /no/such/file.txt", "data=pydocs"),
+        ("ckpt_path=/no/such/last.ckpt", "ckpt_path: no checkpoint file at /no/such/last.ckpt", ""),
+    ],
+)
+def test_a_config_mistake_is_one_line_within_seconds(override, starts, contains, workdir, no_torch) -> None:
+    result, seconds, cpu = train_cli(workdir, override, env=no_torch)
+    assert_one_line_error(result, workdir, starts, contains)
+    assert cpu < CONFIG_CPU_SECONDS and seconds < CONFIG_WALL_SECONDS, f"{cpu:.1f} s CPU, {seconds:.1f} s"
+
+
+def test_a_mistake_in_any_job_of_a_sweep_stops_it_before_the_first(workdir, no_torch, small_text) -> None:
+    result, _, _ = train_cli(workdir, "-m", "model.heads=2,5", f"data.source={small_text}", env=no_torch)
+    assert_one_line_error(result, workdir, "model.heads: 5 heads do not divide")
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_a_hub_id_while_offline(workdir) -> None:
+    offline = {"HF_HUB_OFFLINE": "1"}
+    result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=offline)
+    assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare'",
+                          "not in your Hugging Face cache", "data=pydocs")
+    assert seconds < HUB_SECONDS, f"{seconds:.1f} s"
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A server on 127.0.0.1 that accepts connections and never answers; closed afterwards."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
+        while not done.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):  # none came: look at the clock again
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+
+@pytest.mark.parametrize("hub", ["closed port", "never answers"])
+def test_an_unreachable_hub_fails_fast(hub: str, workdir, request) -> None:
+    port = closed_port() if hub == "closed port" else request.getfixturevalue("silent_listener")
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=env)
+    assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare'",
+                          f"the Hub at http://127.0.0.1:{port} cannot be reached", "data=pydocs",
+                          "HF_HUB_OFFLINE=1")
+    assert seconds < HUB_SECONDS, f"{seconds:.1f} s"
+
+
+@pytest.fixture
+def texts(tmp_path: Path) -> Path:
+    root = tmp_path / "texts"
+    root.mkdir()
+    (root / "empty.txt").write_text("")
+    (root / "short.txt").write_text("hello world, " * 20)  # 260 characters: val has 26
+    (root / "table.csv").write_text("content,label\nTo be or not to be,1\n" * 200)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("source", "starts", "contains"),
+    [
+        ("empty.txt", "data.source=", "holds no text"),
+        ("table.csv", "data.text_column='text' is not a column", "its columns are ['content', 'label']"),
+        ("short.txt", "data.source=", "model.block_size + 1 = 65"),
+    ],
+)
+def test_unusable_text(source, starts, contains, texts, workdir) -> None:
+    result, _, _ = train_cli(workdir, f"data.source={texts / source}")
+    assert_one_line_error(result, workdir, starts, contains)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained) -> Path:
+    """A real last.ckpt of a 2-layer model."""
+    return trained[0] / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "starts", "contains"),
+    [
+        ("truncated", "ckpt_path: ", "is truncated or corrupt"),
+        ("random bytes", "ckpt_path: ", "is truncated or corrupt"),
+        ("not tinylm", "ckpt_path: ", "is not a tinylm checkpoint"),
+        ("other shape", "ckpt_path: the checkpoint's model differs", "model.layers=2 there, 3 here"),
+    ],
+)
+def test_a_checkpoint_that_cannot_be_resumed(damage, starts, contains, checkpoint, small_text, tmp_path,
+                                            workdir) -> None:
+    path, extra = tmp_path / "bad.ckpt", []
+    if damage == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[:5000])
+    elif damage == "random bytes":
+        path.write_bytes(os.urandom(5000))
+    elif damage == "not tinylm":
+        torch.save({"state_dict": {}, "global_step": 3}, path)
+    else:
+        path, extra = checkpoint, ["model.layers=3"]
+    args = quick_overrides(small_text, workdir / "run", f"ckpt_path={path}", *extra, script=True)
+    result, _, _ = train_cli(workdir, *args)
+    assert_one_line_error(result, workdir, starts, contains)
+
+
+def test_tinylm_debug_shows_the_traceback(workdir) -> None:
+    result, _, _ = train_cli(workdir, "model.heads=5", env={"TINYLM_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError: model.heads: 5 heads" in result.stderr

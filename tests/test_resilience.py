@@ -1,0 +1,213 @@
+"""Crash safety: atomic checkpoints, exact resume after a crash or kill -9, clean stops on
+SIGINT/SIGTERM, and a clear stop (with a good checkpoint kept) when the loss diverges."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, compose, quick_overrides, run_script, scalars, start_script
+from lightning.pytorch.callbacks import Callback
+
+import tinylm
+from tinylm.config import TrainConfig
+from tinylm.resilience import DivergedError
+from tinylm.train import fit
+
+
+class LossPerStep(Callback):
+    """Records each step's training loss, keyed by the step it was computed at."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.losses[trainer.global_step] = loss.item()
+
+
+class CrashAt(Callback):
+    """Fails at the end of a given step, as a crash would: no checkpoint is written then."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"crash at step {self.step}")
+
+
+def train_losses(overrides: list[str], *callbacks: Callback) -> dict[int, float]:
+    values = compose(*overrides)
+    recorder = LossPerStep()
+    fit(TrainConfig.from_dict(values), values, [recorder, *callbacks])
+    return recorder.losses
+
+
+def test_checkpoint_after_a_crash_resumes_exactly_with_dropout(small_text: Path, tmp_path: Path) -> None:
+    """Dropout draws random numbers every step: a resume must draw the same ones."""
+
+    def overrides(run: str, *extra: str) -> list[str]:
+        return quick_overrides(small_text, tmp_path / run, "model.dropout=0.2", "trainer.max_steps=24",
+                               "trainer.val_check_interval=8", "trainer.limit_val_batches=2",
+                               "callbacks.checkpoint.every_n_steps=5", "logger=none", *extra)
+
+    uninterrupted = train_losses(overrides("full"))
+    with pytest.raises(RuntimeError, match="crash at step 13"):
+        train_losses(overrides("crashed"), CrashAt(13))
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # every_n_steps=5: 5, 8 (val), 10
+    resumed = train_losses(overrides("resumed", f"ckpt_path={last}"))
+    assert sorted(resumed) == list(range(10, 24))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(uninterrupted[step], abs=1e-6), f"step {step}"
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Path) -> None:
+    """The new checkpoint is written beside the old one and renamed over it: a kill -9
+    half-way through the write leaves last.ckpt as it was."""
+    child = textwrap.dedent("""
+        import io, sys, time, torch
+        from tinylm.resilience import AtomicCheckpointIO
+
+        path = sys.argv[1]
+        AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(100_000)}, path)
+        save = torch.save
+
+        def half_then_hang(obj, file):  # a write frozen half-way: the moment of the kill
+            buffer = io.BytesIO()
+            save(obj, buffer)
+            file.write(buffer.getvalue()[: buffer.tell() // 2])
+            file.flush()
+            print("writing", flush=True)
+            time.sleep(600)
+
+        torch.save = half_then_hang
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(100_000)}, path)
+    """)
+    path = tmp_path / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-c", child, str(path)], stdout=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    try:
+        assert process.stdout.readline() == "writing\n"
+    finally:
+        process.kill()
+        process.communicate()
+    assert (tmp_path / "last.ckpt.tmp").stat().st_size > 0  # it was killed mid-write
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["global_step"]
+    except FileNotFoundError:
+        return -1
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, last: Path, step: int, timeout: float = 300) -> None:
+    """Until ``last`` holds ``step`` or later (a save is atomic, so it can be read any time)."""
+    deadline = time.monotonic() + timeout
+    while _step_of(last) < step:
+        if process.poll() is not None:
+            pytest.fail(f"training ended before step {step}: {process.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} within {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_step_then_resume_matches_an_uninterrupted_run(small_text: Path,
+                                                                          tmp_path: Path) -> None:
+    def args(run: str, *extra: str) -> list[str]:
+        return quick_overrides(small_text, tmp_path / run, "model.dropout=0.1", "trainer.max_steps=60",
+                               "trainer.limit_val_batches=4", "trainer.log_every_n_steps=1",
+                               "callbacks.checkpoint.every_n_steps=1", *extra, script=True)
+
+    target = random.randint(5, 45)  # a checkpoint every step: the kill often lands mid-save
+    killed = start_script("train.py", *args("killed"))
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    try:
+        _wait_for_checkpoint(killed, last, target)
+    finally:
+        killed.kill()  # SIGKILL: no handler runs
+        killed.communicate()
+    step = torch.load(last, weights_only=True)["global_step"]  # it loads: never left half-written
+    assert target <= step < 60
+
+    resumed = run_script("train.py", *args("resumed", f"ckpt_path={last}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full = run_script("train.py", *args("full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    expected, got = scalars(tmp_path / "full"), scalars(tmp_path / "resumed")
+    for tag in ("train/loss", "val/loss"):
+        after_kill = [(s, v) for s, v in expected[tag] if s >= step]
+        assert [s for s, _ in got[tag]] == [s for s, _ in after_kill], f"{tag}, killed at step {step}"
+        for (s, value), (_, reference) in zip(got[tag], after_kill, strict=True):
+            assert value == pytest.approx(reference, abs=1e-6), f"{tag} at step {s}, killed at {step}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_stops_cleanly(signum: int, small_text: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = start_script("train.py", *quick_overrides(
+        small_text, run_dir, "trainer.max_steps=100000", "trainer.val_check_interval=1000",
+        "callbacks.checkpoint.every_n_steps=5", script=True))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        _wait_for_checkpoint(process, last, 5)  # training is under way
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    message = stderr.strip().splitlines()[-1]
+    stopped = re.fullmatch(rf"stopped: {name} received; training stopped after step (\d+) and saved "
+                           rf"(\S+); resume with ckpt_path=(\S+)", message)
+    assert stopped, message
+    assert Path(stopped[2]) == Path(stopped[3]) == last
+    assert torch.load(last, weights_only=True)["global_step"] == int(stopped[1]) >= 5
+
+
+DIVERGING = ("optim.lr=1e4", "optim.warmup_steps=1000", "optim.min_lr=0", "optim.grad_clip=0",
+             "trainer.max_steps=100", "trainer.limit_val_batches=0", "callbacks.checkpoint.every_n_steps=1")
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(small_text: Path,
+                                                                            tmp_path: Path) -> None:
+    values = compose(*quick_overrides(small_text, tmp_path, *DIVERGING, "logger=none"))
+    with pytest.raises(DivergedError) as error:
+        fit(TrainConfig.from_dict(values), values)
+    message = str(error.value)
+    diverged = re.match(r"train/loss is (nan|inf|-inf) at step (\d+): training stopped", message)
+    assert diverged, message
+    assert "optim.lr=1000" in message and "\n" not in message
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert 0 < checkpoint["global_step"] < int(diverged[2])
+    assert f"kept: {last} (step {checkpoint['global_step']})" in message
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    model, tokenizer = tinylm.load_checkpoint(last)  # good: it gives a finite loss
+    idx = torch.tensor([tokenizer.encode(small_text.read_text()[:33])])
+    with torch.no_grad():
+        logits = model(idx[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[0, 1:])
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_the_train_script_reports_divergence_in_one_line(small_text: Path, tmp_path: Path) -> None:
+    result = run_script("train.py", *quick_overrides(small_text, tmp_path, *DIVERGING, script=True))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert re.match(r"error: train/loss is \S+ at step \d+: training stopped; the last good checkpoint",
+                    result.stderr.strip().splitlines()[-1])

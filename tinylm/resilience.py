@@ -1,0 +1,198 @@
+"""Training that survives being stopped: checkpoints written atomically, randomness that is a
+function of the step (so a resume is exact), a clean stop on SIGINT/SIGTERM, and a clear stop
+when the loss stops being a number.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+from tinylm.callbacks import LastCheckpoint
+from tinylm.config import TinyLMError
+from tinylm.data import derived_seed
+
+# Added to the key of the dropout seeds, so they are not the data order's seeds.
+DROPOUT_STREAM = 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<file>.tmp`` beside the checkpoint, syncs it to disk, then renames it over the
+    old file. A rename within a directory is atomic, so whoever reads the file, including a
+    resume after ``kill -9`` in the middle of a save, finds the old checkpoint or the new one.
+
+    Lightning's own save writes to a temp file in $TMPDIR and moves it: a rename only when
+    $TMPDIR is on the checkpoint's filesystem, otherwise a copy that a kill can cut short
+    (and a kill leaves the temp file in $TMPDIR). Loads are always ``weights_only=True``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's way
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        try:
+            with open(temp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # the data is on disk before the name points at it
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class StepSeed(Callback):
+    """Seeds torch's random numbers (dropout) before every training batch from (seed, rank,
+    batch number), as the data order is. What a step draws is then a function of the step:
+    a resumed run draws exactly what an uninterrupted one does, whatever drew random numbers
+    in between (validation loaders, callbacks, the restart itself), and no random state needs
+    saving. Ranks draw different dropout masks, as they see different batches."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._step, self._micro_batch = -1, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        # With gradient accumulation several batches share a step; count them from its first.
+        if trainer.global_step != self._step:
+            self._step, self._micro_batch = trainer.global_step, 0
+        else:
+            self._micro_batch += 1
+        n = trainer.global_step * trainer.accumulate_grad_batches + self._micro_batch
+        seed = derived_seed(self.seed, trainer.global_rank, n, DROPOUT_STREAM)
+        # The generator dropout draws from. (torch.manual_seed seeds every backend, looking each
+        # one up: some 0.5 ms a step, against a few microseconds for the one in use.)
+        torch.default_generator.manual_seed(seed)
+        if pl_module.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # this process's GPU
+        elif pl_module.device.type != "cpu":
+            torch.manual_seed(seed)
+
+
+class Interrupted(TinyLMError):
+    """Training stopped on a signal, after saving a checkpoint to resume from."""
+
+    label = "stopped"
+    bad_input = False
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+
+
+class StopOnSignal(Callback):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) during training: the current step
+    finishes, last.ckpt is written, and training stops; ``signum`` then says which signal.
+
+    A signal never interrupts a step half-way (an optimizer step cut short would leave a
+    checkpoint no uninterrupted run has). A second Ctrl-C stops at once, without saving.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpoint: LastCheckpoint) -> None:
+        self.checkpoint = checkpoint
+        self.signum: int | None = None  # the signal training stopped on
+        self.step: int | None = None  # the step it stopped after
+        self._received = 0
+        self._previous: dict[int, Any] = {}
+        self._checked_step = -1
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        if self._received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self._received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has just installed its SIGTERM handler (it stops without a checkpoint);
+        # ours takes its place while training runs.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._receive) for s in self.SIGNALS}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self._checked_step:
+            return  # within gradient accumulation: stop only after an optimizer step
+        self._checked_step = trainer.global_step
+        # Every process must stop at the same step, and the signal may reach only one.
+        received = torch.tensor(self._received, device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(received, reduce_op="max"))
+        if signum:
+            self.checkpoint.save(trainer)
+            trainer.should_stop = True
+            self.signum, self.step = signum, trainer.global_step
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self._restore()
+
+    def stopped(self) -> Interrupted | None:
+        """What to tell the user when training stopped on a signal; None otherwise."""
+        if self.signum is None:
+            return None
+        path, saved = self.checkpoint.path.absolute(), self.checkpoint.saved_step
+        if saved == self.step:
+            kept = f"and saved {path}; resume with ckpt_path={path}"
+        elif saved is not None:
+            kept = f"(its weights were not finite, not saved); resume from step {saved}: ckpt_path={path}"
+        else:
+            kept = "(its weights were not finite, not saved); no checkpoint was written"
+        return Interrupted(
+            f"{signal.Signals(self.signum).name} received; training stopped after step {self.step} {kept}",
+            self.signum,
+        )
+
+
+class DivergedError(TinyLMError):
+    """The training loss became NaN or infinite."""
+
+    bad_input = False
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training, before the optimizer step, at the first loss that is NaN or infinite:
+    its gradients would make every weight NaN. The last checkpoint stays as it was: LastCheckpoint
+    never writes weights that are not finite."""
+
+    def __init__(self, checkpoint: LastCheckpoint, lr: float) -> None:
+        self.checkpoint, self.lr = checkpoint, lr
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
+        if torch.isfinite(loss):
+            return
+        if self.checkpoint.saved_step is not None:
+            kept = (f"the last good checkpoint is kept: {self.checkpoint.path.absolute()} "
+                    f"(step {self.checkpoint.saved_step})")
+        else:
+            kept = "no checkpoint had been written yet"
+        raise DivergedError(
+            f"train/loss is {loss.item()} at step {trainer.global_step}: training stopped; {kept}. "
+            f"Lower optim.lr (now {self.lr:g}), e.g. optim.lr={self.lr / 10:g}, "
+            f"or lengthen optim.warmup_steps"
+        )

@@ -1,0 +1,202 @@
+"""Where the text comes from: a Hub dataset, a local Hub-layout directory, text files, a
+glob, or a built-in corpus, loaded with Hugging Face ``datasets`` as one column of text.
+
+It imports no torch: ``check_source`` runs before the slow imports, so a missing file or an
+unreachable Hub is reported in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tinylm.config import DataConfig, TinyLMError
+
+BUILTIN_PREFIX = "builtin:"
+OFFLINE_HINT = "offline alternatives: data=pydocs, or data.source=path/to/file.txt"
+# Splits in the order their texts are joined; other splits follow in the source's order.
+SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+class DataError(TinyLMError):
+    """The data source cannot give us text; the message names the key to change."""
+
+
+def check_source(config: DataConfig) -> None:
+    """Check data.source as far as can be done in seconds and without torch, so that these
+    mistakes are reported before the slow imports: a named file exists, a built-in corpus
+    exists, the Hub can be reached (or, offline, has the dataset in the cache)."""
+    source = config.source
+    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
+        _builtin_name(source)
+    elif _local_files(source) is None and not Path(source).expanduser().is_dir():
+        if _hub_offline():
+            # Loading from the cache is quick, and the only sure way to know it is there.
+            _load_rows(source, config.revision)
+        else:
+            _check_hub_reachable(source)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_texts(config: DataConfig):
+    """The source as a ``datasets.Dataset`` with one column, "text", in corpus order
+    (the splits of a Hub dataset joined train, validation, test)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = config.source
+    rows = _load_rows(source, config.revision)
+    if config.text_column not in rows.column_names:
+        raise DataError(
+            f"data.text_column={config.text_column!r} is not a column of data.source={source!r}; "
+            f"its columns are {rows.column_names}"
+        )
+    rows = rows.select_columns([config.text_column])
+    if config.text_column != "text":
+        rows = rows.rename_column(config.text_column, "text")
+    return rows
+
+
+def _load_rows(source: str | tuple[str, ...], revision: str | None):
+    """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
+    import datasets
+
+    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
+        return _builtin(source.removeprefix(BUILTIN_PREFIX))
+    files = _local_files(source)
+    if files is not None:
+        builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
+        # sample_by="document": each file is one row, its text exactly as on disk.
+        options = {"sample_by": "document"} if builder == "text" else {}
+        return datasets.load_dataset(builder, data_files=files, split="train", **options)
+    if Path(source).expanduser().is_dir():
+        return _concatenate_splits(datasets.load_dataset(str(Path(source).expanduser())))
+    _check_hub_reachable(source)
+    try:
+        loaded = datasets.load_dataset(source, revision=revision)
+    except Exception as error:  # the Hub raises many types; every one means "no data"
+        if _hub_offline():
+            raise DataError(
+                f"data.source={source!r} (revision {revision!r}) is not in your Hugging Face "
+                f"cache, and HF_HUB_OFFLINE=1 keeps tinylm from downloading it; unset "
+                f"HF_HUB_OFFLINE, or use {OFFLINE_HINT}"
+            ) from error
+        raise DataError(
+            f"data.source={source!r} (revision {revision!r}) could not be loaded from the "
+            f"Hugging Face Hub: {type(error).__name__}: {_first_line(error)}. "
+            f"Check the id and data.revision, or use {OFFLINE_HINT}"
+        ) from error
+    return _concatenate_splits(loaded)
+
+
+def _local_files(source: str | tuple[str, ...]) -> list[str] | None:
+    """The files ``source`` names; None when it names a directory or a Hub id."""
+    if isinstance(source, str):
+        path = Path(source).expanduser()
+        if path.is_dir() or not (path.exists() or glob.has_magic(source) or _looks_like_path(source)):
+            return None
+    patterns = [source] if isinstance(source, str) else list(source)
+    files: list[str] = []
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+        if not matches:
+            raise DataError(f"data.source: no file matches {pattern!r}; {OFFLINE_HINT}")
+        for match in matches:
+            if not Path(match).is_file():
+                raise DataError(
+                    f"data.source: file not found: {Path(match).resolve()}; fix the path, "
+                    f"or use a Hub dataset id, or data=pydocs"
+                )
+        files.extend(matches)
+    return files
+
+
+def _looks_like_path(source: str) -> bool:
+    """A Hub id is "name" or "owner/name"; anything else, or a file suffix, means a path."""
+    suffix = Path(source).suffix.lower()
+    return (
+        not HUB_ID.match(source)
+        or source.startswith((".", "~"))
+        or suffix in (".txt", ".text", ".md", *FILE_BUILDERS)
+    )
+
+
+def _concatenate_splits(loaded):
+    import datasets
+
+    names = list(loaded)
+    ordered = [s for s in SPLIT_ORDER if s in names] + [s for s in names if s not in SPLIT_ORDER]
+    return datasets.concatenate_datasets([loaded[s] for s in ordered])
+
+
+def _builtin(name: str):
+    import datasets
+
+    _builtin_name(BUILTIN_PREFIX + name)
+    return datasets.Dataset.from_generator(_pydoc_topics)
+
+
+def _builtin_name(source: str) -> None:
+    name = source.removeprefix(BUILTIN_PREFIX)
+    if name != "pydocs":
+        raise DataError(f"data.source: unknown built-in corpus {name!r}; the built-in is 'builtin:pydocs'")
+
+
+def _pydoc_topics():
+    """Python's own documentation topics (shipped with every CPython): English prose, offline."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield {"text": topics[name] + "\n\n"}
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE
+
+
+def _check_hub_reachable(source: str) -> None:
+    """Fail in seconds, not minutes, when the Hub cannot be reached (datasets retries long)."""
+    from huggingface_hub import constants
+
+    if _hub_offline():
+        return  # datasets then uses its cache, or fails at once
+    try:
+        _probe(constants.ENDPOINT)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        endpoint = constants.ENDPOINT
+        raise DataError(
+            f"data.source={source!r} looks like a Hugging Face Hub id, but the Hub at {endpoint} "
+            f"cannot be reached ({reason}). If you meant a local path, it does not exist: "
+            f"{Path(source).resolve()}. {OFFLINE_HINT.capitalize()}; or, if the dataset is "
+            f"already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
+        ) from None
+
+
+@functools.cache  # a successful probe holds for the process: the check and the load share it
+def _probe(endpoint: str) -> None:
+    """Raises OSError (or ValueError for a malformed address) unless ``endpoint`` answers."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return  # the server answered: it is reachable
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
