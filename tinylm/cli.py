@@ -40,7 +40,8 @@ def resolved(cfg: Any) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
-        raise ConfigError(f"{error.full_key}: is required; set it: {error.full_key}=...") from None
+        raise ConfigError(f"{error.full_key}: is required; set it on the command line: "
+                          f"{error.full_key}=...") from None
     except OmegaConfBaseException as error:
         problem = str(error).splitlines()[0]
         raise ConfigError(f"{error.full_key}: cannot be resolved ({problem}); fix the value") from None
