@@ -84,7 +84,7 @@ def assert_one_line_error(result, workdir: Path, starts: str, *contains: str) ->
         ("model.block_size=0", "model.block_size: must be at least 1", ""),
         ("model.dropout=1.0", "model.dropout: must be in [0, 1)", ""),
         ("model.dropout=-0.1", "model.dropout: must be in [0, 1)", ""),
-        ("model=nano2", "model: no preset 'nano2'", "choose one of baby, nano"),
+        ("model=nano2", "model: no preset 'nano2'", "choose one of baby, modern, nano"),
         ("model.heads=[4", "model.heads=[4: ", "quote"),
         ("data=text_file", "data.source: is required", ""),
         ("data.source=/no/such/file.txt", "data.source: file not found: /no/such/file.txt", "data=pydocs"),
