@@ -47,7 +47,7 @@ class CrashAt(Callback):
 def train_losses(overrides: list[str], *callbacks: Callback) -> dict[int, float]:
     values = compose(*overrides)
     recorder = LossPerStep()
-    fit(TrainConfig.from_dict(values), values, [recorder, *callbacks])
+    fit(TrainConfig.from_dict(values), values, extra_callbacks=[recorder, *callbacks])
     return recorder.losses
 
 

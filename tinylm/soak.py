@@ -80,7 +80,7 @@ def soak(values: dict[str, Any], settings: SoakConfig) -> dict[str, Any]:
         )
     monitor = RssMonitor()
     started, rss_at_start = time.perf_counter(), rss_bytes()
-    trainer, _ = fit(config, values, [monitor])
+    trainer, _ = fit(config, values, extra_callbacks=[monitor])
     seconds = time.perf_counter() - started
     first = (settings.warmup + 1, settings.warmup + settings.window)
     last = (steps - settings.window + 1, steps)
