@@ -1,8 +1,10 @@
 """Compare runs: ``python scripts/compare.py multirun/<date>/<time> [--sort val_bpc] [--csv]
-[--plot curves.png]``. Reads the runs' TensorBoard event files; prints a markdown table."""
+[--plot curves.png]``; the same as ``tinylm compare``. Reads the runs' TensorBoard event files
+and prints a markdown table."""
 
-from tinylm.cli import exit_on_error
-from tinylm.compare import main
+import sys
+
+from tinylm.cli import main
 
 if __name__ == "__main__":
-    exit_on_error(main)
+    main(["compare", *sys.argv[1:]])

@@ -2,10 +2,12 @@
 
     python scripts/sample.py ckpt=outputs/<date>/<time> prompt="ROMEO:" max_new_tokens=500
 
-Settings and their defaults: configs/sample.yaml. Also installed as ``tinylm-sample``.
+The same as ``tinylm sample``; settings and their defaults: configs/sample.yaml.
 """
 
-from tinylm.sample import main
+import sys
+
+from tinylm.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["sample", *sys.argv[1:]])

@@ -1,4 +1,4 @@
-"""What ``scripts/attention.py`` does: render a checkpoint's attention on a prompt to a PNG
+"""What ``tinylm attention`` does: render a checkpoint's attention on a prompt to a PNG
 and report every head's diagnostics, with the same code as the TensorBoard callback."""
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ def pick(index: int | None, count: int, key: str, what: str) -> list[int]:
     if not -count <= index < count:
         raise ConfigError(f"{key}: the model has {count} {what} (0 to {count - 1}), got {index}")
     return [index % count]
+
+
+def run(config: AttentionScriptConfig) -> None:
+    """``tinylm attention``: draw, then print the head scores and what was drawn."""
+    print(render_attention(config))
 
 
 def render_attention(config: AttentionScriptConfig) -> str:

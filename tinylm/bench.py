@@ -15,32 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import ModelConfig, TrainConfig, require
-
-TASKS = ("train", "sample")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache
-    steps: int = 200  # timed training steps
-    warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
-    bare: bool = True  # also time the same model and data in a bare PyTorch loop
-    data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
-    new_tokens: int = 500  # sample: tokens generated per timing
-    repeats: int = 3  # sample: timings per setting; the median is reported
-    vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
-
-    def __post_init__(self) -> None:
-        require(self.task in TASKS, "bench.task", f"must be one of {', '.join(TASKS)}, got {self.task!r}")
-        for key in ("steps", "new_tokens", "repeats", "vocab_size"):
-            require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
-        require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
-
+from tinylm.config import BenchConfig, BenchRunConfig, ModelConfig, PathsConfig, TrainConfig
 
 # --------------------------------------------------------------------------- measures
 
@@ -108,16 +87,14 @@ def _median_ms(ends: list[float], warmup: int) -> float:
     return 1000 * statistics.median(steps)
 
 
-def time_tinylm(values: dict[str, Any], bench: BenchConfig) -> dict[str, float]:
+def time_tinylm(config: TrainConfig, bench: BenchConfig) -> dict[str, float]:
     """Time ``tinylm.train.fit`` as users run it (logger, progress bar), validation off."""
     from tinylm.train import fit
 
     timer = _step_times_callback()
     with tempfile.TemporaryDirectory(prefix="tinylm-bench-") as run_dir:
-        run = {**values, "paths": {"output_dir": run_dir}}
-        run["trainer"] = {**values["trainer"], "max_steps": bench.warmup + bench.steps + 1,
-                          "limit_val_batches": 0}
-        fit(TrainConfig.from_dict(run), run, extra_callbacks=[timer])
+        trainer = {**config.trainer, "max_steps": bench.warmup + bench.steps + 1, "limit_val_batches": 0}
+        fit(replace(config, paths=PathsConfig(output_dir=run_dir), trainer=trainer), extra_callbacks=[timer])
     return {"ms_per_step": _median_ms(timer.ends, bench.warmup),
             "startup_s": timer.first_step_end_epoch - process_start_time()}
 
@@ -196,15 +173,23 @@ def time_data_prep(source: str | tuple[str, ...]) -> tuple[float, float]:
     return seconds[0], seconds[1]
 
 
-def bench_train(values: dict[str, Any], bench: BenchConfig) -> dict[str, Any]:
+def run(config: BenchRunConfig) -> None:
+    """``tinylm bench``: the benchmark ``bench.task`` names; prints ``report``."""
+    if config.bench.task == "sample":
+        result = bench_sample(config.model, config.bench, seed=config.seed)
+    else:
+        result = bench_train(config, config.bench)
+    print(report(result))
+
+
+def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     import torch
 
-    config = TrainConfig.from_dict(values)
     from tinylm.model import TransformerLM
 
     result: dict[str, Any] = {"task": "train", "threads": torch.get_num_threads(),
                               "precision": str(config.trainer.get("precision", "32-true"))}
-    result.update(time_tinylm(values, bench))
+    result.update(time_tinylm(config, bench))
     tokens_per_step = config.data.batch_size * config.model.block_size
     num_parameters = TransformerLM(config.model, bench.vocab_size).num_parameters()
     result["tokens_per_sec"] = tokens_per_step / (result["ms_per_step"] / 1000)

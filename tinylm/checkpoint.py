@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tinylm.config import ModelConfig, TinyLMError, parse_section
+from tinylm.config import ModelConfig, TinyLMError, build
 from tinylm.model import TransformerLM
 from tinylm.tokenizer import CharTokenizer
 
@@ -57,7 +57,7 @@ def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
-    return parse_section(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
+    return build(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"

@@ -181,17 +181,22 @@ def plot_curves(runs: Sequence[Run], names: Sequence[str], path: str | Path) -> 
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> None:
-    """compare.py's command line; ``out`` receives the table."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``tinylm compare``'s arguments (argparse exits with status 2 on a mistake)."""
     parser = argparse.ArgumentParser(
-        prog="compare.py", description="Compare TensorBoard runs: a table of their settings and results.")
+        prog="tinylm compare", description="Compare TensorBoard runs: a table of their settings and results.")
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="a run dir, a sweep dir (multirun/<date>/<time>), outputs/ ...")
     parser.add_argument("--sort", default="run", metavar="COLUMN",
                         help=f"sort rows by run (default), {', '.join(METRICS)} or a hyperparameter")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of markdown")
     parser.add_argument("--plot", metavar="PNG", help="also draw the loss curves of all runs to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> None:
+    """``tinylm compare``; ``out`` receives the table."""
+    args = parse_args(argv)
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         raise CompareError(f"--plot: no directory {Path(args.plot).resolve().parent} to write into")
 

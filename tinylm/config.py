@@ -15,7 +15,11 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
+
+from omegaconf import MISSING
+
+T = TypeVar("T")
 
 
 class TinyLMError(Exception):
@@ -130,9 +134,11 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is cut into batches."""
 
+    # "builtin:tiny_shakespeare" ships inside tinylm; "builtin:pydocs" is Python's own
+    # documentation. Both need no network.
     # A Hub dataset id, a local directory laid out like one, a text file, a glob, or a list
-    # of files; "builtin:pydocs" is Python's own documentation, available offline.
-    source: str | tuple[str, ...] = "karpathy/tiny_shakespeare"
+    # of files (typed Any: the schema cannot say "a string or a list of strings").
+    source: Any = MISSING  # configs/data/: builtin:tiny_shakespeare by default
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
@@ -141,6 +147,14 @@ class DataConfig:
     num_workers: int = 0  # batches are cut from an in-memory tensor: workers only add overhead
 
     def __post_init__(self) -> None:
+        source = self.source
+        if isinstance(source, list | tuple):
+            require(all(isinstance(s, str) and s for s in source), "data.source",
+                    f"a list of sources must hold paths or globs, got {list(source)!r}")
+            object.__setattr__(self, "source", tuple(source))
+        else:
+            require(isinstance(source, str), "data.source",
+                    f"expected a Hub id, a path, or a list of paths, got {source!r}")
         require(bool(self.source), "data.source", "is empty; give a Hub id or a path")
         require(
             0.0 < self.val_fraction < 1.0,
@@ -184,6 +198,8 @@ class OptimConfig:
             "optim.weight_decay",
             f"must be 0 or more, got {self.weight_decay}",
         )
+        require(len(self.betas) == 2, "optim.betas", f"expected a list of 2 numbers, got {list(self.betas)}")
+        object.__setattr__(self, "betas", tuple(self.betas))
         require(
             all(0 <= b < 1 for b in self.betas),
             "optim.betas",
@@ -257,31 +273,51 @@ class AttentionMapsConfig:
 
 
 @dataclass(frozen=True)
-class SamplesConfig:
-    """Text sampled from a fixed prompt and seed, logged to TensorBoard as ``samples``."""
+class SamplingConfig:
+    """How a prompt is continued: the rules shared by ``tinylm sample``, the samples logged
+    during training and ``TransformerLM.generate``."""
 
+    KEY: ClassVar[str] = ""  # where these settings sit in their config, for error messages
+    MIN_NEW_TOKENS: ClassVar[int] = 0
+
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy; below 1 sharper, above 1 flatter than the model
+    top_k: int | None = 200  # keep the k likeliest characters; null: all
+    top_p: float | None = None  # keep the likeliest characters up to this mass; null: all
+    seed: int = 1337  # the same seed gives the same text
+
+    def __post_init__(self) -> None:
+        key = self.KEY
+        least = "at least 1" if self.MIN_NEW_TOKENS else "0 or more"
+        require(self.max_new_tokens >= self.MIN_NEW_TOKENS, f"{key}max_new_tokens",
+                f"must be {least}, got {self.max_new_tokens}")
+        require(self.temperature >= 0, f"{key}temperature",
+                f"must be 0 (greedy) or more, got {self.temperature}")
+        require(self.top_k is None or self.top_k >= 1, f"{key}top_k",
+                f"must be at least 1 (or null for no limit), got {self.top_k}")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"{key}top_p",
+                f"must be in (0, 1] (or null for no limit), got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class SamplesConfig(SamplingConfig):
+    """Text sampled from a fixed prompt and seed, logged to TensorBoard as ``samples``; the
+    seed never changes, so samples of different steps differ only by what was learned."""
+
+    KEY: ClassVar[str] = "callbacks.samples."
+    MIN_NEW_TOKENS: ClassVar[int] = 1
+
+    max_new_tokens: int = 200
+    top_k: int | None = None
     enabled: bool = True
     every_n_steps: int | None = None  # null: at step 0 and after every validation
     prompt: str | None = None  # null: a newline (the first validation character if none)
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 is greedy decoding
-    top_k: int | None = None  # keep the k likeliest characters; null: all
-    top_p: float | None = None  # keep the likeliest characters up to this mass; null: all
-    seed: int = 1337  # the same seed at every step: samples differ only by what was learned
 
     def __post_init__(self) -> None:
-        key = "callbacks.samples"
-        _check_every_n_steps(self.every_n_steps, f"{key}.every_n_steps")
-        require(self.prompt is None or len(self.prompt) >= 1, f"{key}.prompt",
+        super().__post_init__()
+        _check_every_n_steps(self.every_n_steps, f"{self.KEY}every_n_steps")
+        require(self.prompt is None or len(self.prompt) >= 1, f"{self.KEY}prompt",
                 "is empty; give at least one character, or null for a newline")
-        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens",
-                f"must be at least 1, got {self.max_new_tokens}")
-        require(self.temperature >= 0, f"{key}.temperature",
-                f"must be 0 (greedy) or more, got {self.temperature}")
-        require(self.top_k is None or self.top_k >= 1, f"{key}.top_k",
-                f"must be at least 1 (or null for all), got {self.top_k}")
-        require(self.top_p is None or 0 < self.top_p <= 1, f"{key}.top_p",
-                f"must be in (0, 1] (or null for all), got {self.top_p}")
 
 
 @dataclass(frozen=True)
@@ -307,14 +343,14 @@ class LoggerConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    output_dir: str = "outputs/run"  # this run's directory (Hydra sets it)
+    output_dir: str = "outputs/run"  # this run's directory: Hydra's run dir (configs/paths/default.yaml)
 
 
 @dataclass(frozen=True)
 class AttentionScriptConfig:
-    """Settings of ``scripts/attention.py`` (configs/attention.yaml)."""
+    """Settings of ``tinylm attention`` (configs/attention.yaml)."""
 
-    ckpt: str  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
     prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
     out: str = "attention.png"
     layer: int | None = None  # null: every layer; -1: the last
@@ -381,8 +417,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build and validate from the resolved Hydra config (a plain nested dict)."""
-        return parse_section(cls, values, "")
+        """Build and check from plain values, e.g. a composed config as a nested dict."""
+        return build(cls, values)
 
 
 def as_plain(config: Any) -> dict[str, Any]:
@@ -398,100 +434,202 @@ def as_plain(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-def parse_section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from ``values``; every key checked for existence and type."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a group of keys, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean {_join(prefix, close[0])}? " if close else ""
-            raise ConfigError(
-                f"{_join(prefix, key)}: unknown key; {hint}known keys are {', '.join(known)}"
-            )
-    kwargs = {key: _coerce(value, hints[key], _join(prefix, key)) for key, value in values.items()}
-    return cls(**kwargs)
+# --------------------------------------------------------------------------- the schema
+#
+# Each dataclass above is also the schema Hydra composes against: registered in Hydra's
+# ConfigStore, it gives every key its type and its default, so the YAML files in configs/
+# hold only choices (presets, experiments), Hydra itself refuses an unknown key or a value
+# of the wrong type, and ``OmegaConf.to_object`` turns the composed config into these
+# dataclasses, running their checks. ``build`` does the same for plain values.
 
 
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
+def schema(cls: type) -> Any:
+    """``cls`` as an OmegaConf structured config that Hydra may merge overrides into.
+
+    A frozen dataclass makes a read-only node; the schema must take overrides, and the
+    objects ``OmegaConf.to_object`` builds from it are frozen all the same. A nested section
+    is built by its default factory, whose checks may have resolved a value (ModelConfig's
+    kv_heads: null becomes heads); the schema keeps the field's own default instead."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def writable(node: Any) -> None:
+        OmegaConf.set_readonly(node, False)
+        section = OmegaConf.get_type(node)
+        if dataclasses.is_dataclass(section):
+            for f in dataclasses.fields(section):
+                if f.default is not dataclasses.MISSING and f.default is not MISSING:
+                    node[f.name] = f.default
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                writable(child)
+
+    cfg = OmegaConf.structured(cls)
+    writable(cfg)
+    return cfg
+
+
+def build(cls: type[T], values: Any = None, prefix: str = "") -> T:
+    """A checked ``cls`` from ``values`` (a mapping, or a config Hydra composed): every key
+    checked for existence and type by OmegaConf, every value by ``cls`` itself. Raises a
+    ConfigError naming the key."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = values if isinstance(values, DictConfig) else OmegaConf.merge(schema(cls), values or {})
+        _check_keys(cfg, cls)  # a key added with + (Hydra lets it through) is still unknown
+        built = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise config_error(error, cls, prefix) from None
+    if not isinstance(built, cls):
+        raise ConfigError(f"{prefix or 'config'}: expected the settings of {cls.__name__}, got {values!r}")
+    return built
+
+
+def config_error(error: Exception, root: type, prefix: str = "") -> ConfigError:
+    """An OmegaConf error (from composing or building ``root``) as one line naming the key."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = _join(prefix, str(getattr(error, "full_key", "") or ""))
+    if isinstance(error, MissingMandatoryValue):
+        return ConfigError(f"{key}: is required; set it on the command line: {key}=...")
+    if isinstance(error, ConfigKeyError | ConfigAttributeError):
+        return unknown_key(key.removeprefix(f"{prefix}.") if prefix else key, root, prefix)
+    if isinstance(error, ValidationError):
+        hint = _field_type(root, key.removeprefix(f"{prefix}.") if prefix else key)
+        if hint is not None:
+            return ConfigError(f"{key}: expected {_type_words(hint)}, got {error.value!r}")
+    problem = str(error).splitlines()[0]
+    return ConfigError(f"{key or 'config'}: {problem}; fix the value")
+
+
+def _check_keys(cfg: Any, root: type, section: type | None = None, path: str = "") -> None:
+    """Raise for a key of ``cfg`` that its dataclass section does not have."""
+    from omegaconf import DictConfig
+
+    section = root if section is None else section
+    if not dataclasses.is_dataclass(section):
+        return
+    hints = typing.get_type_hints(section)
+    for key in cfg:
+        dotted = _join(path, str(key))
+        if key not in hints:
+            raise unknown_key(dotted, root)
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_keys(child, root, hints[key], dotted)
+
+
+def unknown_key(dotted: str, root: type, prefix: str = "") -> ConfigError:
+    """``dotted`` is not a key of ``root``: name the nearest known one."""
+    parent, _, leaf = dotted.rpartition(".")
+    section = _field_type(root, parent) if parent else root
+    if typing.get_origin(section) is dict:  # a free-form group: Lightning's Trainer arguments
+        return ConfigError(f"{_join(prefix, dotted)}: not in tinylm's configs; to pass it to "
+                           f"{_join(prefix, parent)}, write +{_join(prefix, dotted)}=...")
+    known = [f.name for f in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else []
+    close = difflib.get_close_matches(leaf, known, n=1)
+    hint = f"did you mean {_join(prefix, _join(parent, close[0]))}? " if close else ""
+    listed = f"known keys are {', '.join(known)}" if known else "it is not a setting of tinylm"
+    return ConfigError(f"{_join(prefix, dotted)}: unknown key; {hint}{listed}")
+
+
+def _field_type(root: type, dotted: str) -> Any:
+    """The type hint of the field at ``dotted`` below dataclass ``root``, or None."""
+    hint: Any = root
+    for part in filter(None, dotted.split(".")):
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hints = typing.get_type_hints(hint)
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against the type ``hint``; return it in that type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if dataclasses.is_dataclass(hint):
-        return parse_section(hint, value, key)
-    if origin is tuple:
-        length_ok = ... in args or len(args) == len(value or ())
-        if not isinstance(value, list | tuple) or not length_ok:
-            size = "a list" if ... in args else f"a list of {len(args)}"
-            raise ConfigError(f"{key}: expected {size}, got {value!r}")
-        item_hints = [args[0]] * len(value) if ... in args else args
-        items = zip(value, item_hints, strict=True)
-        return tuple(_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(items))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a group of keys, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # 1e3 on the command line is a float to YAML
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(hint, hint)}, got {value!r}")
+def _type_words(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return f"{_type_words(args[0])} or null"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(typing.get_args(hint))}"
+    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix and key else prefix or str(key)
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    """Settings of ``scripts/sample.py``."""
+class SampleConfig(SamplingConfig):
+    """Settings of ``tinylm sample`` (configs/sample.yaml)."""
 
-    ckpt: str = ""  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
     prompt: str = "\n"
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0: greedy; below 1 sharper, above 1 flatter than the model
-    top_k: int | None = 200
-    top_p: float | None = None
     num_samples: int = 1
-    seed: int = 1337
     stream: bool = True  # print characters as they are generated
-    use_cache: bool = True
+    use_cache: bool = True  # the KV cache: the same text, faster
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
         require(bool(self.prompt), "prompt", "must hold at least one character")
-        require(
-            self.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more, got {self.max_new_tokens}"
-        )
-        require(
-            self.temperature >= 0, "temperature", f"must be 0 (greedy) or more, got {self.temperature}"
-        )
-        require(
-            self.top_k is None or self.top_k >= 1,
-            "top_k",
-            f"must be at least 1 (or null for no limit), got {self.top_k}",
-        )
-        require(
-            self.top_p is None or 0 < self.top_p <= 1,
-            "top_p",
-            f"must be in (0, 1] (or null for no limit), got {self.top_p}",
-        )
         require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
+
+    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache
+    steps: int = 200  # timed training steps
+    warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
+    bare: bool = True  # also time the same model and data in a bare PyTorch loop
+    data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
+    new_tokens: int = 500  # sample: tokens generated per timing
+    repeats: int = 3  # sample: timings per setting; the median is reported
+    vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
+
+    def __post_init__(self) -> None:
+        require(self.task in BENCH_TASKS, "bench.task",
+                f"must be one of {', '.join(BENCH_TASKS)}, got {self.task!r}")
+        for key in ("steps", "new_tokens", "repeats", "vocab_size"):
+            require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
+
+
+BENCH_TASKS = ("train", "sample")
+
+
+@dataclass(frozen=True)
+class BenchRunConfig(TrainConfig):
+    """Settings of ``tinylm bench``: every training key, plus ``bench.*``."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """``soak.*``: the memory windows of ``tinylm soak`` (tinylm.soak)."""
+
+    warmup: int = 100  # steps before the first window
+    window: int = 300  # steps per window: each holds at least one validation and checkpoint
+    tolerance_mb: float = 20.0  # growth of the peak beyond this fails the soak
+
+    def __post_init__(self) -> None:
+        require(self.warmup >= 0, "soak.warmup", f"must be 0 or more, got {self.warmup}")
+        require(self.window >= 1, "soak.window", f"must be at least 1, got {self.window}")
+        require(self.tolerance_mb >= 0, "soak.tolerance_mb", f"must be 0 or more, got {self.tolerance_mb}")
+
+
+@dataclass(frozen=True)
+class SoakRunConfig(TrainConfig):
+    """Settings of ``tinylm soak``: every training key, plus ``soak.*``."""
+
+    soak: SoakConfig = field(default_factory=SoakConfig)

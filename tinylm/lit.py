@@ -7,6 +7,7 @@ batches from ``tinylm.data``, the Trainer from ``tinylm.train``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from tinylm.checkpoint import FORMAT_VERSION
-from tinylm.config import ModelConfig, OptimConfig, parse_section
+from tinylm.config import ModelConfig, OptimConfig, as_plain, build
 from tinylm.model import TransformerLM
 from tinylm.tokenizer import CharTokenizer
 
@@ -33,15 +34,18 @@ def learning_rate(step: int, config: OptimConfig, decay_steps: int) -> float:
 
 
 class LitLM(L.LightningModule):
-    """Trains a TransformerLM. Its arguments are plain dicts and lists, stored in checkpoints
-    as they are, so ``torch.load(weights_only=True)`` can read them back."""
+    """Trains a TransformerLM. Checkpoints store its settings as plain dicts and lists, so
+    ``torch.load(weights_only=True)`` can read them back (and ``load_from_checkpoint`` passes
+    them back in as such)."""
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], vocab: list[str],
-                 max_steps: int = -1) -> None:
+    def __init__(self, model: ModelConfig | Mapping[str, Any], optim: OptimConfig | Mapping[str, Any],
+                 vocab: list[str], max_steps: int = -1) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)  # the run's full config is logged separately
-        self.model_config = parse_section(ModelConfig, model, "model")
-        self.optim_config = parse_section(OptimConfig, optim, "optim")
+        self.model_config = model if isinstance(model, ModelConfig) else build(ModelConfig, model, "model")
+        self.optim_config = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim, "optim")
+        # The run's full config is logged separately; this is what a checkpoint needs.
+        self.save_hyperparameters({"model": as_plain(self.model_config), "optim": as_plain(self.optim_config),
+                                   "vocab": list(vocab), "max_steps": max_steps}, logger=False)
         self.tokenizer = CharTokenizer(vocab)
         self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
         self.decay_steps = self.optim_config.decay_steps or max_steps

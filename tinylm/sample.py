@@ -1,4 +1,4 @@
-"""Sampling text from a checkpoint: ``python scripts/sample.py ckpt=PATH prompt="ROMEO:"``.
+"""Sampling text from a checkpoint: ``tinylm sample ckpt=PATH prompt="ROMEO:"``.
 
 Needs nothing but the checkpoint: the vocabulary and the model's shape are inside it.
 """
@@ -11,16 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-from tinylm.cli import exit_on_error, resolved
-from tinylm.config import ConfigError, SampleConfig, parse_section
+from tinylm.config import ConfigError, SampleConfig
 from tinylm.tokenizer import describe_char
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
-# An absolute path: Hydra would resolve a relative one inside the tinylm package.
-CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def checkpoint_path(ckpt: str) -> Path:
@@ -82,22 +76,9 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     return texts
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="sample")
-def _hydra_main(cfg: DictConfig) -> None:
-    exit_on_error(lambda: sample(_check(resolved(cfg))))
-
-
-def main() -> None:
-    """The command line; ``prompt=`` takes any text as it is (see ``quote_prompt``)."""
-    from tinylm.preflight import check_command_line
-
-    sys.argv = [quote_prompt(arg) for arg in sys.argv]
-    exit_on_error(lambda: check_command_line(sys.argv[1:], "sample", _check))
-    _hydra_main()
-
-
-def _check(values: dict[str, Any]) -> SampleConfig:
-    return parse_section(SampleConfig, values, "")
+def run(config: SampleConfig) -> None:
+    """``tinylm sample``."""
+    sample(config)
 
 
 def quote_prompt(arg: str) -> str:

@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.config import ConfigError, require
+from tinylm.config import ConfigError, SoakConfig, SoakRunConfig, TrainConfig
 
 MB = 2**20
-
-
-@dataclass(frozen=True)
-class SoakConfig:
-    warmup: int = 100  # steps before the first window
-    window: int = 300  # steps per window: each holds at least one validation and checkpoint
-    tolerance_mb: float = 20.0  # growth of the peak beyond this fails the soak
-
-    def __post_init__(self) -> None:
-        require(self.warmup >= 0, "soak.warmup", f"must be 0 or more, got {self.warmup}")
-        require(self.window >= 1, "soak.window", f"must be at least 1, got {self.window}")
-        require(self.tolerance_mb >= 0, "soak.tolerance_mb", f"must be 0 or more, got {self.tolerance_mb}")
 
 
 def rss_bytes() -> int:
@@ -67,11 +54,21 @@ class RssMonitor(Callback):
         return max(rss for step, rss in self.peak.items() if first <= step <= last)
 
 
-def soak(values: dict[str, Any], settings: SoakConfig) -> dict[str, Any]:
-    """Train as ``values`` (a resolved training config) say, measuring memory; the figures."""
+def run(config: SoakRunConfig) -> None:
+    """``tinylm soak``: prints the figures; exit status 1 when memory grew."""
+    from tinylm.bench import report
+
+    result = soak(config, config.soak)
+    print(report(result))
+    if result["verdict"] != "ok":
+        raise SystemExit(1)
+
+
+def soak(config: TrainConfig, settings: SoakConfig) -> dict[str, Any]:
+    """Train as ``config`` says, measuring memory; the figures."""
     from tinylm.train import check, fit
 
-    config = check(values)
+    check(config)
     steps = config.max_steps
     if steps < settings.warmup + 2 * settings.window:
         raise ConfigError(
@@ -80,7 +77,7 @@ def soak(values: dict[str, Any], settings: SoakConfig) -> dict[str, Any]:
         )
     monitor = RssMonitor()
     started, rss_at_start = time.perf_counter(), rss_bytes()
-    trainer, _ = fit(config, values, extra_callbacks=[monitor])
+    trainer, _ = fit(config, extra_callbacks=[monitor])
     seconds = time.perf_counter() - started
     first = (settings.warmup + 1, settings.warmup + settings.window)
     last = (steps - settings.window + 1, steps)

@@ -18,7 +18,8 @@ from pathlib import Path
 from tinylm.config import DataConfig, TinyLMError
 
 BUILTIN_PREFIX = "builtin:"
-OFFLINE_HINT = "offline alternatives: data=pydocs, or data.source=path/to/file.txt"
+OFFLINE_HINT = ("offline alternatives: the default data.source=builtin:tiny_shakespeare, data=pydocs, "
+                "or data.source=path/to/file.txt")
 # Splits in the order their texts are joined; other splits follow in the source's order.
 SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -140,17 +141,30 @@ def _concatenate_splits(loaded):
     return datasets.concatenate_datasets([loaded[s] for s in ordered])
 
 
+BUILTINS = ("tiny_shakespeare", "pydocs")
+
+
 def _builtin(name: str):
     import datasets
 
     _builtin_name(BUILTIN_PREFIX + name)
-    return datasets.Dataset.from_generator(_pydoc_topics)
+    if name == "pydocs":
+        return datasets.Dataset.from_generator(_pydoc_topics)
+    return _concatenate_splits(datasets.load_dataset(str(embedded_corpus(name))))
+
+
+def embedded_corpus(name: str) -> Path:
+    """The directory of a corpus shipped inside tinylm, laid out like a Hub dataset repo."""
+    from importlib.resources import files
+
+    return Path(str(files("tinylm") / "corpora" / name))
 
 
 def _builtin_name(source: str) -> None:
     name = source.removeprefix(BUILTIN_PREFIX)
-    if name != "pydocs":
-        raise DataError(f"data.source: unknown built-in corpus {name!r}; the built-in is 'builtin:pydocs'")
+    if name not in BUILTINS:
+        choices = ", ".join(BUILTIN_PREFIX + b for b in BUILTINS)
+        raise DataError(f"data.source: unknown built-in corpus {name!r}; the built-ins are {choices}")
 
 
 def _pydoc_topics():

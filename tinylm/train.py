@@ -1,18 +1,20 @@
 """One training run: config → data module + model → Lightning module → Trainer → fit.
 
-``train`` takes the resolved config as plain values. It validates all of it before importing
-torch or Lightning (seconds of start-up), so a mistyped key costs the user no wait.
+``run`` is ``tinylm train``: it receives the typed config, checked already, and checks what
+can be checked in seconds before importing torch or Lightning (seconds of start-up): that
+the checkpoint to resume exists and that the data source can be had.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinylm.config import ConfigError, TrainConfig, as_plain
+from tinylm.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     from lightning import Callback, Trainer
@@ -23,40 +25,89 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def check(values: dict[str, Any]) -> TrainConfig:
-    """``values`` (the resolved Hydra config) checked as far as can be done in seconds, without
-    torch: every setting, that ``ckpt_path`` exists, and that ``data.source`` can be had."""
+def check(config: TrainConfig) -> TrainConfig:
+    """What can be checked of ``config`` in seconds, without torch: that ``ckpt_path`` exists,
+    and that ``data.source`` can be had."""
     from tinylm.sources import check_source
 
-    config = TrainConfig.from_dict(values)
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
     check_source(config.data)
     return config
 
 
-def train(values: dict[str, Any], overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
-    """Train as ``values`` (the resolved Hydra config) say; return the best val/loss.
+def run(config: TrainConfig) -> float | None:
+    """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    return train(config, overrides=list(hydra.overrides.task), sweep=hydra.mode == RunMode.MULTIRUN)
+
+
+def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
+    """Train as ``config`` says, then print where the run is and what to do with it; return
+    the best val/loss.
 
     ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
     of a Hydra sweep (``-m``).
     """
-    config = check(values)
+    check(config)
     if sweep:
         check_sweep_strategy(config.trainer)
-    trainer, _ = fit(config, values, overrides)
+    trainer, _ = fit(config, overrides)
+    if trainer.is_global_zero:
+        print(summary(config, trainer))
     best = trainer.checkpoint_callback.best_model_score
     return float(best) if best is not None else None
 
 
-def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = (),
+def summary(config: TrainConfig, trainer: Trainer) -> str:
+    """The few lines that end a run: where it is, how well it did, what to run next."""
+    run_dir = _shown(Path(config.paths.output_dir))
+    metrics = trainer.callback_metrics
+    lines = [f"run: {run_dir} ({trainer.global_step:,} steps)"]
+    best = trainer.checkpoint_callback.best_model_score
+    if best is not None:
+        last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
+        lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc); "
+                     f"last {last:.4f}")
+    checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if checkpoint.is_file():
+        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt='ROMEO:'")
+    if config.logger.kind == "tensorboard":
+        lines.append(f"tensorboard: {tensorboard_command(run_dir, config)}")
+    return "\n".join(lines)
+
+
+def tensorboard_command(logdir: str | Path, config: TrainConfig) -> str:
+    """How to open ``logdir`` in TensorBoard showing every picture the run logged: TensorBoard
+    keeps 10 images per tag unless told otherwise."""
+    val_every = config.trainer.get("val_check_interval") or config.max_steps
+    pictures = 1 + math.ceil(max(config.max_steps, 1) / max(int(val_every), 1))
+    every = config.callbacks.attention.every_n_steps
+    if every:
+        pictures = 1 + math.ceil(max(config.max_steps, 1) / every)
+    return f"tensorboard --logdir {logdir} --samples_per_plugin images={max(100, pictures)}"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it, as a user would type it."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def fit(config: TrainConfig, overrides: Sequence[str] = (),
         extra_callbacks: Sequence[Callback] = ()) -> tuple[Trainer, LitLM]:
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
 
-    ``values`` is the same config as plain values: it is logged as the run's hyperparameters,
-    those that ``overrides`` set first. ``extra_callbacks`` join the standard ones
-    (benchmarks add a timer this way). Raises ``Interrupted`` (on rank 0) when a signal stopped
-    training, after saving last.ckpt.
+    The config is logged as the run's hyperparameters, those that ``overrides`` (the command
+    line's) set first. ``extra_callbacks`` join the standard ones (benchmarks add a timer this
+    way). Raises ``Interrupted`` (on rank 0) when a signal stopped training, after saving
+    last.ckpt.
     """
     import lightning as L
     import torch
@@ -64,6 +115,7 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from tinylm.callbacks import HParamsLogger, LastCheckpoint, ProgressBar, TrainingMetrics
+    from tinylm.config import as_plain
     from tinylm.data import CharDataModule
     from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
@@ -78,8 +130,7 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
     vocab = data.tokenizer.to_list()
     if config.ckpt_path is not None:
         _check_resumable(config, vocab)
-    module = LitLM(model=as_plain(config.model), optim=as_plain(config.optim), vocab=vocab,
-                   max_steps=config.max_steps)
+    module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
 
     output_dir = Path(config.paths.output_dir)
     last = LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps)
@@ -102,7 +153,7 @@ def fit(config: TrainConfig, values: dict[str, Any], overrides: Sequence[str] = 
     if config.logger.kind == "tensorboard":
         logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
                                    default_hp_metric=False)
-        params = flatten(values)
+        params = flatten(as_plain(config))
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
         callbacks.extend(watch_callbacks(config, data))
 
