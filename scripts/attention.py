@@ -16,7 +16,7 @@ from tinylm.sample import quote_prompt
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="attention")
 def main(cfg: DictConfig) -> None:
-    from tinylm.attention import render_attention
+    from tinylm.attention.render import render_attention
     from tinylm.config import AttentionScriptConfig, parse_section
 
     print(exit_on_error(lambda: render_attention(parse_section(AttentionScriptConfig, resolved(cfg), ""))))
