@@ -1,5 +1,5 @@
-"""How the Trainer writes checkpoints: atomically. Kept out of ``tinylm.checkpoint``, which
-sampling imports, because a Lightning plugin needs Lightning (seconds to import)."""
+"""How the Trainer writes checkpoints: atomically. Kept apart from ``tinylm.checkpoint``, which
+sampling imports: a Lightning plugin needs Lightning, and sampling should not have to load it."""
 
 from __future__ import annotations
 
