@@ -8,9 +8,9 @@ import pytest
 from conftest import compose, run_script
 from PIL import Image
 
-from tinylm.attention import render_attention
+from tinylm.attention.maps import ProbeError
+from tinylm.attention.render import render_attention
 from tinylm.config import AttentionScriptConfig, ConfigError, TrainConfig
-from tinylm.probe import ProbeError
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32

@@ -11,8 +11,8 @@ from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
 from tinylm.compare import CompareError, main
-from tinylm.hparams import session_start_summary
 from tinylm.runs import RunsError, find_runs
+from tinylm.tensorboard import session_start_summary
 
 
 def write_run(run_dir: Path, heads: int, val_losses: list[float] | None, steps: int = 20) -> None:

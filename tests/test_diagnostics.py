@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tinylm.diagnostics import HeadScores, entropy, first_token, induction, prev_token, row_entropy
+from tinylm.attention.scores import HeadScores, entropy, first_token, induction, prev_token, row_entropy
 
 
 def uniform_causal(T: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from tinylm.hparams import (
+from tinylm.tensorboard import (
     HP_METRICS,
     experiment_summary,
     flatten,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.config import ModelConfig
-from tinylm.model import Block, CausalSelfAttention, TransformerLM, causal_attention
+from tinylm.model import Block, CausalSelfAttention, TransformerLM, causal_attention, evaluating
 
 VOCAB = 37
 
@@ -186,6 +186,19 @@ def test_dropout_is_active_in_training_only() -> None:
         assert torch.equal(model(idx), model(idx))  # eval: deterministic
         model.train()
         assert not torch.equal(model(idx), model(idx))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_switches_dropout_off_and_restores_the_mode(training: bool) -> None:
+    model = make_model(dropout=0.5, attention="explicit").train(training)
+    idx = tokens()
+    with torch.no_grad(), evaluating(model):
+        assert not model.training and not any(m.training for m in model.modules())
+        assert torch.equal(model(idx), model(idx))
+    assert model.training is training
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("the block failed")
+    assert model.training is training
 
 
 def test_a_sequence_longer_than_block_size_is_refused() -> None:

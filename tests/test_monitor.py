@@ -13,9 +13,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tinylm.model
+from tinylm.attention.maps import ProbeError
+from tinylm.attention.scores import SCORES
 from tinylm.config import ConfigError, TrainConfig
-from tinylm.diagnostics import SCORES
-from tinylm.probe import ProbeError
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32

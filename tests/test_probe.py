@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinylm.attention.maps import ProbeError, attention_maps, encode_probe, head_scores, induction_tokens
 from tinylm.config import ModelConfig
 from tinylm.model import TransformerLM
-from tinylm.probe import ProbeError, attention_maps, encode_probe, head_scores, induction_tokens
 from tinylm.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("abcdefgh ,\n")

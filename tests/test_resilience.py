@@ -18,8 +18,8 @@ from conftest import REPO, compose, quick_overrides, run_script, scalars, start_
 from lightning.pytorch.callbacks import Callback
 
 import tinylm
+from tinylm.callbacks import DivergedError
 from tinylm.config import TrainConfig
-from tinylm.resilience import DivergedError
 from tinylm.train import fit
 
 
@@ -75,7 +75,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Pat
     half-way through the write leaves last.ckpt as it was."""
     child = textwrap.dedent("""
         import io, sys, time, torch
-        from tinylm.resilience import AtomicCheckpointIO
+        from tinylm.checkpoint_io import AtomicCheckpointIO
 
         path = sys.argv[1]
         AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(100_000)}, path)

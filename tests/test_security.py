@@ -12,7 +12,7 @@ from conftest import run_script
 
 import tinylm
 from tinylm.checkpoint import FORMAT_VERSION, CheckpointError
-from tinylm.resilience import AtomicCheckpointIO
+from tinylm.checkpoint_io import AtomicCheckpointIO
 
 
 class Payload:

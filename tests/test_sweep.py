@@ -11,8 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from tinylm.config import ConfigError, ModelConfig
-from tinylm.hparams import HP_METRICS
 from tinylm.model import TransformerLM
+from tinylm.tensorboard import HP_METRICS
 from tinylm.train import check_sweep_strategy
 
 TINY = ["model.layers=1", "model.d_model=32", "model.block_size=16", "optim.warmup_steps=2",

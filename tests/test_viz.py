@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinylm.viz import MASKED_COLOUR, AttentionFigure, colour, encode_png, visible_char
+from tinylm.attention.pictures import MASKED_COLOUR, AttentionFigure, colour, encode_png, visible_char
 
 PROBE = "To be,\nor not"  # 13 characters, a space and a newline among them
 

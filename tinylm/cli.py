@@ -62,7 +62,7 @@ COMMANDS = {
         Command("sample", "sample text from a checkpoint: tinylm sample ckpt=RUN_DIR prompt=ROMEO:",
                 "tinylm.sample:run", "sample", SampleConfig),
         Command("attention", "draw a checkpoint's attention: tinylm attention ckpt=RUN_DIR out=attn.png",
-                "tinylm.attention:run", "attention", AttentionScriptConfig),
+                "tinylm.attention.render:run", "attention", AttentionScriptConfig),
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME --sort val_bpc",
                 "tinylm.compare:main"),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",

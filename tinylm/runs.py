@@ -87,7 +87,7 @@ def read_run(event_dir: Path, name: str) -> Run:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
 
-    from tinylm.hparams import read_session_hparams
+    from tinylm.tensorboard import read_session_hparams
 
     run = Run(name=name, path=event_dir)
     for file in sorted(event_dir.glob(EVENT_FILES), key=_written_at):

@@ -111,15 +111,12 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     """
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from tinylm.callbacks import HParamsLogger, LastCheckpoint, ProgressBar, TrainingMetrics
-    from tinylm.config import as_plain
+    from tinylm.callbacks import StopOnSignal, build_callbacks
+    from tinylm.checkpoint_io import AtomicCheckpointIO
     from tinylm.data import CharDataModule
-    from tinylm.hparams import flatten, overridden_keys
     from tinylm.lit import LitLM
-    from tinylm.resilience import AtomicCheckpointIO, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 
     _check_trainer_keys(config.trainer, L.Trainer)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
@@ -133,29 +130,13 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
 
     output_dir = Path(config.paths.output_dir)
-    last = LastCheckpoint(output_dir / "checkpoints", config.callbacks.checkpoint.every_n_steps)
-    stop = StopOnSignal(last)
-    callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best", monitor="val/loss",
-                        mode="min", save_top_k=1, save_on_train_epoch_end=False,
-                        auto_insert_metric_name=False, enable_version_counter=False),
-        last,
-        StepSeed(config.seed),
-        stop,
-        StopOnNonFiniteLoss(last, config.optim.lr),
-        TrainingMetrics(),
-        *extra_callbacks,
-    ]
+    callbacks = build_callbacks(config, data, output_dir, overrides, extra_callbacks)
+    stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
-    if refresh_rate > 0:
-        callbacks.append(ProgressBar(refresh_rate=refresh_rate))
     logger: TensorBoardLogger | bool = False
     if config.logger.kind == "tensorboard":
         logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
                                    default_hp_metric=False)
-        params = flatten(as_plain(config))
-        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
-        callbacks.extend(watch_callbacks(config, data))
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
@@ -165,31 +146,6 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
-
-
-def watch_callbacks(config: TrainConfig, data) -> list:
-    """The TensorBoard callbacks that show the model learning: attention maps and head scores
-    on a probe, and text samples. ``data`` is the prepared data module."""
-    from tinylm.monitor import AttentionMaps, TextSamples
-
-    block_size, tokenizer = config.model.block_size, data.tokenizer
-    callbacks = []
-    attention = config.callbacks.attention
-    if attention.enabled:
-        # The default probe: real text the model is not trained on, as long as a context.
-        probe = attention.probe or tokenizer.decode(data.val_tokens[:block_size].tolist())
-        callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
-                                       every_n_steps=attention.every_n_steps))
-    samples = config.callbacks.samples
-    if samples.enabled:
-        prompt = samples.prompt
-        if prompt is None:
-            prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.decode(data.val_tokens[:1].tolist())
-        callbacks.append(TextSamples(prompt, tokenizer, max_new_tokens=samples.max_new_tokens,
-                                     temperature=samples.temperature, top_k=samples.top_k,
-                                     top_p=samples.top_p, seed=samples.seed,
-                                     every_n_steps=samples.every_n_steps))
-    return callbacks
 
 
 # Strategies that start their processes without re-running the script.

@@ -8,26 +8,18 @@ and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from tinylm.diagnostics import HeadScores
-from tinylm.probe import ProbeError, attention_maps, check_characters, encode_probe, head_scores
+from tinylm.attention.maps import ProbeError, attention_maps, check_characters, encode_probe, head_scores
+from tinylm.attention.pictures import AttentionFigure, encode_pngs
+from tinylm.attention.scores import HeadScores
+from tinylm.model import evaluating
+from tinylm.tensorboard import add_image, add_text, tensorboard_writer
 from tinylm.tokenizer import CharTokenizer
-from tinylm.viz import AttentionFigure, encode_pngs
-
-
-def tensorboard_writer(trainer: L.Trainer):
-    """The SummaryWriter of the trainer's TensorBoard logger, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
 
 
 class Periodic(Callback):
@@ -67,7 +59,7 @@ class AttentionMaps(Periodic):
     Images: ``attention/layer_{l}`` (all heads of layer l side by side) and
     ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
     Scalars: ``heads/{entropy,prev_token,induction,first_token}/layer_{l}_head_{h}`` (see
-    ``tinylm.diagnostics``), measured on the whole probe (and, for induction, on repeated
+    ``tinylm.attention.scores``), measured on the whole probe (and, for induction, on repeated
     random sequences).
     """
 
@@ -114,17 +106,6 @@ def score_metrics(scores: HeadScores) -> dict[str, float]:
     }
 
 
-def add_image(writer: Any, tag: str, png: bytes, step: int) -> None:
-    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and
-    encodes them with Pillow, several times slower than ``tinylm.viz.encode_png``.)"""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
-    colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
-    image = Summary.Image(height=height, width=width, colorspace=colorspace, encoded_image_string=png)
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-
-
 class TextSamples(Periodic):
     """Logs text sampled from a fixed prompt with a fixed seed as TensorBoard text, tag
     ``samples``: as the seed never changes, samples at different steps differ only by what
@@ -146,12 +127,8 @@ class TextSamples(Periodic):
         model = module.model
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             ids = model.generate(self.ids.to(device), generator=generator, **self.options)  # (1, P + N)
-        finally:
-            model.train(was_training)
         add_text(writer, "samples", self.tokenizer.decode(ids[0].tolist()), trainer.global_step)
 
 
@@ -162,13 +139,3 @@ def encode_prompt(prompt: str, tokenizer: CharTokenizer, key: str) -> torch.Tens
         raise ProbeError(f"{key}: is empty; give at least one character (e.g. a newline)")
     check_characters(prompt, tokenizer, key)
     return torch.tensor([tokenizer.encode(prompt)])
-
-
-def add_text(writer: Any, tag: str, text: str, step: int) -> None:
-    """Write ``text`` as TensorBoard text under exactly ``tag`` (``SummaryWriter.add_text``
-    appends "/text_summary"), as a Markdown code block so its line breaks survive."""
-    from torch.utils.tensorboard.summary import text as text_summary
-
-    summary = text_summary(tag, "\n".join("    " + line for line in text.split("\n")))
-    summary.value[0].tag = tag
-    writer.file_writer.add_summary(summary, step)

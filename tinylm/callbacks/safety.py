@@ -1,60 +1,24 @@
-"""Training that survives being stopped: checkpoints written atomically, randomness that is a
-function of the step (so a resume is exact), a clean stop on SIGINT/SIGTERM, and a clear stop
-when the loss stops being a number.
+"""Training that survives being stopped: randomness that is a function of the step (so a resume
+is exact), a clean stop on SIGINT/SIGTERM, and a clear stop when the loss stops being a number.
+Checkpoints are written atomically by ``tinylm.checkpoint.AtomicCheckpointIO``.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.callbacks import LastCheckpoint
+from tinylm.callbacks.checkpoints import LastCheckpoint
 from tinylm.config import TinyLMError
 from tinylm.data import derived_seed
 
 # Added to the key of the dropout seeds, so they are not the data order's seeds.
 DROPOUT_STREAM = 1
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<file>.tmp`` beside the checkpoint, syncs it to disk, then renames it over the
-    old file. A rename within a directory is atomic, so whoever reads the file, including a
-    resume after ``kill -9`` in the middle of a save, finds the old checkpoint or the new one.
-
-    Lightning's own save writes to a temp file in $TMPDIR and moves it: a rename only when
-    $TMPDIR is on the checkpoint's filesystem, otherwise a copy that a kill can cut short
-    (and a kill leaves the temp file in $TMPDIR). Loads are always ``weights_only=True``.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
-                        storage_options: Any | None = None) -> None:
-        if storage_options is not None or "://" in str(path):  # remote storage: fsspec's way
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
-        try:
-            with open(temp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())  # the data is on disk before the name points at it
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-
-    def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 class StepSeed(Callback):

@@ -1,73 +1,23 @@
-"""Lightning callbacks for bookkeeping: the last checkpoint, training metrics, hyperparameters."""
+"""Callbacks that report a run: training scalars, the progress bar, TensorBoard's HPARAMS tab."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinylm.hparams import experiment_summary, session_end_summary, session_start_summary
-
-
-class LastCheckpoint(Callback):
-    """Keeps ``<dirpath>/last.ckpt`` current: after each validation, every ``every_n_steps``
-    optimizer steps if set, and when training ends, so a resume never repeats work.
-
-    It only ever holds good weights: all finite, and giving a finite loss (the validation loss,
-    or for a periodic save the loss on the batch just trained on). So when training diverges,
-    the file keeps the last state worth resuming from.
-    """
-
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
-        self.every_n_steps = every_n_steps
-        self.saved_step: int | None = None  # the step of the last save in this run
-
-    def save(self, trainer: L.Trainer, loss: torch.Tensor | None = None) -> None:
-        """Write last.ckpt now, unless it holds this step already or the weights are not good
-        (not all finite, or ``loss``, a loss they gave, not finite). Every process must call
-        it: they agree on whether to save, and rank 0 writes."""
-        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
-            return
-        if self.saved_step == trainer.global_step:
-            return
-        parameters = trainer.lightning_module.parameters()
-        good = all(bool(torch.isfinite(p).all()) for p in parameters) and (
-            loss is None or bool(torch.isfinite(loss))
-        )
-        if trainer.strategy.reduce_boolean_decision(good, all=True):
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state, to resume
-            self.saved_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and self.saved_step != step:
-            self.save(trainer, _loss_of_updated_weights(pl_module, batch))
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer, trainer.callback_metrics.get("val/loss"))
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer)
-
-
-def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
-    """The loss the weights give on the batch they were just updated with. Weights that an
-    update has blown up show it here, where the training loss would show it one step later."""
-    training = module.training
-    module.eval()
-    with torch.no_grad():
-        loss = module.loss(batch)
-    module.train(training)
-    return loss
+from tinylm.tensorboard import (
+    add_summaries,
+    experiment_summary,
+    session_end_summary,
+    session_start_summary,
+    tensorboard_logger,
+    tensorboard_writer,
+)
 
 
 class TrainingMetrics(Callback):
@@ -139,7 +89,7 @@ class ProgressBar(TQDMProgressBar):
 
 class HParamsLogger(Callback):
     """Fills TensorBoard's HPARAMS tab for this run: the flattened config as its
-    hyperparameters, the real metrics of ``tinylm.hparams.HP_METRICS`` as its columns (never a
+    hyperparameters, the real metrics of ``tinylm.tensorboard.HP_METRICS`` as its columns (never a
     -1 placeholder), ``hp/params`` once training starts and the run's status when it ends.
 
     The other metrics are logged where they are measured: ``hp/val_loss``, ``hp/val_bpc`` and
@@ -162,7 +112,7 @@ class HParamsLogger(Callback):
         # epoch of the endless training stream may never end. After a resume, global_step is
         # already the checkpoint's here.
         params = sum(p.numel() for p in pl_module.parameters())  # shared tensors counted once
-        for logger in self._loggers(trainer):
+        if (logger := tensorboard_logger(trainer)) is not None:
             logger.log_metrics({"hp/params": params}, step=trainer.global_step)
 
     @rank_zero_only
@@ -175,11 +125,7 @@ class HParamsLogger(Callback):
         self._write(trainer, session_end_summary("failure"))
 
     @staticmethod
-    def _loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
-        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-
-    def _write(self, trainer: L.Trainer, *summaries: Any) -> None:
-        for logger in self._loggers(trainer):
-            for summary in summaries:
-                logger.experiment.file_writer.add_summary(summary)
-            logger.experiment.flush()
+    def _write(trainer: L.Trainer, *summaries: Any) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            add_summaries(writer, *summaries)

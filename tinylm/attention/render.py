@@ -25,10 +25,10 @@ def run(config: AttentionScriptConfig) -> None:
 def render_attention(config: AttentionScriptConfig) -> str:
     """Draw the maps ``config`` asks for to ``config.out``; return the diagnostics as a
     markdown table and a line saying what was drawn."""
+    from tinylm.attention.maps import attention_maps, encode_probe, head_scores
+    from tinylm.attention.pictures import AttentionFigure
     from tinylm.checkpoint import load_checkpoint
-    from tinylm.probe import attention_maps, encode_probe, head_scores
     from tinylm.sample import checkpoint_path
-    from tinylm.viz import AttentionFigure
 
     model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt))
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)

@@ -1,6 +1,7 @@
-"""TensorBoard's HPARAMS tab: a run's hyperparameters and the metrics shown beside them.
+"""TensorBoard, written once: the writer of a trainer, images and text under exact tags, and the
+HPARAMS tab (a run's hyperparameters and the metrics shown beside them).
 
-The tab reads three summaries from each run, in the layout that
+The HPARAMS tab reads three summaries from each run, in the layout that
 ``tensorboard/plugins/hparams/summary.py`` documents (that module needs TensorFlow, so the
 same protos are built here from TensorBoard's own ``api_pb2`` / ``plugin_data_pb2``):
 
@@ -11,16 +12,28 @@ same protos are built here from TensorBoard's own ``api_pb2`` / ``plugin_data_pb
 The metrics are ordinary scalars logged in the same run (``hp/val_loss`` ...); the tab shows
 the last value of each. The experiment names exactly these metrics: without it TensorBoard
 would turn every scalar of every run into a column.
+``torch.utils.tensorboard.summary.hparams`` builds the same three summaries, but it cannot
+mark the hyperparameters set on the command line (``differs``), describes no metric, and
+always ends the session with "success"; so they are built here.
+
+This module imports neither torch nor Lightning at the top: ``tinylm.runs`` reads event files
+with it.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.tensorboard import SummaryWriter
 
 # The metrics of the tab, with the description TensorBoard shows for each.
 HP_METRICS = {
@@ -54,6 +67,47 @@ def overridden_keys(overrides: Iterable[str], params: Collection[str]) -> list[s
     ``+x=1``, ``~x``; a config-group choice (``model=baby``) is not one of them."""
     keys = (item.split("=", 1)[0].lstrip("+~") for item in overrides)
     return [key for key in keys if key in params]
+
+
+def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
+    """The trainer's TensorBoard logger, or None."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
+def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
+    """The SummaryWriter of the trainer's TensorBoard logger, or None."""
+    logger = tensorboard_logger(trainer)
+    return None if logger is None else logger.experiment
+
+
+def add_image(writer: SummaryWriter, tag: str, png: bytes, step: int) -> None:
+    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and
+    encodes them with Pillow, several times slower than ``tinylm.attention.pictures.encode_png``.)"""
+    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+    colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=colorspace,
+                                      encoded_image_string=png)
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)])
+    writer.file_writer.add_summary(summary, step)
+
+
+def add_text(writer: SummaryWriter, tag: str, text: str, step: int) -> None:
+    """Write ``text`` as TensorBoard text under exactly ``tag`` (``SummaryWriter.add_text``
+    appends "/text_summary"), as a Markdown code block so its line breaks survive."""
+    from torch.utils.tensorboard.summary import text as text_summary
+
+    summary = text_summary(tag, "\n".join("    " + line for line in text.split("\n")))
+    summary.value[0].tag = tag
+    writer.file_writer.add_summary(summary, step)
+
+
+def add_summaries(writer: SummaryWriter, *summaries: summary_pb2.Summary) -> None:
+    """Write ready-made summaries (those of the HPARAMS tab) and flush them to disk."""
+    for summary in summaries:
+        writer.file_writer.add_summary(summary)
+    writer.flush()
 
 
 def experiment_summary(params: dict[str, Any], differs: Collection[str] = ()) -> summary_pb2.Summary:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tinylm.attention.scores import HeadScores
 from tinylm.config import TinyLMError
-from tinylm.diagnostics import HeadScores
-from tinylm.model import TransformerLM
+from tinylm.model import TransformerLM, evaluating
 from tinylm.tokenizer import CharTokenizer, describe_char
 
 INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier curve
@@ -72,13 +72,9 @@ def attention_maps(model: TransformerLM, idx: Tensor) -> Tensor:
 
     Runs in eval mode (no dropout) and puts the model back in the mode it was in.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         device = next(model.parameters()).device
         _, maps = model(idx.to(device), return_attention=True)
-    finally:
-        model.train(was_training)
     return torch.stack(maps).float().cpu()  # (L, B, H, T, T)
 
 

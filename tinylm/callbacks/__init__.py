@@ -1,0 +1,83 @@
+"""Every Lightning callback of tinylm, one module per idea, and the one list a run trains with:
+
+- ``checkpoints``: ``best.ckpt`` (lowest val/loss) and ``last.ckpt`` (to resume);
+- ``safety``: exact resumes (``StepSeed``), a clean stop on a signal, a clear stop on divergence;
+- ``metrics``: the training scalars, the progress bar, TensorBoard's HPARAMS tab;
+- ``watch``: attention maps, head scores and text samples in TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lightning.pytorch.callbacks import Callback
+
+from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
+from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
+from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
+from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
+from tinylm.config import as_plain
+from tinylm.tensorboard import flatten, overridden_keys
+
+if TYPE_CHECKING:
+    from tinylm.config import TrainConfig
+    from tinylm.data import CharDataModule
+
+__all__ = [
+    "AttentionMaps", "DivergedError", "HParamsLogger", "Interrupted", "LastCheckpoint", "Periodic",
+    "ProgressBar", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples", "TrainingMetrics",
+    "best_checkpoint", "build_callbacks", "watch_callbacks",
+]
+
+
+def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str | Path,
+                    overrides: Sequence[str] = (), extra: Sequence[Callback] = ()) -> list[Callback]:
+    """The callbacks of a run as ``config`` describes it: checkpoints, safety, metrics, then
+    ``extra``, the progress bar, and with a TensorBoard logger the HPARAMS tab and the watch
+    callbacks. The HPARAMS tab shows the config, the keys that ``overrides`` set first;
+    ``data`` is the prepared data module.
+    """
+    checkpoints = Path(output_dir) / "checkpoints"
+    last = LastCheckpoint(checkpoints, config.callbacks.checkpoint.every_n_steps)
+    callbacks: list[Callback] = [
+        best_checkpoint(checkpoints),
+        last,
+        StepSeed(config.seed),
+        StopOnSignal(last),
+        StopOnNonFiniteLoss(last, config.optim.lr),
+        TrainingMetrics(),
+        *extra,
+    ]
+    refresh_rate = config.callbacks.progress_bar.refresh_rate
+    if refresh_rate > 0:
+        callbacks.append(ProgressBar(refresh_rate=refresh_rate))
+    if config.logger.kind == "tensorboard":
+        params = flatten(as_plain(config))
+        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
+        callbacks.extend(watch_callbacks(config, data))
+    return callbacks
+
+
+def watch_callbacks(config: TrainConfig, data: CharDataModule) -> list[Periodic]:
+    """The TensorBoard callbacks that show the model learning: attention maps and head scores
+    on a probe, and text samples. ``data`` is the prepared data module."""
+    block_size, tokenizer = config.model.block_size, data.tokenizer
+    callbacks: list[Periodic] = []
+    attention = config.callbacks.attention
+    if attention.enabled:
+        # The default probe: real text the model is not trained on, as long as a context.
+        probe = attention.probe or tokenizer.decode(data.val_tokens[:block_size].tolist())
+        callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
+                                       every_n_steps=attention.every_n_steps))
+    samples = config.callbacks.samples
+    if samples.enabled:
+        prompt = samples.prompt
+        if prompt is None:
+            prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.decode(data.val_tokens[:1].tolist())
+        callbacks.append(TextSamples(prompt, tokenizer, max_new_tokens=samples.max_new_tokens,
+                                     temperature=samples.temperature, top_k=samples.top_k,
+                                     top_p=samples.top_p, seed=samples.seed,
+                                     every_n_steps=samples.every_n_steps))
+    return callbacks

@@ -1,0 +1,69 @@
+"""The checkpoints a run keeps: ``best.ckpt`` (lowest val/loss) and ``last.ckpt`` (to resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from tinylm.model import evaluating
+
+
+def best_checkpoint(dirpath: str | Path) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint keeping ``<dirpath>/best.ckpt``: the lowest val/loss so far."""
+    return ModelCheckpoint(dirpath=dirpath, filename="best", monitor="val/loss", mode="min",
+                           save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+
+
+class LastCheckpoint(Callback):
+    """Keeps ``<dirpath>/last.ckpt`` current: after each validation, every ``every_n_steps``
+    optimizer steps if set, and when training ends, so a resume never repeats work.
+
+    It only ever holds good weights: all finite, and giving a finite loss (the validation loss,
+    or for a periodic save the loss on the batch just trained on). So when training diverges,
+    the file keeps the last state worth resuming from.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps = every_n_steps
+        self.saved_step: int | None = None  # the step of the last save in this run
+
+    def save(self, trainer: L.Trainer, loss: torch.Tensor | None = None) -> None:
+        """Write last.ckpt now, unless it holds this step already or the weights are not good
+        (not all finite, or ``loss``, a loss they gave, not finite). Every process must call
+        it: they agree on whether to save, and rank 0 writes."""
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return
+        if self.saved_step == trainer.global_step:
+            return
+        parameters = trainer.lightning_module.parameters()
+        good = all(bool(torch.isfinite(p).all()) for p in parameters) and (
+            loss is None or bool(torch.isfinite(loss))
+        )
+        if trainer.strategy.reduce_boolean_decision(good, all=True):
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state, to resume
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and self.saved_step != step:
+            self.save(trainer, _loss_of_updated_weights(pl_module, batch))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer, trainer.callback_metrics.get("val/loss"))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+
+def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
+    """The loss the weights give on the batch they were just updated with. Weights that an
+    update has blown up show it here, where the training loss would show it one step later."""
+    with evaluating(module), torch.no_grad():
+        return module.loss(batch)
