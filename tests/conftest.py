@@ -44,22 +44,21 @@ def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
 
     run_dir = tmp_path_factory.mktemp("run")
     values = compose(*quick_overrides(small_text, run_dir))
-    trainer, module = fit(TrainConfig.from_dict(values), values)
+    trainer, module = fit(TrainConfig.from_dict(values))
     return run_dir, trainer, module
 
 
 def compose(*overrides: str, config_name: str = "train") -> dict:
-    """The real Hydra config, composed as scripts/train.py composes it, resolved to plain values.
+    """The real Hydra config of ``tinylm <config_name> <overrides>``, composed from the
+    installed package's configs, resolved to plain values; a mistake raises ConfigError.
 
-    ``paths.output_dir`` must be among the overrides: outside a Hydra run there is no run dir.
+    Give ``paths.output_dir``: outside a Hydra run there is no run dir (it is "." otherwise).
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    from tinylm.cli import compose as tinylm_compose
+
+    return OmegaConf.to_container(tinylm_compose(config_name, overrides), resolve=True)
 
 
 def closed_port() -> int:

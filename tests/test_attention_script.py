@@ -27,7 +27,7 @@ def checkpoint(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "trainer.val_check_interval=20", "trainer.limit_val_batches=2", "logger=none",
         "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
     )
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     return run_dir / "checkpoints" / "last.ckpt"
 
 

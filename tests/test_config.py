@@ -36,7 +36,7 @@ def test_presets_reproduce_nanogpt(tmp_path) -> None:
     shape = (char.model.layers, char.model.heads, char.model.d_model, char.model.block_size)
     assert shape == (6, 6, 384, 256)
     assert char.data.batch_size == 64 and char.model.dropout == 0.2 and char.max_steps == 5000
-    assert char.data.source == "karpathy/tiny_shakespeare" and char.data.revision == "refs/convert/parquet"
+    assert char.data.source == "builtin:tiny_shakespeare" and char.data.revision == "refs/convert/parquet"
 
 
 def test_command_line_overrides_win_over_presets(tmp_path) -> None:
@@ -73,8 +73,10 @@ def test_bad_values_name_their_key(override: str, message: str, tmp_path) -> Non
 
 def test_numbers_from_yaml_are_coerced_sensibly() -> None:
     assert ModelConfig(mlp_ratio=4).mlp_hidden == 4 * 128
-    config = TrainConfig.from_dict({"trainer": {"max_steps": 10}, "model": {"layers": 2.0, "dropout": 0}})
+    config = TrainConfig.from_dict({"trainer": {"max_steps": 10}, "model": {"layers": "2", "dropout": 0}})
     assert config.model.layers == 2 and isinstance(config.model.dropout, float)
+    with pytest.raises(ConfigError, match=r"^model.layers: expected an integer, got 2.5$"):
+        TrainConfig.from_dict({"trainer": {"max_steps": 10}, "model": {"layers": 2.5}})
 
 
 def test_validating_a_config_does_not_import_torch() -> None:

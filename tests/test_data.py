@@ -166,3 +166,25 @@ def test_unreachable_hub_fails_fast_with_alternatives() -> None:
     assert time.monotonic() - started < 30
     assert result.returncode != 0
     assert "cannot be reached" in result.stderr and "data=pydocs" in result.stderr
+
+
+def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Path) -> None:
+    """The default source ships in the package as a Hub-layout parquet dataset: its text is
+    input.txt byte for byte, and it splits as nanoGPT's prepare.py does."""
+    import hashlib
+
+    from conftest import compose
+
+    from tinylm.config import TrainConfig
+    from tinylm.sources import embedded_corpus, load_texts
+
+    config = TrainConfig.from_dict(compose("paths.output_dir=."))
+    assert config.data.source == "builtin:tiny_shakespeare"
+    assert (embedded_corpus("tiny_shakespeare") / "data").is_dir()
+    text = "".join(load_texts(config.data)["text"])
+    expected = hashlib.sha256(shakespeare_path.read_bytes()).hexdigest()
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == expected
+    data = CharDataModule(config.data, block_size=64)
+    data.prepare()
+    sizes = (len(data.train_tokens), len(data.val_tokens), data.tokenizer.vocab_size)
+    assert sizes == (1_003_854, 111_540, 65)

@@ -45,7 +45,7 @@ def test_two_cpu_processes_train_as_one(small_text: Path, tmp_path: Path) -> Non
     values = compose(*quick_overrides(
         small_text, run_dir, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
         "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1"))
-    fit(TrainConfig.from_dict(values), values, extra_callbacks=[RankProbe(probes)])
+    fit(TrainConfig.from_dict(values), extra_callbacks=[RankProbe(probes)])
 
     rank0, rank1 = (json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2

@@ -44,7 +44,7 @@ def run(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     """A real short run with the default callbacks, and what it wrote to TensorBoard."""
     run_dir = tmp_path_factory.mktemp("run")
     values = compose(*overrides(small_text, run_dir))
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     return run_dir, events(run_dir)
 
 
@@ -117,7 +117,7 @@ def test_the_probe_runs_on_the_explicit_path_only(small_text: Path, tmp_path: Pa
     monkeypatch.setattr(tinylm.model, "causal_attention", recording)
     values = compose(*overrides(small_text, tmp_path, "trainer.max_steps=10",
                                 "callbacks.samples.enabled=false"))
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     assert batches and set(batches) <= {1, 8}
 
 
@@ -125,7 +125,7 @@ def test_the_probe_runs_on_the_explicit_path_only(small_text: Path, tmp_path: Pa
 def test_every_n_steps_logs_without_validation(small_text: Path, tmp_path: Path) -> None:
     values = compose(*overrides(small_text, tmp_path, "trainer.limit_val_batches=0", "trainer.max_steps=12",
                                 "callbacks.attention.every_n_steps=4", "callbacks.samples.every_n_steps=6"))
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     logged = events(tmp_path)
     assert [i.step for i in logged.Images("attention/layer_0/head_0")] == [0, 4, 8, 12]
     assert [s.step for s in logged.Scalars("heads/induction/layer_1_head_3")] == [0, 4, 8, 12]
@@ -135,7 +135,7 @@ def test_every_n_steps_logs_without_validation(small_text: Path, tmp_path: Path)
 def test_callbacks_can_be_turned_off(small_text: Path, tmp_path: Path) -> None:
     values = compose(*overrides(small_text, tmp_path, "trainer.max_steps=10",
                                 "callbacks.attention.enabled=false", "callbacks.samples.enabled=false"))
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     logged = events(tmp_path)
     assert not logged.Tags()["images"] and "samples" not in logged.Tags()["tensors"]
     assert not [tag for tag in logged.Tags()["scalars"] if tag.startswith("heads/")]
@@ -146,7 +146,7 @@ def test_a_custom_probe_is_drawn_up_to_max_chars(run, small_text: Path, tmp_path
                                 "callbacks.samples.enabled=false",
                                 "callbacks.attention.probe='First Citizen: Before we'",
                                 "callbacks.attention.max_chars=12"))
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     narrow = events(tmp_path).Images("attention/layer_0")[-1]
     assert narrow.width < run[1].Images("attention/layer_0")[-1].width  # 12 positions, not 32
 
@@ -165,7 +165,7 @@ def test_a_bad_probe_or_prompt_stops_the_run_before_training(small_text: Path, t
                                                               override: str, message: str) -> None:
     values = compose(*overrides(small_text, tmp_path, override))
     with pytest.raises(ProbeError, match=message):
-        fit(TrainConfig.from_dict(values), values)
+        fit(TrainConfig.from_dict(values))
     assert not (tmp_path / "checkpoints").exists()
 
 

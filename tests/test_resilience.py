@@ -47,7 +47,7 @@ class CrashAt(Callback):
 def train_losses(overrides: list[str], *callbacks: Callback) -> dict[int, float]:
     values = compose(*overrides)
     recorder = LossPerStep()
-    fit(TrainConfig.from_dict(values), values, extra_callbacks=[recorder, *callbacks])
+    fit(TrainConfig.from_dict(values), extra_callbacks=[recorder, *callbacks])
     return recorder.losses
 
 
@@ -186,7 +186,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(smal
                                                                             tmp_path: Path) -> None:
     values = compose(*quick_overrides(small_text, tmp_path, *DIVERGING, "logger=none"))
     with pytest.raises(DivergedError) as error:
-        fit(TrainConfig.from_dict(values), values)
+        fit(TrainConfig.from_dict(values))
     message = str(error.value)
     diverged = re.match(r"train/loss is (nan|inf|-inf) at step (\d+): training stopped", message)
     assert diverged, message

@@ -25,7 +25,7 @@ def checkpoint(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
         "trainer.enable_model_summary=false", "logger=none",
     )
-    fit(TrainConfig.from_dict(values), values)
+    fit(TrainConfig.from_dict(values))
     text.unlink()  # sampling must need nothing but the .ckpt
     return run_dir / "checkpoints" / "last.ckpt"
 

@@ -67,7 +67,7 @@ def test_resume_continues_the_global_step(trained, small_text: Path, tmp_path: P
     run_dir = trained[0]
     last = run_dir / "checkpoints" / "last.ckpt"
     values = compose(*quick_overrides(small_text, tmp_path, f"ckpt_path={last}", "trainer.max_steps=60"))
-    trainer, _ = fit(TrainConfig.from_dict(values), values)
+    trainer, _ = fit(TrainConfig.from_dict(values))
     assert trainer.global_step == 60
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 60
@@ -83,19 +83,19 @@ def test_resume_with_a_different_shape_is_refused(trained, small_text: Path, tmp
     last = trained[0] / "checkpoints" / "last.ckpt"
     values = compose(*quick_overrides(small_text, tmp_path, f"ckpt_path={last}", "model.layers=3"))
     with pytest.raises(ConfigError, match=r"ckpt_path: .*model.layers=2 there, 3 here"):
-        train(values)
+        train(TrainConfig.from_dict(values))
 
 
 def test_missing_resume_checkpoint_is_refused(small_text: Path, tmp_path: Path) -> None:
     values = compose(*quick_overrides(small_text, tmp_path, f"ckpt_path={tmp_path / 'no.ckpt'}"))
     with pytest.raises(ConfigError, match="ckpt_path: no checkpoint file at"):
-        train(values)
+        train(TrainConfig.from_dict(values))
 
 
 def test_training_runs_with_validation_off(small_text: Path, tmp_path: Path) -> None:
     values = compose(*quick_overrides(small_text, tmp_path, "trainer.limit_val_batches=0",
                                       "trainer.max_steps=5", "model.attention=explicit"))
-    trainer, _ = fit(TrainConfig.from_dict(values), values)
+    trainer, _ = fit(TrainConfig.from_dict(values))
     assert trainer.global_step == 5
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
@@ -129,6 +129,6 @@ def test_bf16_mixed_precision_trains_with_the_fused_optimizer(small_text: Path, 
     values = compose(*quick_overrides(small_text, tmp_path, "trainer.precision=bf16-mixed",
                                       "trainer.max_steps=4", "trainer.limit_val_batches=1",
                                       "trainer.val_check_interval=4", "logger=none"))
-    trainer, module = fit(TrainConfig.from_dict(values), values)
+    trainer, module = fit(TrainConfig.from_dict(values))
     assert trainer.global_step == 4
     assert all(torch.isfinite(p).all() for p in module.parameters())

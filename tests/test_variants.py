@@ -327,8 +327,8 @@ def test_invalid_variants_are_config_errors_naming_the_key(options: dict, messag
 
 
 def test_variant_keys_are_checked_when_composed(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"model.qk_norm: expected true or false, got 'yes'"):
-        TrainConfig.from_dict(compose("model.qk_norm=yes", f"paths.output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match=r"model.qk_norm: expected true or false, got 'maybe'"):
+        TrainConfig.from_dict(compose("model.qk_norm=maybe", f"paths.output_dir={tmp_path}"))
     modern = TrainConfig.from_dict(compose("model=modern", f"paths.output_dir={tmp_path}")).model
     nano = TrainConfig.from_dict(compose("model=nano", f"paths.output_dir={tmp_path}")).model
     assert (modern.position, modern.norm, modern.mlp, modern.kv_heads, modern.qk_norm) == (
@@ -372,7 +372,7 @@ def tiny_run(text: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def train_briefly(text: Path, run_dir: Path, *extra: str):
     values = compose(*tiny_run(text, run_dir, *extra))
-    trainer, module = fit(TrainConfig.from_dict(values), values)
+    trainer, module = fit(TrainConfig.from_dict(values))
     assert trainer.global_step == 5
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     return trainer, module
@@ -428,7 +428,7 @@ def test_resuming_with_another_variant_is_refused(modern_run, small_text: Path, 
     overrides = [*(o for o in MODERN if o.split("=")[0] != change.split("=")[0]), change]
     values = compose(*tiny_run(small_text, tmp_path, f"ckpt_path={last}", *overrides))
     with pytest.raises(ConfigError, match=f"ckpt_path: .*{refused}"):
-        fit(TrainConfig.from_dict(values), values)
+        fit(TrainConfig.from_dict(values))
 
 
 def test_resuming_with_kv_heads_null_or_equal_to_heads_is_the_same_model(small_text: Path,

@@ -13,7 +13,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -138,7 +138,7 @@ class DataConfig:
     # documentation. Both need no network.
     # A Hub dataset id, a local directory laid out like one, a text file, a glob, or a list
     # of files (typed Any: the schema cannot say "a string or a list of strings").
-    source: Any = MISSING  # configs/data/: builtin:tiny_shakespeare by default
+    source: Any = "builtin:tiny_shakespeare"  # null: none given (configs/data/text_file.yaml)
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
@@ -148,6 +148,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         source = self.source
+        require(source is not None, "data.source",
+                "is required; set it on the command line: data.source=path/to/file.txt")
         if isinstance(source, list | tuple):
             require(all(isinstance(s, str) and s for s in source), "data.source",
                     f"a list of sources must hold paths or globs, got {list(source)!r}")
@@ -495,7 +497,9 @@ def config_error(error: Exception, root: type, prefix: str = "") -> ConfigError:
     if isinstance(error, MissingMandatoryValue):
         return ConfigError(f"{key}: is required; set it on the command line: {key}=...")
     if isinstance(error, ConfigKeyError | ConfigAttributeError):
-        return unknown_key(key.removeprefix(f"{prefix}.") if prefix else key, root, prefix)
+        parent = getattr(error, "parent_node", None)
+        keys = [str(k) for k in parent] if parent is not None else []
+        return unknown_key(key.removeprefix(f"{prefix}.") if prefix else key, root, prefix, keys)
     if isinstance(error, ValidationError):
         hint = _field_type(root, key.removeprefix(f"{prefix}.") if prefix else key)
         if hint is not None:
@@ -521,13 +525,15 @@ def _check_keys(cfg: Any, root: type, section: type | None = None, path: str = "
             _check_keys(child, root, hints[key], dotted)
 
 
-def unknown_key(dotted: str, root: type, prefix: str = "") -> ConfigError:
+def unknown_key(dotted: str, root: type, prefix: str = "", known_keys: Iterable[str] = ()) -> ConfigError:
     """``dotted`` is not a key of ``root``: name the nearest known one."""
     parent, _, leaf = dotted.rpartition(".")
     section = _field_type(root, parent) if parent else root
     if typing.get_origin(section) is dict:  # a free-form group: Lightning's Trainer arguments
-        return ConfigError(f"{_join(prefix, dotted)}: not in tinylm's configs; to pass it to "
-                           f"{_join(prefix, parent)}, write +{_join(prefix, dotted)}=...")
+        close = difflib.get_close_matches(leaf, list(known_keys), n=1)
+        hint = f"did you mean {_join(prefix, _join(parent, close[0]))}? " if close else ""
+        return ConfigError(f"{_join(prefix, dotted)}: unknown key; {hint}to pass a key the configs "
+                           f"do not set, write +{_join(prefix, dotted)}=...")
     known = [f.name for f in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else []
     close = difflib.get_close_matches(leaf, known, n=1)
     hint = f"did you mean {_join(prefix, _join(parent, close[0]))}? " if close else ""

@@ -119,6 +119,7 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     from tinylm.lit import LitLM
 
     _check_trainer_keys(config.trainer, L.Trainer)
+    quiet_libraries()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -146,6 +147,19 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
+
+
+def quiet_libraries() -> None:
+    """Keep a run's console to what the user acts on. Lightning's notices (which devices it
+    found, advertising tips, "fit stopped") give way to ``summary``; the model summary and
+    every warning stay. Deprecations raised inside Lightning's own code (its use of torch's
+    pytree API) are Lightning's to fix, not the user's."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 
 
 # Strategies that start their processes without re-running the script.
