@@ -13,9 +13,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tinylm.model
-from tinylm.attention.maps import ProbeError
 from tinylm.attention.scores import SCORES
-from tinylm.config import ConfigError, TrainConfig
+from tinylm.config import ConfigError, TinyLMError, TrainConfig
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32
@@ -164,7 +163,7 @@ def test_a_custom_probe_is_drawn_up_to_max_chars(run, small_text: Path, tmp_path
 def test_a_bad_probe_or_prompt_stops_the_run_before_training(small_text: Path, tmp_path: Path,
                                                               override: str, message: str) -> None:
     values = compose(*overrides(small_text, tmp_path, override))
-    with pytest.raises(ProbeError, match=message):
+    with pytest.raises(TinyLMError, match=message):
         fit(TrainConfig.from_dict(values))
     assert not (tmp_path / "checkpoints").exists()
 

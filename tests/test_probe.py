@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinylm.attention.maps import ProbeError, attention_maps, encode_probe, head_scores, induction_tokens
-from tinylm.config import ModelConfig
+from tinylm.attention.maps import attention_maps, encode_probe, head_scores, induction_tokens
+from tinylm.config import ModelConfig, TinyLMError
 from tinylm.model import TransformerLM
 from tinylm.tokenizer import CharTokenizer
 
@@ -26,7 +26,7 @@ def test_a_probe_is_encoded_as_one_row() -> None:
     ],
 )
 def test_a_probe_the_model_cannot_read_is_refused_naming_the_key(text: str, message: str) -> None:
-    with pytest.raises(ProbeError, match=message):
+    with pytest.raises(TinyLMError, match=message):
         encode_probe(text, TOKENIZER, block_size=8)
 
 

@@ -40,13 +40,9 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     model, tokenizer = load_checkpoint(path, map_location=device)
 
     prompt = config.prompt
+    if not config.drop_unknown:
+        tokenizer.check_known(prompt, "prompt", fix="remove them, or pass drop_unknown=true to drop them")
     unknown = tokenizer.unknown_characters(prompt)
-    if unknown and not config.drop_unknown:
-        shown = ", ".join(describe_char(c) for c in unknown)
-        raise ConfigError(
-            f"prompt: {len(unknown)} character(s) the model has never seen: {shown}; "
-            f"remove them, or pass drop_unknown=true to drop them"
-        )
     if unknown:
         prompt = "".join(c for c in prompt if c not in unknown)
         print(f"dropped from the prompt: {', '.join(describe_char(c) for c in unknown)}", file=sys.stderr)

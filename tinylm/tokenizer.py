@@ -10,15 +10,17 @@ from tinylm.config import TinyLMError
 
 
 class UnknownCharacterError(TinyLMError, ValueError):
-    """Text holds characters the vocabulary does not have."""
+    """Text holds characters the vocabulary does not have; the one message for it, naming the
+    setting that held the text (``key``) and what to do (``fix``) when they are known."""
 
-    def __init__(self, characters: Iterable[str]) -> None:
+    def __init__(self, characters: Iterable[str], key: str = "", fix: str = "") -> None:
         self.characters = sorted(set(characters))
         shown = ", ".join(describe_char(c) for c in self.characters[:20])
         more = f" and {len(self.characters) - 20} more" if len(self.characters) > 20 else ""
-        super().__init__(
-            f"{len(self.characters)} character(s) not in the vocabulary: {shown}{more}"
-        )
+        found = f"{len(self.characters)} character(s) not in the"
+        message = f"{key}: {found} model's vocabulary" if key else f"{found} vocabulary"
+        message += f": {shown}{more}"
+        super().__init__(f"{message}; {fix}" if fix else message)
 
 
 def describe_char(char: str) -> str:
@@ -65,6 +67,13 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.vocab[int(i)] for i in ids)
+
+    def check_known(self, text: str, key: str,
+                    fix: str = "use only characters of the text it was trained on") -> None:
+        """Refuse ``text``, naming ``key``, if it holds characters outside the vocabulary."""
+        unknown = self.unknown_characters(text)
+        if unknown:
+            raise UnknownCharacterError(unknown, key, fix)
 
     def unknown_characters(self, text: str) -> list[str]:
         """The characters of ``text`` outside the vocabulary, sorted."""

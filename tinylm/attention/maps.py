@@ -13,7 +13,7 @@ from torch import Tensor
 from tinylm.attention.scores import HeadScores
 from tinylm.config import TinyLMError
 from tinylm.model import TransformerLM, evaluating
-from tinylm.tokenizer import CharTokenizer, describe_char
+from tinylm.tokenizer import CharTokenizer
 
 INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier curve
 INDUCTION_SEED = 0
@@ -23,26 +23,13 @@ class ProbeError(TinyLMError, ValueError):
     """A probe or prompt the model cannot read; the message names the key to fix."""
 
 
-def check_characters(text: str, tokenizer: CharTokenizer, key: str) -> None:
-    """Refuse ``text`` with a one-line error naming ``key`` if the model never saw some of its
-    characters (it has no embedding for them)."""
-    unknown = tokenizer.unknown_characters(text)
-    if unknown:
-        shown = ", ".join(describe_char(c) for c in unknown[:20])
-        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-        raise ProbeError(
-            f"{key}: {len(unknown)} character(s) not in the model's vocabulary: {shown}{more}; "
-            f"use only characters of the text it was trained on"
-        )
-
-
 def encode_probe(text: str, tokenizer: CharTokenizer, block_size: int, key: str = "prompt") -> Tensor:
     """``text`` as token ids (1, T), refused with a one-line error naming ``key`` when it is
     shorter than 2 characters, longer than the model's context, or holds characters the
     model never saw."""
     if len(text) < 2:  # one position has one possible key: there is nothing to look at
         raise ProbeError(f"{key}: {text!r} is too short; attention needs at least 2 characters")
-    check_characters(text, tokenizer, key)
+    tokenizer.check_known(text, key)
     if len(text) > block_size:
         raise ProbeError(
             f"{key}: {len(text)} characters is longer than the model's block_size={block_size}; "

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.attention.maps import ProbeError, attention_maps, check_characters, encode_probe, head_scores
+from tinylm.attention.maps import ProbeError, attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.model import evaluating
@@ -137,5 +137,5 @@ def encode_prompt(prompt: str, tokenizer: CharTokenizer, key: str) -> torch.Tens
     do: generation keeps the last block_size positions as its context."""
     if not prompt:
         raise ProbeError(f"{key}: is empty; give at least one character (e.g. a newline)")
-    check_characters(prompt, tokenizer, key)
+    tokenizer.check_known(prompt, key)
     return torch.tensor([tokenizer.encode(prompt)])
