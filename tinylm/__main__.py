@@ -1,0 +1,5 @@
+"""``python -m tinylm <command> ...``: the same as the ``tinylm`` command."""
+
+from tinylm.cli import main
+
+main()
