@@ -107,18 +107,14 @@ def time_bare_loop(config: TrainConfig, bench: BenchConfig) -> float:
     from tinylm.data import CharDataModule, RandomWindows
     from tinylm.lit import learning_rate
     from tinylm.model import TransformerLM
+    from tinylm.optim import build_optimizer
 
     data = CharDataModule(config.data, config.model.block_size, config.seed)
     data.prepare()
     torch.manual_seed(config.seed)
     model = TransformerLM(config.model, data.tokenizer.vocab_size).train()
     optim = config.optim
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                                  fused=optim.fused)
+    optimizer = build_optimizer(model, optim)
     decay_steps = optim.decay_steps or config.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate(step, optim, decay_steps) / optim.lr

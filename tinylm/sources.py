@@ -68,6 +68,20 @@ def load_texts(config: DataConfig):
     return rows
 
 
+def plain_text_files(config: DataConfig) -> list[str] | None:
+    """The files of a source made only of plain text files (no parquet, CSV or JSON), or None.
+    Their texts need no ``datasets``: read as ``load_texts`` reads them (one row per file,
+    universal newlines), they give the same rows, without the seconds that importing
+    ``datasets`` and building its cache take."""
+    source = config.source
+    if config.text_column != "text" or (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)):
+        return None
+    files = _local_files(source)
+    if files is None or any(Path(f).suffix.lower() in FILE_BUILDERS for f in files):
+        return None
+    return files
+
+
 def _load_rows(source: str | tuple[str, ...], revision: str | None):
     """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
     import datasets
