@@ -608,7 +608,7 @@ class SampleConfig(SamplingConfig):
 class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
 
-    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache
+    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache; norms
     steps: int = 200  # timed training steps
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
     bare: bool = True  # also time the same model and data in a bare PyTorch loop
@@ -616,16 +616,20 @@ class BenchConfig:
     new_tokens: int = 500  # sample: tokens generated per timing
     repeats: int = 3  # sample: timings per setting; the median is reported
     vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
+    num_samples: int = 1  # sample: rows generated together, in one batch
+    top_k: int | None = 200  # sample: as tinylm sample's default; null: no limit
 
     def __post_init__(self) -> None:
         require(self.task in BENCH_TASKS, "bench.task",
                 f"must be one of {', '.join(BENCH_TASKS)}, got {self.task!r}")
-        for key in ("steps", "new_tokens", "repeats", "vocab_size"):
+        require(self.top_k is None or self.top_k >= 1, "bench.top_k",
+                f"must be at least 1 (or null for no limit), got {self.top_k}")
+        for key in ("steps", "new_tokens", "repeats", "vocab_size", "num_samples"):
             require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample")
+BENCH_TASKS = ("train", "sample", "norms")
 
 
 @dataclass(frozen=True)
