@@ -200,7 +200,7 @@ def test_plain_text_files_give_the_tokens_datasets_gives(tmp_path: Path) -> None
     from tinylm.sources import load_texts, plain_text_files
     from tinylm.tokenizer import CharTokenizer
 
-    (tmp_path / "a.txt").write_bytes("First Citizen:\r\nBefore we proceed\n".encode() * 20)
+    (tmp_path / "a.txt").write_bytes(b"First Citizen:\r\nBefore we proceed\n" * 20)
     (tmp_path / "b.txt").write_text("é, and € too.\n" * 20, encoding="utf-8")
     config = DataConfig(source=str(tmp_path / "*.txt"))
     assert plain_text_files(config) == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]

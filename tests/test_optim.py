@@ -55,7 +55,8 @@ def test_one_step_is_a_muon_step_and_an_adamw_step() -> None:
                             weight_decay=MUON.weight_decay)
     hidden = {id(p) for g in muon.param_groups for p in g["params"]}
     rest = [p for p in reference.parameters() if id(p) not in hidden]
-    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": MUON.weight_decay},
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2],
+                                "weight_decay": MUON.weight_decay},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
                               lr=3e-3, betas=MUON.betas, fused=True)
     generator = torch.Generator().manual_seed(1)
@@ -91,7 +92,7 @@ def test_the_schedule_scales_both_and_the_state_survives_a_reload() -> None:
 
 
 def test_optim_name_is_checked() -> None:
-    with pytest.raises(ConfigError, match="optim.name: must be one of adamw, muon, got 'sgd'"):
+    with pytest.raises(ConfigError, match=r"optim\.name: must be one of adamw, muon, got 'sgd'"):
         OptimConfig(name="sgd")
 
 

@@ -514,7 +514,7 @@ def test_logit_softcap_bounds_the_logits() -> None:
         model.lm_head.weight.mul_(100)  # logits far beyond the cap
         logits = model(tokens())
     assert 1.9 < logits.abs().max() <= 2.0  # tanh reaches 1 in float32 far out
-    with pytest.raises(ConfigError, match="model.logit_softcap: must be positive"):
+    with pytest.raises(ConfigError, match=r"model\.logit_softcap: must be positive"):
         ModelConfig(logit_softcap=0.0)
 
 
