@@ -67,7 +67,7 @@ class ModelConfig:
     mlp: str = "gelu"  # "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden); "relu2": ReLU(x)²
     kv_heads: int | None = None  # heads of keys and values; null: heads (plain multi-head attention)
     qk_norm: bool = False  # normalise each head's queries and keys before their dot product
-    zero_init: bool = False  # the projections into the residual stream start at 0: blocks begin as the identity
+    zero_init: bool = False  # the projections into the residual stream start at 0: blocks start as identities
     tie_embeddings: bool = True  # the output head is the token embedding (nanoGPT); false: a head of its own
     logit_softcap: float | None = None  # logits = cap · tanh(logits / cap), within (-cap, cap); null: off
 
