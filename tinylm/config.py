@@ -608,13 +608,15 @@ class SampleConfig(SamplingConfig):
 class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
 
-    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache; norms
+    # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
+    # norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run, whole processes
+    task: str = "train"
     steps: int = 200  # timed training steps
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
     bare: bool = True  # also time the same model and data in a bare PyTorch loop
     data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
     new_tokens: int = 500  # sample: tokens generated per timing
-    repeats: int = 3  # sample: timings per setting; the median is reported
+    repeats: int = 3  # sample, speedrun: timings per setting; the median is reported
     vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
     num_samples: int = 1  # sample: rows generated together, in one batch
     top_k: int | None = 200  # sample: as tinylm sample's default; null: no limit
@@ -629,7 +631,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "norms")
+BENCH_TASKS = ("train", "sample", "norms", "speedrun")
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ class TransformerLM(nn.Module):
             )
         x = self.token_embedding(idx)  # (B, T, d)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(torch.arange(start, end, device=idx.device))  # + (T, d)
+            x = x + self.position_embedding.weight[start:end]  # + (T, d): rows start..end-1, no lookup
         x = self.dropout(x)
         rope = None
         if self.config.position == "rope":  # RoPE acts inside attention: angles of positions start..end-1
@@ -381,7 +381,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     """One token id per row of ``logits`` (B, V): (B, 1)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
