@@ -64,6 +64,8 @@ def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = Fals
 
 def summary(config: TrainConfig, trainer: Trainer) -> str:
     """The few lines that end a run: where it is, how well it did, what to run next."""
+    if trainer.fast_dev_run:
+        return f"fast dev run: {trainer.global_step:,} steps, nothing written"
     run_dir = _shown(Path(config.paths.output_dir))
     metrics = trainer.callback_metrics
     lines = [f"run: {run_dir} ({trainer.global_step:,} steps)"]
