@@ -7,6 +7,7 @@ unreachable Hub is reported in seconds.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import glob
 import os
@@ -38,12 +39,57 @@ def check_source(config: DataConfig) -> None:
     source = config.source
     if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
         _builtin_name(source)
-    elif _local_files(source) is None and not Path(source).expanduser().is_dir():
-        if _hub_offline():
-            # Loading from the cache is quick, and the only sure way to know it is there.
-            _load_rows(source, config.revision)
-        else:
-            _check_hub_reachable(source)
+    elif (files := _local_files(source)) is not None:
+        check_text_files(files, config.encoding)
+    elif Path(source).expanduser().is_dir():
+        check_text_files(_directory_files(Path(source).expanduser()), config.encoding)
+    elif _hub_offline():
+        # Loading from the cache is quick, and the only sure way to know it is there.
+        _load_rows(source, config.revision, config.encoding)
+    else:
+        _check_hub_reachable(source)
+
+
+TEXT_SUFFIXES = (".txt", ".text")
+CHECK_CHUNK = 1 << 20  # bytes decoded at a time
+
+
+def check_text_files(files: list[str], encoding: str = "utf-8") -> None:
+    """Raise a DataError naming the file and the byte unless every file of ``files`` that holds
+    text (all but parquet) decodes with ``encoding`` and is text, not a binary file."""
+    for name in files:
+        if FILE_BUILDERS.get(Path(name).suffix.lower()) == "parquet":
+            continue
+        _check_text_file(Path(name), encoding)
+
+
+def _check_text_file(path: Path, encoding: str) -> None:
+    # A NUL byte means a binary file (a program, an archive, an image) in any encoding that
+    # writes NUL as one zero byte (ASCII and its extensions, UTF-8); UTF-16 and -32 are full of them.
+    nul_is_binary = "\0".encode(encoding) == b"\0"
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(CHECK_CHUNK)
+            if nul_is_binary and (nul := chunk.find(b"\0")) >= 0:
+                raise DataError(
+                    f"data.source: {path} is not text: it holds a NUL byte at byte {offset + nul:,} "
+                    f"(a binary file: a program, an archive, an image?); give a text file"
+                )
+            pending = len(decoder.getstate()[0])  # bytes of a character the last chunk began
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:  # error.start counts from the pending bytes
+                bad = " ".join(f"0x{b:02x}" for b in error.object[error.start:error.end])
+                raise DataError(
+                    f"data.source: {path} is not {encoding} text: byte {offset - pending + error.start:,} "
+                    f"({bad}) does not decode; give the file's encoding, e.g. data.encoding=latin-1 "
+                    f"(or cp1252, shift_jis, gb18030)"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
 
 
 # --------------------------------------------------------------------------- loading
@@ -56,7 +102,7 @@ def load_texts(config: DataConfig):
 
     datasets.disable_progress_bars()
     source = config.source
-    rows = _load_rows(source, config.revision)
+    rows = _load_rows(source, config.revision, config.encoding)
     if config.text_column not in rows.column_names:
         raise DataError(
             f"data.text_column={config.text_column!r} is not a column of data.source={source!r}; "
@@ -68,20 +114,26 @@ def load_texts(config: DataConfig):
     return rows
 
 
-def _load_rows(source: str | tuple[str, ...], revision: str | None):
+def _load_rows(source: str | tuple[str, ...], revision: str | None, encoding: str = "utf-8"):
     """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
     import datasets
 
     if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
         return _builtin(source.removeprefix(BUILTIN_PREFIX))
     files = _local_files(source)
+    if files is None and Path(source).expanduser().is_dir():
+        files = _directory_files(Path(source).expanduser())
+        if not files:  # laid out like a Hub repo: datasets finds its splits
+            return _local(source, lambda: _concatenate_splits(
+                datasets.load_dataset(str(Path(source).expanduser()))))
     if files is not None:
         builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
         # sample_by="document": each file is one row, its text exactly as on disk.
         options = {"sample_by": "document"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=files, split="train", **options)
-    if Path(source).expanduser().is_dir():
-        return _concatenate_splits(datasets.load_dataset(str(Path(source).expanduser())))
+        if builder != "parquet":
+            options["encoding"] = encoding
+        return _local(source, lambda: datasets.load_dataset(builder, data_files=files, split="train",
+                                                            **options))
     _check_hub_reachable(source)
     try:
         loaded = datasets.load_dataset(source, revision=revision)
@@ -121,6 +173,35 @@ def _local_files(source: str | tuple[str, ...]) -> list[str] | None:
                 )
         files.extend(matches)
     return files
+
+
+def _directory_files(path: Path) -> list[str]:
+    """The text files of directory ``path`` (recursively, in name order), each read whole as
+    one document; [] when it holds data files laid out like a Hub repo, which datasets reads
+    with their splits. Raises a DataError when it holds neither."""
+    found = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if any(p.suffix.lower() in FILE_BUILDERS for p in found):
+        return []
+    texts = [str(p) for p in found if p.suffix.lower() in TEXT_SUFFIXES]
+    if not texts:
+        held = f"holds {len(found)} file(s), none of them" if found else "is empty: it holds no"
+        raise DataError(
+            f"data.source: the directory {path.resolve()} {held} text (.txt) or data files "
+            f"({', '.join(FILE_BUILDERS)}); give a directory of text files, a file, or a glob"
+        )
+    return texts
+
+
+def _local(source, load):
+    """``load()``, a load of local files by datasets: its failure as one DataError."""
+    try:
+        return load()
+    except Exception as error:  # datasets wraps a builder's error; the innermost one says what
+        while error.__cause__ is not None or error.__context__ is not None:
+            error = error.__cause__ or error.__context__
+        raise DataError(f"data.source={source!r} could not be read: {type(error).__name__}: "
+                        f"{_first_line(error)}") from None
 
 
 def _looks_like_path(source: str) -> bool:
