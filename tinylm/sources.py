@@ -114,6 +114,24 @@ def load_texts(config: DataConfig):
     return rows
 
 
+def row_unit(source: str | tuple[str, ...]) -> str:
+    """What one row of ``source`` is: a "file" of text (each is read whole), or a "row"."""
+    try:
+        files = _local_files(source)
+        if files is None and Path(source).expanduser().is_dir():
+            files = _directory_files(Path(source).expanduser()) or None
+    except DataError:
+        return "row"
+    return "file" if files and Path(files[0]).suffix.lower() not in FILE_BUILDERS else "row"
+
+
+def from_cache(rows, since: float) -> bool:
+    """Whether ``datasets`` read ``rows`` back from its cache: its files are older than ``since``,
+    the time the load began."""
+    files = [f["filename"] for f in rows.cache_files]
+    return bool(files) and all(os.path.getmtime(f) < since for f in files)
+
+
 def _load_rows(source: str | tuple[str, ...], revision: str | None, encoding: str = "utf-8"):
     """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
     import datasets

@@ -130,6 +130,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
 
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
+    if rank_zero():
+        print(loaded(config, data), flush=True)
     vocab = data.tokenizer.to_list()
     if config.ckpt_path is not None:
         _check_resumable(config, vocab)
@@ -152,6 +154,26 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
+
+
+def loaded(config: TrainConfig, data: CharDataModule) -> str:
+    """The line that starts a run: what was loaded, from where, and what it gave."""
+    from tinylm.sources import row_unit
+
+    source = config.data.source
+    shown = ",".join(source) if isinstance(source, tuple) else source
+    unit = row_unit(source) + ("s" if data.documents != 1 else "")
+    cache = "read back from the datasets cache" if data.from_cache else "read and cached"
+    return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
+            f"and {len(data.val_tokens):,} validation characters, a vocabulary of "
+            f"{data.tokenizer.vocab_size}")
+
+
+def rank_zero() -> bool:
+    """Whether this process is the first (or only) one of a run: it speaks for all."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def quiet_libraries() -> None:
