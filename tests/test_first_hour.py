@@ -1,0 +1,140 @@
+"""What a new user met in their first hour (issue 15), each as they typed it: one line on
+stderr naming the key or file and the fix, exit status 2, no traceback, nothing left behind,
+within seconds; and what a run now says and writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import run_script
+from test_bad_input import (  # noqa: F401 (fixtures)
+    CONFIG_CPU_SECONDS,
+    CONFIG_WALL_SECONDS,
+    assert_one_line_error,
+    no_torch,
+    train_cli,
+    workdir,
+)
+
+QUICK = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+         "model.layers=1", "model.d_model=32", "model.block_size=16", "callbacks.attention.enabled=false",
+         "callbacks.samples.enabled=false", "callbacks.progress_bar.refresh_rate=0",
+         "trainer.enable_model_summary=false"]
+
+
+# ---------------------------------------------------------------- text that is not UTF-8 text
+
+
+@pytest.fixture
+def bad_texts(tmp_path: Path) -> Path:
+    root = tmp_path / "texts"
+    root.mkdir()
+    (root / "latin1.txt").write_bytes("crème brûlée, à la carte\n".encode("latin-1") * 40)
+    (root / "program").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
+    (root / "empty").mkdir()
+    (root / "pictures").mkdir()
+    (root / "pictures" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("source", "starts", "contains"),
+    [
+        ("latin1.txt", "data.source: {root}/latin1.txt is not utf-8 text: byte 2 (0xe8) does not decode",
+         "data.encoding=latin-1"),
+        ("program", "data.source: {root}/program is not text: it holds a NUL byte at byte 7", "a binary file"),
+        ("empty", "data.source: the directory {root}/empty is empty", "a directory of text files"),
+        ("pictures", "data.source: the directory {root}/pictures holds 1 file(s), none of them text",
+         ".txt"),
+    ],
+)
+def test_text_that_cannot_be_read_is_one_line_before_torch(source, starts, contains, bad_texts, workdir,
+                                                           no_torch) -> None:
+    result, seconds, cpu = train_cli(workdir, f"data.source={bad_texts / source}", env=no_torch)
+    assert_one_line_error(result, workdir, starts.format(root=bad_texts), contains)
+    assert cpu < CONFIG_CPU_SECONDS and seconds < CONFIG_WALL_SECONDS, f"{cpu:.1f} s CPU, {seconds:.1f} s"
+
+
+def test_the_byte_offset_is_exact_across_chunks(tmp_path: Path) -> None:
+    from tinylm.sources import CHECK_CHUNK, DataError, check_text_files
+
+    path = tmp_path / "big.txt"
+    straddling = "a" * (CHECK_CHUNK - 1) + "é"  # its two bytes fall in two chunks: fine
+    path.write_bytes(straddling.encode() + b"b" * 10 + b"\xff" + b"c" * 10)
+    with pytest.raises(DataError, match=f"byte {CHECK_CHUNK + 11:,} \\(0xff\\) does not decode"):
+        check_text_files([str(path)])
+    check_text_files([str(path)], "latin-1")
+
+
+def test_an_unknown_encoding_is_a_config_error(workdir, no_torch) -> None:
+    result, _, _ = train_cli(workdir, "data.encoding=latin-9000", env=no_torch)
+    assert_one_line_error(result, workdir, "data.encoding: 'latin-9000' is not an encoding Python knows")
+
+
+def test_data_encoding_reads_latin_1_and_the_run_says_what_it_loaded(bad_texts, workdir) -> None:
+    text = "crème brûlée, à la carte\n" * 40
+    result, _, _ = train_cli(workdir, f"data.source={bad_texts / 'latin1.txt'}", "data.encoding=latin-1",
+                             *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = next(line for line in result.stdout.splitlines() if line.startswith("data: "))
+    n_train = int(len(text) * 0.9)
+    assert first == (f"data: {bad_texts / 'latin1.txt'} (1 file, read and cached): {n_train:,} training "
+                     f"and {len(text) - n_train:,} validation characters, a vocabulary of {len(set(text))}")
+    # Named by its overrides (those that are not paths), as a sweep's jobs are.
+    (run_dir,) = (workdir / "outputs").glob("*/*")
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_callbacks.attention.enabled=false,callbacks.samples.enabled"
+                        r"=false,data.encoding=latin-1,model.block_size=16,.*", run_dir.name), run_dir.name
+    again, _, _ = train_cli(workdir, f"data.source={bad_texts / 'latin1.txt'}", "data.encoding=latin-1",
+                            *QUICK, "hydra.run.dir=again")
+    assert "(1 file, read back from the datasets cache)" in again.stdout
+
+
+def test_a_directory_of_text_shards_uses_every_file(tmp_path: Path, workdir, small_text: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    text = small_text.read_text()[:9000]
+    for i in range(3):
+        (shards / f"part-{i}.txt").write_text(text[i * 3000:(i + 1) * 3000])
+    result, _, _ = train_cli(workdir, f"data.source={shards}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"data: {shards} (3 files, read and cached): 8,100 training and 900 validation" in result.stdout
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cfg_job_with_a_typo_is_one_line(workdir, no_torch) -> None:
+    result, seconds, _ = train_cli(workdir, "--cfg", "job", "model.head=2", env=no_torch)
+    assert_one_line_error(result, workdir, "model.head: unknown key; did you mean model.heads?")
+    assert seconds < CONFIG_WALL_SECONDS
+
+
+def test_a_trainer_argument_of_the_wrong_type_is_one_line(workdir) -> None:
+    result, _, _ = train_cli(workdir, "+trainer.max_epochs=x")
+    assert_one_line_error(result, workdir, "trainer.max_epochs: expected an integer or null, got 'x'")
+
+
+def test_a_checkpoint_path_named_by_overrides_needs_no_quotes(tmp_path: Path) -> None:
+    from tinylm.cli import check_command
+
+    run = "outputs/2026-12-01/19-26-44_model.heads=8,trainer.max_steps=20"
+    check_command(["sample", f"ckpt={run}", "prompt=ROMEO:"])
+    check_command(["train", f"ckpt_path={run}/checkpoints/last.ckpt", "model.heads=8"])
+
+
+def test_pip_install_leaves_nothing_git_would_add() -> None:
+    from conftest import REPO
+
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "build/" in ignored and "*.egg-info/" in ignored
+
+
+def test_a_run_is_named_by_its_overrides() -> None:
+    from tinylm.cli import MAX_NAME_CHARS, run_name_suffix
+
+    assert run_name_suffix("") == ""  # outputs/<date>/<time>, as before
+    assert run_name_suffix("model.heads=8") == "_model.heads=8"
+    assert run_name_suffix("model.attention=my/attn.py:A") == "_model.attention=my-attn.py:A"
+    assert len(run_name_suffix("x" * 500)) == MAX_NAME_CHARS + 1
