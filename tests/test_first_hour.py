@@ -138,3 +138,105 @@ def test_a_run_is_named_by_its_overrides() -> None:
     assert run_name_suffix("model.heads=8") == "_model.heads=8"
     assert run_name_suffix("model.attention=my/attn.py:A") == "_model.attention=my-attn.py:A"
     assert len(run_name_suffix("x" * 500)) == MAX_NAME_CHARS + 1
+
+
+# ---------------------------------------------------------------- memory, and a run that hangs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "starts", "contains"),
+    [
+        (["model.block_size=100000"], "model.block_size: 100,000 needs about 1.1 TB of memory for the "
+         "attention pictures", "callbacks.attention.enabled=false"),
+        (["model.block_size=1000000", "callbacks.attention.enabled=false"],
+         "model.block_size: 1,000,000 needs about", "for a training batch"),
+        (["model.d_model=100000"], "model.d_model: 100,000 needs about 7.7 TB of memory for the model's "
+         "weights", "the largest model.d_model that fits is"),
+        (["data.batch_size=100000000"], "data.batch_size: 100,000,000 needs about", "for a training batch"),
+        (["model.attention=explicit", "model.block_size=50000", "callbacks.attention.enabled=false"],
+         "model.block_size: 50,000 needs about", "the largest model.block_size that fits is"),
+    ],
+)
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_torch(overrides, starts, contains, workdir,
+                                                                 no_torch) -> None:
+    result, seconds, cpu = train_cli(workdir, *overrides, "trainer.accelerator=cpu", env=no_torch)
+    assert_one_line_error(result, workdir, starts, contains, "available")
+    assert cpu < CONFIG_CPU_SECONDS and seconds < CONFIG_WALL_SECONDS, f"{cpu:.1f} s CPU, {seconds:.1f} s"
+
+
+def test_the_largest_value_that_fits_does_fit() -> None:
+    from conftest import compose
+
+    from tinylm.config import ConfigError, TrainConfig
+    from tinylm.memory import check_fits, numbers, total
+
+    config = TrainConfig.from_dict(compose("model.block_size=100000", "paths.output_dir=."))
+    with pytest.raises(ConfigError) as refused:
+        check_fits(config, 8e9)
+    best = int(re.search(r"the largest model.block_size that fits is ([\d,]+)", str(refused.value))[1]
+               .replace(",", ""))
+    fits = TrainConfig.from_dict(compose(f"model.block_size={best}", "paths.output_dir=."))
+    too_big = TrainConfig.from_dict(compose(f"model.block_size={best + 1}", "paths.output_dir=."))
+    assert total(numbers(fits)) <= 8e9 < total(numbers(too_big))
+    check_fits(TrainConfig.from_dict(compose("paths.output_dir=.")), 8e9)  # the default fits in 8 GB
+
+
+BLOCKED = '''
+import ctypes, sys, time
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+sys.path.insert(0, {tests!r})
+from conftest import compose, quick_overrides
+from tinylm.config import TrainConfig
+from tinylm.train import fit
+
+class NativeKernel(Callback):
+    """At step 3, block in C for a minute as a long kernel does: no Python runs meanwhile."""
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step != 3:
+            return
+        libc = ctypes.CDLL(None)
+        mutex, cond = ctypes.create_string_buffer(64), ctypes.create_string_buffer(64)
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+        libc.pthread_mutex_lock(mutex)
+        Path({marker!r}).touch()
+        libc.pthread_cond_timedwait(cond, mutex, ctypes.byref(Timespec(int(time.time()) + 90, 0)))
+
+values = compose(*quick_overrides(Path({text!r}), Path({run!r}), "trainer.max_steps=10", "logger=none"))
+fit(TrainConfig.from_dict(values), extra_callbacks=[NativeKernel()])
+'''
+
+
+def test_a_second_ctrl_c_stops_a_run_blocked_in_a_native_kernel(small_text: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    marker = tmp_path / "blocked"
+    code = BLOCKED.format(tests=str(REPO / "tests"), marker=str(marker), text=str(small_text),
+                          run=str(tmp_path / "run"))
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), process.communicate()[1][-3000:]
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert waited < 30, f"{waited:.0f} s: the second Ctrl-C waited for the kernel"  # it blocks for 90 s
+    lines = stderr.strip().splitlines()
+    assert "Ctrl-C again stops at once, without saving" in lines[-2]
+    assert lines[-1].startswith("stopped: Ctrl-C twice: stopped at once, without saving")

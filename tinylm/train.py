@@ -28,13 +28,16 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def check(config: TrainConfig) -> TrainConfig:
+def check(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainConfig:
     """What can be checked of ``config`` in seconds, without torch: that ``ckpt_path`` exists,
-    and that ``data.source`` can be had."""
+    that the run fits in memory (on the CPU; a GPU's is checked in ``fit``), and that
+    ``data.source`` can be had. ``overrides`` say which key to name when it does not fit."""
+    from tinylm.memory import check_before_torch
     from tinylm.sources import check_source
 
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+    check_before_torch(config, overrides)
     check_source(config.data)
     return config
 
@@ -55,7 +58,7 @@ def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = Fals
     ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
     of a Hydra sweep (``-m``).
     """
-    check(config)
+    check(config, overrides)
     if sweep:
         check_sweep_strategy(config.trainer)
     trainer, _ = fit(config, overrides)
@@ -133,6 +136,10 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if rank_zero():
         print(loaded(config, data), flush=True)
     vocab = data.tokenizer.to_list()
+    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+        from tinylm.memory import check_on_gpu
+
+        check_on_gpu(config, torch.cuda.current_device(), len(vocab), overrides)
     if config.ckpt_path is not None:
         _check_resumable(config, vocab)
     module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
