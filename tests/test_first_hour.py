@@ -240,3 +240,59 @@ def test_a_second_ctrl_c_stops_a_run_blocked_in_a_native_kernel(small_text: Path
     lines = stderr.strip().splitlines()
     assert "Ctrl-C again stops at once, without saving" in lines[-2]
     assert lines[-1].startswith("stopped: Ctrl-C twice: stopped at once, without saving")
+
+
+# ---------------------------------------------------------------- a Hub that stalls
+
+
+@pytest.fixture
+def stalling_hub():
+    """A server on 127.0.0.1 that answers tinylm's reachability probe (HEAD /) and then never
+    answers anything else: the connection stays open, silent."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                connection = server.accept()[0]
+            except TimeoutError:
+                continue
+            connection.settimeout(5)
+            try:
+                request = connection.recv(65536)
+            except OSError:
+                request = b""
+            if request.startswith(b"HEAD / "):
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                connection.close()
+            else:
+                held.append(connection)  # never answered
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_a_hub_that_answers_the_probe_then_stalls_fails_fast(stalling_hub: int, workdir) -> None:
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{stalling_hub}"}
+    result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=env)
+    assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare': the Hub at "
+                          f"http://127.0.0.1:{stalling_hub} stopped answering", "HF_HUB_OFFLINE=1")
+    assert seconds < 45, f"{seconds:.0f} s"  # datasets' own retries took 409 s

@@ -12,6 +12,8 @@ import functools
 import glob
 import os
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -154,7 +156,9 @@ def _load_rows(source: str | tuple[str, ...], revision: str | None, encoding: st
                                                             **options))
     _check_hub_reachable(source)
     try:
-        loaded = datasets.load_dataset(source, revision=revision)
+        loaded = _watched(source, lambda: datasets.load_dataset(source, revision=revision))
+    except HubStalled:
+        raise
     except Exception as error:  # the Hub raises many types; every one means "no data"
         if _hub_offline():
             raise DataError(
@@ -306,6 +310,68 @@ def _probe(endpoint: str) -> None:
         urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
     except urllib.error.HTTPError:
         return  # the server answered: it is reachable
+
+
+HUB_REQUEST_TIMEOUT_S = 8.0  # connect, and each read: a request that stalls fails after this
+HUB_STALL_S = 10.0  # no answer and no byte from the Hub this long (retries and all): give up
+
+
+class HubStalled(DataError):
+    """The Hub stopped answering while loading; retries would only wait longer."""
+
+
+def _watched(source: str, load):
+    """``load()``, which talks to the Hub, under watch: every request is bounded in time, and when
+    nothing at all comes back (no answer, no byte of a download) for HUB_STALL_S, the load is
+    abandoned with a DataError, instead of waiting out the libraries' rounds of retries."""
+    import httpx2
+    from huggingface_hub import constants, get_session
+
+    last = [time.monotonic()]
+
+    def touch(*_: object) -> None:
+        last[0] = time.monotonic()
+
+    class Touching(httpx2.SyncByteStream):  # a download's body: each chunk counts as progress
+        def __init__(self, stream) -> None:
+            self.stream = stream
+
+        def __iter__(self):
+            for chunk in self.stream:
+                touch()
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    def watch(response) -> None:
+        touch()
+        response.stream = Touching(response.stream)
+
+    client = get_session()
+    client.timeout = httpx2.Timeout(HUB_REQUEST_TIMEOUT_S)
+    client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], watch]}
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["value"] = load()
+        except BaseException as error:  # handed to the main thread
+            result["error"] = error
+
+    worker = threading.Thread(target=work, name="tinylm-hub", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        if worker.is_alive() and time.monotonic() - last[0] > HUB_STALL_S:
+            raise HubStalled(
+                f"data.source={source!r}: the Hub at {constants.ENDPOINT} stopped answering (nothing "
+                f"came back for {HUB_STALL_S:.0f} s); try again later, or use {OFFLINE_HINT}; or, if "
+                f"the dataset is already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
+            )
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _first_line(error: BaseException) -> str:
