@@ -60,11 +60,8 @@ def test_text_column_is_configurable_and_checked(hub_layout_dir: Path) -> None:
 
 
 def test_encoding_is_cached_between_runs(small_text: Path, tmp_path: Path) -> None:
-    import json
-
-    # A file no other test has encoded yet, in a format datasets reads (plain text skips it).
-    text = tmp_path / "fresh.jsonl"
-    text.write_text(json.dumps({"text": small_text.read_text() + f"\n{tmp_path}\n"}) + "\n")
+    text = tmp_path / "fresh.txt"  # a file no other test has encoded yet
+    text.write_text(small_text.read_text() + f"\n{tmp_path}\n")
     cache = Path(os.environ["HF_DATASETS_CACHE"])
     before = set(cache.rglob("cache-*.arrow"))
     first = prepared(str(text))
@@ -191,28 +188,3 @@ def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Pat
     data.prepare()
     sizes = (len(data.train_tokens), len(data.val_tokens), data.tokenizer.vocab_size)
     assert sizes == (1_003_854, 111_540, 65)
-
-
-def test_plain_text_files_give_the_tokens_datasets_gives(tmp_path: Path) -> None:
-    """Plain text files are read without ``datasets``: the same tokens, CRLF and all, as
-    loading them with it (``load_texts``), and ``datasets`` is never imported."""
-    from tinylm.data import encode_cached
-    from tinylm.sources import load_texts, plain_text_files
-    from tinylm.tokenizer import CharTokenizer
-
-    (tmp_path / "a.txt").write_bytes(b"First Citizen:\r\nBefore we proceed\n" * 20)
-    (tmp_path / "b.txt").write_text("é, and € too.\n" * 20, encoding="utf-8")
-    config = DataConfig(source=str(tmp_path / "*.txt"))
-    assert plain_text_files(config) == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
-    data = CharDataModule(config, block_size=8)
-    data.prepare()
-    rows = load_texts(config)
-    tokens = encode_cached(rows, CharTokenizer(data.tokenizer.to_list()))
-    assert data.tokenizer.vocab == sorted(set("".join(rows["text"])))
-    assert torch.equal(torch.cat([data.train_tokens, data.val_tokens]), tokens)
-    assert plain_text_files(DataConfig(source="builtin:tiny_shakespeare")) is None
-    code = ("import sys; from tinylm.config import DataConfig; from tinylm.data import CharDataModule; "
-            f"CharDataModule(DataConfig(source={str(tmp_path / 'a.txt')!r}), 8).prepare(); "
-            "print('datasets' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
