@@ -209,7 +209,7 @@ def _directory_files(path: Path) -> list[str]:
     if not texts:
         held = f"holds {len(found)} file(s), none of them" if found else "is empty: it holds no"
         raise DataError(
-            f"data.source: the directory {path.resolve()} {held} text (.txt) or data files "
+            f"data.source: the directory {path} {held} text (.txt) or data files "
             f"({', '.join(FILE_BUILDERS)}); give a directory of text files, a file, or a glob"
         )
     return texts
