@@ -286,7 +286,11 @@ class CheckSweep(HydraCallback):
 
         def check() -> None:
             for job in sweep_jobs(overrides):
-                build(spec.schema, compose(self.command, job))
+                config = build(spec.schema, compose(self.command, job))
+                if isinstance(config, TrainConfig):
+                    from tinylm.train import check_sweep_strategy
+
+                    check_sweep_strategy(config.trainer)
 
         exit_on_error(check)
 

@@ -292,7 +292,7 @@ def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
     """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
     from tinylm.checkpoint import model_config_of, read_checkpoint
 
-    checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path")
+    checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path", mmap=True)
     saved = model_config_of(checkpoint)
     differences = [
         f"model.{f.name}={getattr(saved, f.name)!r} there, {getattr(config.model, f.name)!r} here"

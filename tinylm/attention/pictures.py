@@ -137,7 +137,8 @@ def _fallbacks(chars: set[str]) -> list[tuple[str, str]]:
     preferred = [name.format(lang=_language(chars)) for name in FALLBACK_FONTS]
     order = [n for n in preferred if n in fonts] + sorted(n for n in fonts if n not in preferred)
     # "Last Resort" fonts draw every character as a box with its code: no better than a box.
-    return [(name, fonts[name]) for name in order if name != LABEL_FONT and not name.startswith("Last Resort")]
+    return [(name, fonts[name]) for name in order
+            if name != LABEL_FONT and not name.startswith("Last Resort")]
 
 
 @functools.cache
