@@ -78,6 +78,10 @@ def test_data_encoding_reads_latin_1_and_the_run_says_what_it_loaded(bad_texts, 
     n_train = int(len(text) * 0.9)
     assert first == (f"data: {bad_texts / 'latin1.txt'} (1 file, read and cached): {n_train:,} training "
                      f"and {len(text) - n_train:,} validation characters, a vocabulary of {len(set(text))}")
+    # The sample command it ends with has a prompt this model can read (its text has no R).
+    (sample,) = [line for line in result.stdout.splitlines() if line.startswith("sample: ")]
+    prompt = re.search(r"prompt='(.*)'$", sample)[1]
+    assert prompt and set(prompt) <= set(text), sample
     # Named by its overrides (those that are not paths), as a sweep's jobs are.
     (run_dir,) = (workdir / "outputs").glob("*/*")
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_callbacks.attention.enabled=false,callbacks.samples.enabled"

@@ -11,6 +11,7 @@ import collections.abc
 import dataclasses
 import inspect
 import math
+import shlex
 import types
 import typing
 from collections.abc import Sequence
@@ -84,10 +85,25 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
                      f"last {last:.4f}")
     checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt='ROMEO:'")
+        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt={_shell_quoted(_prompt(trainer))}")
     if config.logger.kind == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(run_dir, config)}")
     return "\n".join(lines)
+
+
+def _prompt(trainer: Trainer) -> str:
+    """A prompt the model can read: "ROMEO:" when its vocabulary has those characters, else the
+    first word of the validation text (a model of Japanese text has no R)."""
+    vocab = set(trainer.lightning_module.tokenizer.vocab)
+    if set("ROMEO:") <= vocab or trainer.datamodule is None:
+        return "ROMEO:"
+    text = trainer.lightning_module.tokenizer.decode(trainer.datamodule.val_tokens[:64].tolist())
+    words = text.split()
+    return words[0][:12] if words else text[:1]
+
+
+def _shell_quoted(text: str) -> str:
+    return f"'{text}'" if "'" not in text else shlex.quote(text)
 
 
 def tensorboard_command(logdir: str | Path, config: TrainConfig) -> str:
