@@ -358,3 +358,14 @@ def test_without_a_font_the_package_to_install_is_named_once(monkeypatch, capsys
     assert line.startswith("warning: no installed font draws 列 (U+5217), 行 (U+884C);")
     assert "apt-get install fonts-noto-cjk" in line
     assert [t.get_text() for t in figure.axes[0, 0].get_xticklabels()] == ["?", "?", "␣", "a", "b"]
+
+
+def test_the_key_named_is_the_one_the_command_line_set() -> None:
+    from conftest import compose
+
+    from tinylm.config import ConfigError, TrainConfig
+    from tinylm.memory import check_fits
+
+    config = TrainConfig.from_dict(compose("model.layers=10000", "paths.output_dir=."))
+    with pytest.raises(ConfigError, match=r"^model.layers: 10,000 needs about .* the largest model.layers"):
+        check_fits(config, 8e9, overrides=["model.layers=10000"])

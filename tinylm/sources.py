@@ -350,7 +350,8 @@ def _watched(source: str, load):
 
     client = get_session()
     client.timeout = httpx2.Timeout(HUB_REQUEST_TIMEOUT_S)
-    client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], watch]}
+    hooks = [hook for hook in client.event_hooks["response"] if getattr(hook, "__name__", "") != "watch"]
+    client.event_hooks = {**client.event_hooks, "response": [*hooks, watch]}  # this load's watch only
     result: dict = {}
 
     def work() -> None:
