@@ -126,7 +126,7 @@ def test_a_fused_qkv_class_that_masks_itself_and_returns_a_pair_passes(tmp_path:
                 y = (att @ v).transpose(1, 2).reshape(B, T, C)
                 return self.out_proj(y), att
     """)
-    report, built = check_target(f"{path}:CausalSelf")
+    report, _ = check_target(f"{path}:CausalSelf")
     assert report.ok, str(report)
     assert "forward(hidden) → a tuple (output, weights)" in report.verdict("shape")
     assert "it masks the future itself" in report.verdict("causal")
@@ -209,7 +209,7 @@ def test_the_learner_s_errors_are_one_line_saying_what_tinylm_was_doing(tmp_path
         check_target(f"{broken}:MultiHeadAttention")
     with pytest.raises(CheckError, match="has no class Attention; it defines MultiHeadAttention"):
         check_target(f"{EXAMPLES / 'correct.py'}:Attention")
-    with pytest.raises(CheckError, match="expected path/to/file.py:ClassName"):
+    with pytest.raises(CheckError, match=r"expected path/to/file\.py:ClassName"):
         check_target("correct.py")
     failing = learner_file(tmp_path, """
         from torch import nn
@@ -234,8 +234,8 @@ def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
     lines = mistaken.stdout.splitlines()
     assert len(lines) == 6 and lines[3].startswith("✗ attention:")
     assert sum(line.startswith("✓") for line in lines) == 4
-    right = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention", "--d-model", "32",
-                       "--heads", "2")
+    right = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention",
+                       "--d-model", "32", "--heads", "2")
     assert right.returncode == 0 and "Traceback" not in right.stderr, right.stderr
     missing = run_script("check_attention.py", "no/such.py:MultiHeadAttention")
     assert missing.returncode == 2
