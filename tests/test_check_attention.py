@@ -240,3 +240,12 @@ def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
     missing = run_script("check_attention.py", "no/such.py:MultiHeadAttention")
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: class: no file ") and len(missing.stderr.splitlines()) == 1
+
+
+def test_the_readme_shows_the_checker_s_real_output() -> None:
+    readme = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("$ python scripts/check_attention.py"))
+    end = next(i for i in range(start, len(readme)) if readme[i].startswith("```"))
+    argv = readme[start].removeprefix("$ python scripts/check_attention.py ").split()
+    result = run_script("check_attention.py", *argv)
+    assert result.stdout.splitlines() == readme[start + 1:end]

@@ -569,7 +569,7 @@ def check(built: Built, mapping: dict[str, str] | None = None) -> Report:
 
     module, d, H = built.module, built.d_model, built.heads
     B, T = SHAPE
-    report = Report(f"{built.call}: d_model={d}, heads={H}, input (B={B}, T={T}, d={d})")
+    report = Report(f"{built.call}: {H} head(s) of width {d // H}, on x of shape (B, T, d) = ({B}, {T}, {d})")
     signature = Signature.of(module)
     report.signature = signature
     generator = torch.Generator().manual_seed(0)
