@@ -272,6 +272,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     (root / "empty.txt").write_text("")
     (root / "short.txt").write_text("hello world, " * 20)  # 260 characters: val has 26
     (root / "table.csv").write_text("content,label\nTo be or not to be,1\n" * 200)
+    (root / "latin1.txt").write_bytes("crème brûlée\n".encode("latin-1") * 40)
+    (root / "program.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    (root / "empty-dir").mkdir()
     last = trained[0] / "checkpoints" / "last.ckpt"
     (root / "truncated.ckpt").write_bytes(last.read_bytes()[:5000])
     torch.save({"state_dict": {}, "global_step": 3}, root / "not-tinylm.ckpt")

@@ -11,6 +11,7 @@ of the probe (``callbacks.attention``). It imports nothing heavy: it runs before
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,16 +27,18 @@ NOMINAL_VOCAB = 256  # the data is not loaded yet: a vocabulary of 256 character
 # line set another), and what else would make it fit.
 PARTS = {
     "model": ("the model's weights, gradients and optimizer state", ("model.d_model", "model.layers"), ""),
-    "train": ("a training batch", ("model.block_size", "data.batch_size"), ""),
-    "val": ("a validation batch", ("model.block_size", "data.val_batch_size"), ""),
-    "maps": ("the attention pictures, every layer and head of the probe", ("model.block_size",),
-             "; or turn them off: callbacks.attention.enabled=false"),
+    "train": ("a training batch",
+              ("model.block_size", "data.batch_size", "model.layers", "model.d_model"), ""),
+    "val": ("a validation batch", ("model.block_size", "data.val_batch_size", "model.d_model"), ""),
+    "maps": ("the attention pictures, every layer and head of the probe",
+             ("model.block_size", "model.layers"), "; or turn them off: callbacks.attention.enabled=false"),
 }
 
 
 def needs(values: dict[str, float]) -> dict[str, float]:
     """Bytes each part of a run needs, from plain numbers (see ``numbers``)."""
-    L, H, d, T = values["model.layers"], values["model.heads"], values["model.d_model"], values["model.block_size"]
+    L, H = values["model.layers"], values["model.heads"]
+    d, T = values["model.d_model"], values["model.block_size"]
     hidden = values["mlp_ratio"] * d * (2 / 3 if values["swiglu"] else 1)
     kv = d * values["kv_heads"] / H
     V, B, Bv = values["vocab"], values["data.batch_size"], values["data.val_batch_size"]
@@ -70,8 +73,8 @@ def total(values: dict[str, float]) -> float:
     return parts["model"] + max(parts["train"], parts["val"], parts["maps"])
 
 
-def check_fits(config: TrainConfig, available: float, where: str = "memory", overrides=(), vocab=NOMINAL_VOCAB,
-               processes: int = 1) -> None:
+def check_fits(config: TrainConfig, available: float, where: str = "memory", overrides=(),
+               vocab: int = NOMINAL_VOCAB, processes: int = 1) -> None:
     """Raise a ConfigError naming the key, and the largest value of it that fits, when the run
     ``config`` describes needs more than ``available`` bytes (``processes`` copies of it)."""
     values = numbers(config, vocab)
@@ -83,11 +86,19 @@ def check_fits(config: TrainConfig, available: float, where: str = "memory", ove
         part = "model"
     what, keys, instead = PARTS[part]
     set_keys = [o.split("=", 1)[0].lstrip("+") for o in overrides]
-    key = next((k for k in reversed(set_keys) if k in keys), keys[0])
-    if key == "model.block_size" and part == "maps" and config.callbacks.attention.probe:
-        key = "callbacks.attention.probe"
-    value = int(values[key] if key in values else values["probe"])
-    best = _largest(values, key if key in values else "probe", value, available / processes, config)
+    # The key named: one the command line set, else the first of the part's that can make it fit.
+    candidates = [k for k in reversed(set_keys) if k in keys] + list(keys)
+    if part == "maps" and config.callbacks.attention.probe:
+        candidates = ["callbacks.attention.probe" if k == "model.block_size" else k for k in candidates]
+    for key in candidates:
+        value = int(values[key] if key in values else values["probe"])
+        best = _largest(values, key if key in values else "probe", value, available / processes, config)
+        if best >= 1:
+            break
+    else:
+        key = candidates[0]
+        value = int(values[key] if key in values else values["probe"])
+        best = 0
     fits = f"the largest {key} that fits is {best:,}" if best >= 1 else f"even {key}=1 does not fit"
     if key == "callbacks.attention.probe":
         fits = f"a probe of at most {best:,} characters fits"
@@ -128,10 +139,8 @@ def available_memory() -> float:
             if line.startswith("MemAvailable:"):
                 available = int(line.split()[1]) * 1024
     except OSError:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            pass
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
