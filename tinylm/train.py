@@ -149,6 +149,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
 
+    if config.model.learner_attention is not None:
+        check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
     if rank_zero():
@@ -179,6 +181,24 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
+
+
+def check_learner_attention(config: TrainConfig) -> None:
+    """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
+    heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
+    next character from the future)."""
+    from tinylm.attention.check import MISTAKES
+    from tinylm.attention.learner import calling
+
+    report = calling(config.model).report
+    if not report.causal:
+        line = report.verdict("causal") or report.lines[0].text
+        if report.mistakes:  # the attention line's diagnosis instead of a pointer to it
+            line = line.replace("the attention line says why", "; ".join(
+                f"{MISTAKES[m].name}: {MISTAKES[m].fix}" for m in report.mistakes))
+        raise ConfigError(f"model.attention: {config.model.attention} is refused, a model that sees the "
+                          f"future learns nothing useful; {line}")
+    print(f"model.attention={config.model.attention}: {report}")
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
