@@ -16,7 +16,7 @@ import torch
 
 from tinylm.config import ModelConfig, TinyLMError, build
 from tinylm.model import TransformerLM
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import Tokenizer, tokenizer_from
 
 FORMAT_VERSION = 1
 
@@ -60,11 +60,17 @@ def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
     return build(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
 
 
+def tokenizer_of(checkpoint: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with (files from before byte tokens: "char")."""
+    hyper = checkpoint["hyper_parameters"]
+    return tokenizer_from(hyper.get("tokenizer", "char"), hyper["vocab"])
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> tuple[TransformerLM, CharTokenizer]:
+                    ) -> tuple[TransformerLM, Tokenizer]:
     """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone."""
     checkpoint = read_checkpoint(path)
-    tokenizer = CharTokenizer(checkpoint["hyper_parameters"]["vocab"])
+    tokenizer = tokenizer_of(checkpoint)
     model = TransformerLM(model_config_of(checkpoint), tokenizer.vocab_size)
     state = {
         name.removeprefix("model."): tensor

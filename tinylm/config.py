@@ -46,6 +46,7 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
+TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,13 @@ class DataConfig:
     source: Any = "builtin:tiny_shakespeare"  # null: none given (configs/data/text_file.yaml)
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
+    # "char": one token per character, the vocabulary the characters of the text (nanoGPT's);
+    # "byte": one token per UTF-8 byte, 256 of them, for any text (enwik8's results are per byte)
+    tokenizer: str = "char"
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
     batch_size: int = 12
     val_batch_size: int = 64
-    num_workers: int = 0  # batches are cut from an in-memory tensor: workers only add overhead
+    num_workers: int = 0  # batches are cut from a memory-mapped file: workers only add overhead
 
     def __post_init__(self) -> None:
         source = self.source
@@ -158,6 +162,8 @@ class DataConfig:
             require(isinstance(source, str), "data.source",
                     f"expected a Hub id, a path, or a list of paths, got {source!r}")
         require(bool(self.source), "data.source", "is empty; give a Hub id or a path")
+        require(self.tokenizer in TOKENIZERS, "data.tokenizer",
+                f"must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
         require(
             0.0 < self.val_fraction < 1.0,
             "data.val_fraction",

@@ -1,9 +1,9 @@
-"""Text in, batches of character ids out: a LightningDataModule over Hugging Face ``datasets``.
+"""Text in, batches of token ids out: a LightningDataModule over Hugging Face ``datasets``.
 
 The texts of all splits of the source (``tinylm.sources``) are concatenated in order and cut,
 as nanoGPT does, into the first ``1 - val_fraction`` for training and the rest for validation.
-Encoding runs once: ``datasets`` caches it on disk, keyed by the source's fingerprint and the
-vocabulary.
+Encoding runs once: the token ids go to a compact file beside the ``datasets`` cache, keyed by
+the source and the vocabulary, and every process memory-maps it (``tinylm.tokens``).
 """
 
 from __future__ import annotations
@@ -17,32 +17,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from tinylm.config import DataConfig
 from tinylm.sources import OFFLINE_HINT, DataError, load_texts
-from tinylm.tokenizer import CharTokenizer
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode_cached(texts, tokenizer: CharTokenizer) -> torch.Tensor:
-    """All rows of ``texts`` joined as one int64 tensor of token ids.
-
-    ``datasets`` caches the encoded rows on disk, keyed by the rows' fingerprint and the
-    vocabulary, so a second run with the same source reads them back instead of encoding.
-    """
-    encoded = texts.map(
-        _encode_batch,
-        batched=True,
-        remove_columns=["text"],
-        fn_kwargs={"vocab": tokenizer.to_list()},
-        desc="encoding characters",
-    )
-    ids = encoded.with_format("arrow")["ids"]  # a list column: one array per row
-    return torch.from_numpy(ids.combine_chunks().flatten().to_numpy().astype(np.int64))
-
-
-def _encode_batch(batch: dict, vocab: list[str]) -> dict:
-    tokenizer = CharTokenizer(vocab)
-    return {"ids": [tokenizer.encode_array(text) for text in batch["text"]]}
-
+from tinylm.tokenizer import ByteTokenizer, Tokenizer
+from tinylm.tokens import Tokens, as_array, encode_cached, vocabulary
 
 # --------------------------------------------------------------------------- batches
 
@@ -62,10 +38,12 @@ class RandomWindows(IterableDataset):
 
     Batch n comes from a generator seeded with (seed, rank, n): the data order is a function
     of the step alone, so a resumed run draws exactly the batches it would have drawn.
+    ``tokens`` is ``Tokens`` (a memory map), a numpy array or a 1-D tensor; windows are read
+    from it in its compact dtype and widened to int64 per batch.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, batch_size: int, seed: int,
-                 rank: int = 0, start: int = 0) -> None:
+    def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int, batch_size: int,
+                 seed: int, rank: int = 0, start: int = 0) -> None:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.start = seed, rank, start
 
@@ -73,8 +51,9 @@ class RandomWindows(IterableDataset):
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, n))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
-        offsets = torch.arange(self.block_size + 1)
-        windows = self.tokens[starts[:, None] + offsets]  # (B, T + 1)
+        offsets = np.arange(self.block_size + 1)
+        windows = as_array(self.tokens)[starts.numpy()[:, None] + offsets]  # (B, T + 1)
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self):
@@ -92,7 +71,7 @@ class SequentialWindows(Dataset):
     split but a tail shorter than one window.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
+    def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int) -> None:
         self.tokens, self.block_size = tokens, block_size
 
     def __len__(self) -> int:
@@ -101,7 +80,8 @@ class SequentialWindows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        window = self.tokens[i * self.block_size : (i + 1) * self.block_size + 1]
+        window = as_array(self.tokens)[i * self.block_size : (i + 1) * self.block_size + 1]
+        window = torch.from_numpy(window.astype(np.int64))
         return window[:-1], window[1:]
 
 
@@ -111,20 +91,19 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, block_size: int, seed: int = 1337) -> None:
         super().__init__()
         self.config, self.block_size, self.seed = config, block_size, seed
-        self.tokenizer: CharTokenizer | None = None
-        self.train_tokens: torch.Tensor | None = None
-        self.val_tokens: torch.Tensor | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.train_tokens: Tokens | None = None
+        self.val_tokens: Tokens | None = None
 
     def prepare(self) -> None:
         """Load, build the vocabulary, encode and split; runs once however often it is called."""
         if self.tokenizer is not None:
             return
         texts = load_texts(self.config)
-        characters = set().union(*map(set, texts["text"]))
-        if not characters:
+        tokenizer = ByteTokenizer() if self.config.tokenizer == "byte" else vocabulary(texts)
+        tokens = encode_cached(texts, tokenizer, self.config.text_column) if tokenizer else []
+        if not len(tokens):
             raise DataError(f"data.source={self.config.source!r} holds no text; {OFFLINE_HINT}")
-        tokenizer = CharTokenizer(sorted(characters))
-        tokens = encode_cached(texts, tokenizer)
         n_train = int(len(tokens) * (1 - self.config.val_fraction))
         train, val = tokens[:n_train], tokens[n_train:]
         need = self.block_size + 1

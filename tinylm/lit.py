@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig, as_plain, build
 from tinylm.model import TransformerLM
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import tokenizer_from
 
 LN2 = math.log(2)
 
@@ -39,14 +39,16 @@ class LitLM(L.LightningModule):
     them back in as such)."""
 
     def __init__(self, model: ModelConfig | Mapping[str, Any], optim: OptimConfig | Mapping[str, Any],
-                 vocab: list[str], max_steps: int = -1) -> None:
+                 vocab: list[str] | None, max_steps: int = -1, tokenizer: str = "char") -> None:
         super().__init__()
         self.model_config = model if isinstance(model, ModelConfig) else build(ModelConfig, model, "model")
         self.optim_config = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim, "optim")
         # The run's full config is logged separately; this is what a checkpoint needs.
+        # vocab: the characters of a "char" tokenizer; None for "byte" (every byte).
         self.save_hyperparameters({"model": as_plain(self.model_config), "optim": as_plain(self.optim_config),
-                                   "vocab": list(vocab), "max_steps": max_steps}, logger=False)
-        self.tokenizer = CharTokenizer(vocab)
+                                   "vocab": None if vocab is None else list(vocab), "max_steps": max_steps,
+                                   "tokenizer": tokenizer}, logger=False)
+        self.tokenizer = tokenizer_from(tokenizer, vocab)
         self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
         self.decay_steps = self.optim_config.decay_steps or max_steps
         self.val_loss = MeanMetric()  # token-weighted, and synced across processes
@@ -110,7 +112,8 @@ class LitLM(L.LightningModule):
         return self._trainer is not None and str(self.trainer.precision).startswith("16")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Marks the file as ours; the vocabulary and model config are in its hyper_parameters.
+        # Marks the file as ours; the tokenizer, vocabulary and model config are in its
+        # hyper_parameters.
         checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -60,8 +60,9 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
             write(prompt)
         tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
                               config.top_p, config.use_cache, generator)
+        decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
         for token in tokens:
-            pieces.append(tokenizer.decode(token[0].tolist()))
+            pieces.append(decode(token[0].tolist()))
             if config.stream:
                 write(pieces[-1])
                 sys.stdout.flush()

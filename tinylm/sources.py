@@ -77,8 +77,12 @@ def _load_rows(source: str | tuple[str, ...], revision: str | None):
     files = _local_files(source)
     if files is not None:
         builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
-        # sample_by="document": each file is one row, its text exactly as on disk.
-        options = {"sample_by": "document"} if builder == "text" else {}
+        # One row per line, line breaks kept: joined, the rows are the text exactly as read, and
+        # datasets reads a file in 10 MB pieces rather than whole (a 1 GB file is no 1 GB row).
+        # Empty files give no lines, which datasets refuses: then one empty row per file.
+        some_text = any(Path(f).stat().st_size for f in files)
+        by = {"sample_by": "line", "keep_linebreaks": True} if some_text else {"sample_by": "document"}
+        options = by if builder == "text" else {}
         return datasets.load_dataset(builder, data_files=files, split="train", **options)
     if Path(source).expanduser().is_dir():
         return _concatenate_splits(datasets.load_dataset(str(Path(source).expanduser())))

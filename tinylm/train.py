@@ -125,10 +125,10 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
 
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
-    vocab = data.tokenizer.to_list()
     if config.ckpt_path is not None:
-        _check_resumable(config, vocab)
-    module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
+        _check_resumable(config, data.tokenizer.spec())
+    module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
+                   max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
     output_dir = Path(config.paths.output_dir)
     callbacks = build_callbacks(config, data, output_dir, overrides, extra_callbacks)
@@ -195,7 +195,7 @@ def _check_trainer_keys(trainer_args: dict[str, Any], trainer_class: type) -> No
             )
 
 
-def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
+def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
     """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
     from tinylm.checkpoint import model_config_of, read_checkpoint
 
@@ -211,7 +211,13 @@ def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
             f"ckpt_path: the checkpoint's model differs from this run's ({'; '.join(differences)}); "
             f"pass the same model overrides as the run that wrote it"
         )
-    saved_vocab = checkpoint["hyper_parameters"]["vocab"]
+    saved_kind = checkpoint["hyper_parameters"].get("tokenizer", "char")
+    if saved_kind != tokenizer["tokenizer"]:
+        raise ConfigError(
+            f"ckpt_path: the checkpoint was trained with data.tokenizer={saved_kind}, this run uses "
+            f"data.tokenizer={tokenizer['tokenizer']}; resume with data.tokenizer={saved_kind}"
+        )
+    saved_vocab, vocab = checkpoint["hyper_parameters"]["vocab"], tokenizer["vocab"]
     if saved_vocab != vocab:
         raise ConfigError(
             f"ckpt_path: the checkpoint's vocabulary ({len(saved_vocab)} characters) differs from "

@@ -37,18 +37,19 @@ def render_attention(config: AttentionScriptConfig) -> str:
 
     maps = attention_maps(model, ids)  # (L, 1, H, T, T)
     scores = head_scores(model, ids, maps)
-    n = min(config.max_chars, len(config.prompt))  # causal: the first n rows and columns are
-    shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n characters
+    labels = tokenizer.labels(config.prompt)  # one per token: a byte's shows its character
+    n = min(config.max_chars, len(labels))  # causal: the first n rows and columns are
+    shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n tokens
     titles = [scores.title(layer, head) for layer in layers for head in heads]
-    figure = AttentionFigure(config.prompt[:n], rows=len(layers), cols=len(heads))
+    figure = AttentionFigure(labels[:n], rows=len(layers), cols=len(heads))
     figure.draw(shown, titles)
     out = Path(config.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.save(out)
 
     cropped = ""
-    if n < len(config.prompt):
-        cropped = f" (the first {n} of {len(config.prompt)}; max_chars= shows more)"
+    if n < len(labels):
+        cropped = f" (the first {n} of {len(labels)}; max_chars= shows more)"
     return (
         f"{scores.table(layers, heads)}\n\n"
         f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on {n} characters{cropped}"

@@ -68,16 +68,26 @@ def watch_callbacks(config: TrainConfig, data: CharDataModule) -> list[Periodic]
     attention = config.callbacks.attention
     if attention.enabled:
         # The default probe: real text the model is not trained on, as long as a context.
-        probe = attention.probe or tokenizer.decode(data.val_tokens[:block_size].tolist())
+        probe = attention.probe or default_probe(tokenizer, data.val_tokens[:block_size].tolist())
         callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
                                        every_n_steps=attention.every_n_steps))
     samples = config.callbacks.samples
     if samples.enabled:
         prompt = samples.prompt
         if prompt is None:
-            prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.decode(data.val_tokens[:1].tolist())
+            prompt = "\n" if not tokenizer.unknown_characters("\n") else tokenizer.decode(
+                data.val_tokens[:1].tolist())
         callbacks.append(TextSamples(prompt, tokenizer, max_new_tokens=samples.max_new_tokens,
                                      temperature=samples.temperature, top_k=samples.top_k,
                                      top_p=samples.top_p, seed=samples.seed,
                                      every_n_steps=samples.every_n_steps))
     return callbacks
+
+
+def default_probe(tokenizer, ids: list[int]) -> str:
+    """The text of ``ids`` (at most a context of tokens), cut so that it encodes to at most as
+    many tokens: bytes cut inside a character decode to U+FFFD, which takes three."""
+    text = tokenizer.decode(ids)
+    while len(tokenizer.encode(text)) > len(ids):
+        text = text[:-1]
+    return text

@@ -19,7 +19,7 @@ from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.model import evaluating
 from tinylm.tensorboard import add_image, add_text, tensorboard_writer
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import Tokenizer
 
 
 class Periodic(Callback):
@@ -63,12 +63,13 @@ class AttentionMaps(Periodic):
     random sequences).
     """
 
-    def __init__(self, probe: str, tokenizer: CharTokenizer, block_size: int, max_chars: int = 64,
+    def __init__(self, probe: str, tokenizer: Tokenizer, block_size: int, max_chars: int = 64,
                  every_n_steps: int | None = None, key: str = "callbacks.attention.probe") -> None:
         super().__init__(every_n_steps)
         self.probe = probe
         self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
-        self.shown = min(max_chars, len(probe))  # rendered positions: labels stay readable
+        self.labels = tokenizer.labels(probe)  # one per token
+        self.shown = min(max_chars, len(self.labels))  # rendered positions: labels stay readable
         self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
 
     @torch.no_grad()
@@ -84,7 +85,7 @@ class AttentionMaps(Periodic):
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
         layers, heads = shown.shape[:2]
         if self.figure is None:
-            self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
+            self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
         tags, pictures = [], []
         for layer in range(layers):
             # Titles name the head only: each title costs milliseconds of glyphs to draw, and
@@ -111,7 +112,7 @@ class TextSamples(Periodic):
     ``samples``: as the seed never changes, samples at different steps differ only by what
     the model has learned."""
 
-    def __init__(self, prompt: str, tokenizer: CharTokenizer, max_new_tokens: int = 200,
+    def __init__(self, prompt: str, tokenizer: Tokenizer, max_new_tokens: int = 200,
                  temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                  seed: int = 1337, every_n_steps: int | None = None,
                  key: str = "callbacks.samples.prompt") -> None:
@@ -132,7 +133,7 @@ class TextSamples(Periodic):
         add_text(writer, "samples", self.tokenizer.decode(ids[0].tolist()), trainer.global_step)
 
 
-def encode_prompt(prompt: str, tokenizer: CharTokenizer, key: str) -> torch.Tensor:
+def encode_prompt(prompt: str, tokenizer: Tokenizer, key: str) -> torch.Tensor:
     """A sampling prompt as ids (1, P): known characters only, at least one. Any length will
     do: generation keeps the last block_size positions as its context."""
     if not prompt:
