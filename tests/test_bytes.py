@@ -12,7 +12,8 @@ from tinylm.config import AttentionScriptConfig, DataConfig, SampleConfig, Train
 from tinylm.data import CharDataModule
 from tinylm.tokenizer import ByteTokenizer
 
-CJK = "春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。\n東京タワーは333メートルです。\n한국어 텍스트도 됩니다.\n"
+CJK = ("春眠不覺曉，處處聞啼鳥。夜來風雨聲，花落知多少。\n"
+       "東京タワーは333メートルです。\n한국어 텍스트도 됩니다.\n")
 
 
 def test_byte_round_trip_with_cjk_text() -> None:
@@ -63,8 +64,8 @@ def test_byte_level_training_on_cjk_then_sample_and_attention(tmp_path: Path) ->
     values = compose(
         f"data.source={text}", f"paths.output_dir={run_dir}", "data.tokenizer=byte", "model.layers=1",
         "model.d_model=32", "model.block_size=32", "data.batch_size=4", "trainer.max_steps=6",
-        "trainer.val_check_interval=6", "trainer.limit_val_batches=2", "callbacks.progress_bar.refresh_rate=0",
-        "trainer.enable_model_summary=false", "callbacks.samples.max_new_tokens=8")
+        "trainer.val_check_interval=6", "trainer.limit_val_batches=2", "trainer.enable_model_summary=false",
+        "callbacks.progress_bar.refresh_rate=0", "callbacks.samples.max_new_tokens=8")
     fit(TrainConfig.from_dict(values))
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     text.unlink()  # the checkpoint is all that is needed

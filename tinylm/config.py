@@ -145,6 +145,12 @@ class DataConfig:
     # "char": one token per character, the vocabulary the characters of the text (nanoGPT's);
     # "byte": one token per UTF-8 byte, 256 of them, for any text (enwik8's results are per byte)
     tokenizer: str = "char"
+    # The characters of a "char" vocabulary, given up front as one string (no vocabulary pass);
+    # needed with streaming, where the text is not known in advance. null: from the text.
+    vocab: str | None = None
+    # Train from the source without downloading it whole (a Hub dataset or a Hub-layout
+    # directory): its "train" split streamed, its validation split held in memory.
+    streaming: bool = False
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
     batch_size: int = 12
     val_batch_size: int = 64
@@ -164,6 +170,13 @@ class DataConfig:
         require(bool(self.source), "data.source", "is empty; give a Hub id or a path")
         require(self.tokenizer in TOKENIZERS, "data.tokenizer",
                 f"must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        require(self.vocab is None or (isinstance(self.vocab, str) and self.vocab != ""), "data.vocab",
+                f"must be a non-empty string of characters or null, got {self.vocab!r}")
+        require(not self.streaming or self.tokenizer == "byte" or self.vocab is not None, "data.streaming",
+                "needs the vocabulary up front: set data.tokenizer=byte, or data.vocab to its characters")
+        require(not self.streaming or self.num_workers == 0, "data.num_workers",
+                f"must be 0 with data.streaming=true (the stream's position is kept in this process), "
+                f"got {self.num_workers}")
         require(
             0.0 < self.val_fraction < 1.0,
             "data.val_fraction",
@@ -599,8 +612,10 @@ class SampleConfig(SamplingConfig):
 class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
 
-    task: str = "train"  # train: tinylm vs a bare loop; sample: generation with/without cache
-    steps: int = 200  # timed training steps
+    # train: tinylm vs a bare loop; sample: generation with/without cache; data: preparing
+    # data.source cold and cached, and the memory of a bench.steps-step training run on it
+    task: str = "train"
+    steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
     bare: bool = True  # also time the same model and data in a bare PyTorch loop
     data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
@@ -616,7 +631,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample")
+BENCH_TASKS = ("train", "sample", "data")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,39 @@ def load_texts(config: DataConfig):
     return rows
 
 
+def load_streams(config: DataConfig):
+    """``data.streaming``: the source's "train" split as a ``datasets.IterableDataset`` (read as
+    it is iterated, never downloaded whole) and its first validation split ("validation",
+    "valid", "dev" or "test") as an in-memory Dataset; both with one column, "text"."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = config.source
+    if not isinstance(source, str) or source.startswith(BUILTIN_PREFIX) or _local_files(source):
+        raise DataError(f"data.streaming=true reads a Hub dataset or a local Hub-layout directory, "
+                        f"not data.source={source!r}; set data.streaming=false")
+    local = Path(source).expanduser()
+    path = str(local) if local.is_dir() else source
+    if not local.is_dir():
+        _check_hub_reachable(source)
+    streams = datasets.load_dataset(path, revision=config.revision, streaming=True)
+    held_out = [s for s in SPLIT_ORDER[1:] if s in streams]
+    if "train" not in streams or not held_out:
+        raise DataError(f"data.source={source!r} has splits {list(streams)}; streaming needs a "
+                        f"'train' split and a validation split ({', '.join(SPLIT_ORDER[1:])})")
+    column = config.text_column
+
+    def text_only(stream):
+        if column not in stream.column_names:
+            raise DataError(f"data.text_column={column!r} is not a column of data.source={source!r}; "
+                            f"its columns are {stream.column_names}")
+        stream = stream.select_columns([column])
+        return stream.rename_column(column, "text") if column != "text" else stream
+
+    validation = datasets.Dataset.from_list(list(text_only(streams[held_out[0]])))
+    return text_only(streams["train"]), validation
+
+
 def _load_rows(source: str | tuple[str, ...], revision: str | None):
     """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
     import datasets
