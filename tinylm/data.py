@@ -8,7 +8,9 @@ the source and the vocabulary, and every process memory-maps it (``tinylm.tokens
 
 from __future__ import annotations
 
+import collections
 import itertools
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -16,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
-from tinylm.sources import OFFLINE_HINT, DataError, load_texts
-from tinylm.tokenizer import ByteTokenizer, Tokenizer
-from tinylm.tokens import Tokens, as_array, encode_cached, vocabulary
+from tinylm.sources import OFFLINE_HINT, DataError, load_streams, load_texts
+from tinylm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
+from tinylm.tokens import Tokens, as_array, encode_cached, encoded_pieces, vocabulary
 
 # --------------------------------------------------------------------------- batches
 
@@ -64,6 +66,63 @@ class RandomWindows(IterableDataset):
             yield self.batch(n)
 
 
+class StreamWindows(IterableDataset):
+    """Training batches from a streamed dataset (``data.streaming``): the rows' tokens joined in
+    order and cut into consecutive windows of ``block_size + 1`` tokens, each starting where the
+    one before ended (every token is a target once), ``batch_size`` windows a batch.
+
+    ``snapshots[n]`` is where batch n starts: the stream's ``state_dict`` before the row it
+    starts in (None: the stream's beginning) and how many of that row's tokens came before. A
+    checkpoint stores the snapshot of the next batch to train on; ``state`` resumes from it.
+    """
+
+    KEEP = 64  # snapshots kept: more than the DataLoader and Lightning fetch ahead
+
+    def __init__(self, rows, tokenizer: Tokenizer, block_size: int, batch_size: int,
+                 state: dict[str, Any] | None = None, start: int = 0) -> None:
+        self.rows, self.tokenizer, self.block_size, self.batch_size = rows, tokenizer, block_size, batch_size
+        self.state, self.start = state, start
+        self.snapshots: dict[int, dict[str, Any]] = {}
+
+    def __iter__(self):
+        state = self.state or {"rows": None, "skip": 0}
+        if state["rows"] is not None:
+            self.rows.load_state_dict(state["rows"])
+        rows = iter(self.rows)
+        anchors = collections.deque()  # [state before the row, its tokens, tokens of it used]
+        buffer = np.empty(0, dtype=self.tokenizer.dtype)
+        first, skip = True, state["skip"]
+        need = self.batch_size * self.block_size + 1  # a batch's windows overlap by one token
+        n = self.start
+        self.snapshots[n] = dict(state)
+        while True:
+            while len(buffer) < need:
+                # The stream's state is readable once it has started: before that, ours.
+                before = state["rows"] if first else self.rows.state_dict()
+                row = next(rows, None)
+                if row is None:
+                    return  # the stream is over: so is the epoch
+                ids = self.tokenizer.encode_array(row["text"], self.tokenizer.dtype)
+                anchors.append([before, len(ids), skip])
+                buffer = np.concatenate([buffer, ids[skip:]])
+                first, skip = False, 0
+            windows = np.lib.stride_tricks.sliding_window_view(buffer[:need], self.block_size + 1)
+            batch = torch.from_numpy(windows[:: self.block_size].astype(np.int64))  # (B, T + 1)
+            used = self.batch_size * self.block_size
+            buffer = buffer[used:]
+            while used:  # account the used tokens to their rows; drop rows used up
+                take = min(used, anchors[0][1] - anchors[0][2])
+                anchors[0][2] += take
+                used -= take
+                if anchors[0][2] == anchors[0][1]:
+                    anchors.popleft()
+            n += 1
+            self.snapshots[n] = ({"rows": anchors[0][0], "skip": anchors[0][2]} if anchors
+                                 else {"rows": self.rows.state_dict(), "skip": 0})
+            self.snapshots.pop(n - self.KEEP, None)
+            yield batch[:, :-1], batch[:, 1:]
+
+
 class SequentialWindows(Dataset):
     """Validation windows: consecutive and non-overlapping, each target predicted once.
 
@@ -94,18 +153,35 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_tokens: Tokens | None = None
         self.val_tokens: Tokens | None = None
+        self._resumed: dict[int, dict[str, Any]] | None = None  # streaming: from a checkpoint
 
     def prepare(self) -> None:
         """Load, build the vocabulary, encode and split; runs once however often it is called."""
         if self.tokenizer is not None:
             return
-        texts = load_texts(self.config)
-        tokenizer = ByteTokenizer() if self.config.tokenizer == "byte" else vocabulary(texts)
-        tokens = encode_cached(texts, tokenizer, self.config.text_column) if tokenizer else []
+        config = self.config
+        if config.streaming:
+            self.train_rows, texts = load_streams(config)  # texts: the validation split
+        else:
+            texts = load_texts(config)
+        if config.tokenizer == "byte":
+            tokenizer = ByteTokenizer()
+        elif config.vocab is not None:
+            tokenizer = CharTokenizer(sorted(set(config.vocab)))
+        else:
+            tokenizer = vocabulary(texts)
+        if config.streaming:
+            pieces = list(encoded_pieces(texts, tokenizer))
+            tokens = Tokens(np.concatenate(pieces) if pieces else np.empty(0, tokenizer.dtype))
+        else:
+            tokens = encode_cached(texts, tokenizer, config.text_column) if tokenizer else []
         if not len(tokens):
-            raise DataError(f"data.source={self.config.source!r} holds no text; {OFFLINE_HINT}")
-        n_train = int(len(tokens) * (1 - self.config.val_fraction))
+            raise DataError(f"data.source={config.source!r} holds no text; {OFFLINE_HINT}")
+        n_train = 0 if config.streaming else int(len(tokens) * (1 - config.val_fraction))
         train, val = tokens[:n_train], tokens[n_train:]
+        if config.streaming:
+            self.tokenizer, self.train_tokens, self.val_tokens = tokenizer, None, val
+            return
         need = self.block_size + 1
         if len(train) < need or len(val) < need:
             raise DataError(
@@ -124,10 +200,38 @@ class CharDataModule(L.LightningDataModule):
         # On resume Lightning restores global_step before asking for this loader.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank = trainer.global_rank if trainer else 0
+        if self.config.streaming:
+            from datasets.distributed import split_dataset_by_node
+
+            world = trainer.world_size if trainer else 1
+            rows = self.train_rows
+            if world > 1:
+                rows = split_dataset_by_node(rows, rank=rank, world_size=world)
+            resumed = (self._resumed or {}).get(rank)
+            self.stream = StreamWindows(rows, self.tokenizer, self.block_size, self.config.batch_size,
+                                        state=resumed, start=start)
+            return DataLoader(self.stream, batch_size=None, num_workers=0)
         windows = RandomWindows(self.train_tokens, self.block_size, self.config.batch_size,
                                 self.seed, rank=rank, start=start)
         return DataLoader(windows, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: with streaming, where each rank's stream is (its next batch's
+        snapshot); nothing otherwise (random batches are a function of the step)."""
+        stream = getattr(self, "stream", None)
+        if stream is None:
+            return {}
+        trainer = self.trainer
+        mine = stream.snapshots[trainer.global_step * trainer.accumulate_grad_batches]
+        states = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, mine)
+        return {"stream": dict(enumerate(states))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = state.get("stream")
 
     def val_dataloader(self) -> DataLoader:
         windows = SequentialWindows(self.val_tokens, self.block_size)
