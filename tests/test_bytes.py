@@ -65,8 +65,10 @@ def test_byte_level_training_on_cjk_then_sample_and_attention(tmp_path: Path) ->
         f"data.source={text}", f"paths.output_dir={run_dir}", "data.tokenizer=byte", "model.layers=1",
         "model.d_model=32", "model.block_size=32", "data.batch_size=4", "trainer.max_steps=6",
         "trainer.val_check_interval=6", "trainer.limit_val_batches=2", "trainer.enable_model_summary=false",
-        "callbacks.progress_bar.refresh_rate=0", "callbacks.samples.max_new_tokens=8")
-    fit(TrainConfig.from_dict(values))
+        "callbacks.progress_bar.refresh_rate=0", "callbacks.samples.max_new_tokens=8",
+        "data.val_fraction=0.2", "data.test_fraction=0.2")
+    trainer, _ = fit(TrainConfig.from_dict(values))
+    assert {"test/loss", "test/bpc"} <= trainer.callback_metrics.keys()  # the test split, at the end
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     text.unlink()  # the checkpoint is all that is needed
     model, tokenizer = load_checkpoint(checkpoint)

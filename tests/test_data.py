@@ -188,3 +188,11 @@ def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Pat
     data.prepare()
     sizes = (len(data.train_tokens), len(data.val_tokens), data.tokenizer.vocab_size)
     assert sizes == (1_003_854, 111_540, 65)
+
+
+def test_a_test_split_follows_the_validation_split(tmp_path: Path) -> None:
+    """enwik8's 90/5/5: train, validation, test, in the order of the text."""
+    (tmp_path / "t.txt").write_text("".join(chr(97 + i % 26) for i in range(100_000)))
+    data = prepared(str(tmp_path / "t.txt"), val_fraction=0.05, test_fraction=0.05)
+    assert (len(data.train_tokens), len(data.val_tokens), len(data.test_tokens)) == (90_000, 5_000, 5_000)
+    assert data.test_tokens.offset == 95_000

@@ -152,6 +152,9 @@ class DataConfig:
     # directory): its "train" split streamed, its validation split held in memory.
     streaming: bool = False
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
+    # A test split after the validation split (enwik8's 90/5/5): evaluated once, on the best
+    # checkpoint, when training ends (test/loss, test/bpc). 0: none.
+    test_fraction: float = 0.0
     batch_size: int = 12
     val_batch_size: int = 64
     num_workers: int = 0  # batches are cut from a memory-mapped file: workers only add overhead
@@ -182,6 +185,13 @@ class DataConfig:
             "data.val_fraction",
             f"must be in (0, 1), got {self.val_fraction}",
         )
+        require(
+            0.0 <= self.test_fraction < 1.0 - self.val_fraction,
+            "data.test_fraction",
+            f"must be in [0, 1 - data.val_fraction), got {self.test_fraction}",
+        )
+        require(not self.streaming or self.test_fraction == 0, "data.test_fraction",
+                "must be 0 with data.streaming=true (its validation split is the source's)")
         require(self.batch_size >= 1, "data.batch_size", f"must be at least 1, got {self.batch_size}")
         require(
             self.val_batch_size >= 1,

@@ -153,6 +153,7 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_tokens: Tokens | None = None
         self.val_tokens: Tokens | None = None
+        self.test_tokens: Tokens | None = None  # data.test_fraction > 0 only
         self._resumed: dict[int, dict[str, Any]] | None = None  # streaming: from a checkpoint
 
     def prepare(self) -> None:
@@ -177,13 +178,16 @@ class CharDataModule(L.LightningDataModule):
             tokens = encode_cached(texts, tokenizer, config.text_column) if tokenizer else []
         if not len(tokens):
             raise DataError(f"data.source={config.source!r} holds no text; {OFFLINE_HINT}")
-        n_train = 0 if config.streaming else int(len(tokens) * (1 - config.val_fraction))
-        train, val = tokens[:n_train], tokens[n_train:]
+        held_out = config.val_fraction + config.test_fraction
+        n_train = 0 if config.streaming else int(len(tokens) * (1 - held_out))
+        n_test = int(len(tokens) * config.test_fraction)
+        train, val = tokens[:n_train], tokens[n_train : len(tokens) - n_test]
+        self.test_tokens = tokens[len(tokens) - n_test :] if n_test else None
         if config.streaming:
             self.tokenizer, self.train_tokens, self.val_tokens = tokenizer, None, val
             return
         need = self.block_size + 1
-        if len(train) < need or len(val) < need:
+        if len(train) < need or len(val) < need or (n_test and n_test < need):
             raise DataError(
                 f"data.source={self.config.source!r} gives {len(train):,} training and "
                 f"{len(val):,} validation characters; each split needs at least "
@@ -232,6 +236,12 @@ class CharDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resumed = state.get("stream")
+
+    def test_dataloader(self) -> DataLoader:
+        """``data.test_fraction``: the test split, in consecutive windows like validation."""
+        windows = SequentialWindows(self.test_tokens, self.block_size)
+        return DataLoader(windows, batch_size=self.config.val_batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         windows = SequentialWindows(self.val_tokens, self.block_size)

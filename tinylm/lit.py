@@ -69,6 +69,14 @@ class LitLM(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())
 
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # the mean over every test window
+        self.val_loss.reset()
+        self.log_dict({"test/loss": loss, "test/bpc": loss / LN2}, sync_dist=True)
+
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # the mean over every validation window
         self.val_loss.reset()

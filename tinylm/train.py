@@ -72,6 +72,8 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
         last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
         lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc); "
                      f"last {last:.4f}")
+    if "test/bpc" in metrics:
+        lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt='ROMEO:'")
@@ -146,6 +148,9 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     # kills all processes when one of the ranks it started exits non-zero.
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
+    if data.test_tokens is not None and not interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)
     return trainer, module
 
 
