@@ -158,8 +158,8 @@ class ByteTokenizer:
 
     def labels(self, text: str) -> list[str]:
         """One label per byte of ``text``: a character's first byte shows the character, the
-        bytes that continue it show '·'."""
-        return [label for char in text for label in [char, *"·" * (len(char.encode("utf-8")) - 1)]]
+        bytes that continue it their value in hex ('春' → '春', '98', 'a5')."""
+        return [label for char in text for label in [char, *(f"{b:02x}" for b in char.encode("utf-8")[1:])]]
 
     def check_known(self, text: str, key: str, fix: str = "") -> None:
         """Every text has UTF-8 bytes: nothing to refuse."""
