@@ -8,6 +8,7 @@ It imports nothing heavy on purpose: config errors must come back in well under 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -142,6 +143,7 @@ class DataConfig:
     source: Any = "builtin:tiny_shakespeare"  # null: none given (configs/data/text_file.yaml)
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
+    encoding: str = "utf-8"  # of text, CSV and JSON files: e.g. latin-1, cp1252, shift_jis, gb18030
     # "char": one token per character, the vocabulary the characters of the text (nanoGPT's);
     # "byte": one token per UTF-8 byte, 256 of them, for any text (enwik8's results are per byte)
     tokenizer: str = "char"
@@ -180,6 +182,11 @@ class DataConfig:
         require(not self.streaming or self.num_workers == 0, "data.num_workers",
                 f"must be 0 with data.streaming=true (the stream's position is kept in this process), "
                 f"got {self.num_workers}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"data.encoding: {self.encoding!r} is not an encoding Python knows; "
+                              f"use e.g. utf-8, latin-1, cp1252, shift_jis or gb18030") from None
         require(
             0.0 < self.val_fraction < 1.0,
             "data.val_fraction",

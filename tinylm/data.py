@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from typing import Any
 
 import lightning as L
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
-from tinylm.sources import OFFLINE_HINT, DataError, load_streams, load_texts
+from tinylm.sources import OFFLINE_HINT, DataError, count_documents, from_cache, load_streams, load_texts
 from tinylm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
 from tinylm.tokens import Tokens, as_array, encode_cached, encoded_pieces, vocabulary
 
@@ -155,6 +156,7 @@ class CharDataModule(L.LightningDataModule):
         self.val_tokens: Tokens | None = None
         self.test_tokens: Tokens | None = None  # data.test_fraction > 0 only
         self._resumed: dict[int, dict[str, Any]] | None = None  # streaming: from a checkpoint
+        self.documents, self.from_cache = 0, False  # rows (files, splits) read; from datasets' cache
 
     def prepare(self) -> None:
         """Load, build the vocabulary, encode and split; runs once however often it is called."""
@@ -164,7 +166,10 @@ class CharDataModule(L.LightningDataModule):
         if config.streaming:
             self.train_rows, texts = load_streams(config)  # texts: the validation split
         else:
+            started = time.time()
             texts = load_texts(config)
+            self.documents = count_documents(config.source, texts)
+            self.from_cache = from_cache(texts, started)
         if config.tokenizer == "byte":
             tokenizer = ByteTokenizer()
         elif config.vocab is not None:
