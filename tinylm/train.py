@@ -174,10 +174,15 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
 
     source = config.data.source
     shown = ",".join(source) if isinstance(source, tuple) else source
+    tokens = "bytes" if data.tokenizer.kind == "byte" else "characters"
+    if config.data.streaming:
+        return (f"data: {shown} (streamed): its train split as training reads it, "
+                f"{len(data.val_tokens):,} validation {tokens}, a vocabulary of {data.tokenizer.vocab_size}")
     unit = row_unit(source) + ("s" if data.documents != 1 else "")
     cache = "read back from the datasets cache" if data.from_cache else "read and cached"
+    test = f", {len(data.test_tokens):,} test" if data.test_tokens is not None else ""
     return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
-            f"and {len(data.val_tokens):,} validation characters, a vocabulary of "
+            f"and {len(data.val_tokens):,} validation{test} {tokens}, a vocabulary of "
             f"{data.tokenizer.vocab_size}")
 
 
