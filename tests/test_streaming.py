@@ -63,3 +63,15 @@ def test_streaming_needs_a_vocabulary_up_front() -> None:
     with pytest.raises(ConfigError, match=r"data\.streaming: needs the vocabulary up front"):
         DataConfig(source="some/dataset", streaming=True)
     DataConfig(source="some/dataset", streaming=True, vocab="abc")  # a given vocabulary will do
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_shards_and_both_places_are_kept(shards: Path, tmp_path: Path) -> None:
+    import torch
+
+    run_dir = tmp_path / "ddp"
+    run(shards, run_dir, 4, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    places = checkpoint["CharDataModule"]["stream"]
+    assert sorted(places) == [0, 1]
+    assert places[0] != places[1]  # each rank read its own shards
