@@ -22,6 +22,7 @@ from tinylm.config import ConfigError, TrainConfig
 if TYPE_CHECKING:
     from lightning import Callback, Trainer
 
+    from tinylm.data import CharDataModule
     from tinylm.lit import LitLM
 
 # Model settings a resumed run may change: they alter no parameter.
@@ -137,7 +138,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     data.prepare()  # load and encode now: data errors come before the model is built
     if rank_zero():
         print(loaded(config, data), flush=True)
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+    accelerator = str(config.trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         from tinylm.memory import check_on_gpu
 
         check_on_gpu(config, torch.cuda.current_device(), data.tokenizer.vocab_size, overrides)
@@ -280,7 +282,8 @@ def _hint_words(hint: Any) -> str:
     """``hint`` as words: "an integer or null", "one of 64, 32, '16-mixed' ..."."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        choices = [c for arg in args if typing.get_origin(arg) is typing.Literal for c in typing.get_args(arg)]
+        literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+        choices = [c for arg in literals for c in typing.get_args(arg)]
         words = ["one of " + ", ".join(map(repr, choices))] if choices else []
         words += [_hint_words(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
         return " or ".join(dict.fromkeys(w for w in words if w))
