@@ -87,6 +87,7 @@ class StreamWindows(IterableDataset):
 
     def __iter__(self):
         state = self.state or {"rows": None, "skip": 0}
+        self.state = None  # a later epoch starts the stream from its beginning
         if state["rows"] is not None:
             self.rows.load_state_dict(state["rows"])
         rows = iter(self.rows)
@@ -121,6 +122,7 @@ class StreamWindows(IterableDataset):
             self.snapshots[n] = ({"rows": anchors[0][0], "skip": anchors[0][2]} if anchors
                                  else {"rows": self.rows.state_dict(), "skip": 0})
             self.snapshots.pop(n - self.KEEP, None)
+            self.start = n  # a later epoch goes on counting from here
             yield batch[:, :-1], batch[:, 1:]
 
 
@@ -232,7 +234,13 @@ class CharDataModule(L.LightningDataModule):
         if stream is None:
             return {}
         trainer = self.trainer
-        mine = stream.snapshots[trainer.global_step * trainer.accumulate_grad_batches]
+        snapshots, n = stream.snapshots, trainer.global_step * trainer.accumulate_grad_batches
+        if n in snapshots:
+            mine = snapshots[n]
+        elif snapshots:  # not a batch we cut (an epoch's end): the last place we know
+            mine = snapshots[max(snapshots)]
+        else:  # not iterated yet: where it will start
+            mine = stream.state or {"rows": None, "skip": 0}
         states = [mine]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             states = [None] * torch.distributed.get_world_size()
