@@ -30,7 +30,7 @@ def render_attention(config: AttentionScriptConfig) -> str:
     from tinylm.checkpoint import load_checkpoint
     from tinylm.sample import checkpoint_path
 
-    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt))
+    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file)
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)
     layers = pick(config.layer, model.config.layers, "layer", "layers")
     heads = pick(config.head, model.config.heads, "head", "heads")
