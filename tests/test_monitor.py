@@ -57,6 +57,19 @@ def test_every_layer_and_head_has_an_image_at_each_validation(run) -> None:
         assert [image.step for image in logged.Images(tag)] == [0, 10, 20]  # baseline + 2 validations
 
 
+def test_a_validation_logs_everything_at_one_step(run) -> None:
+    """val/loss, the pictures and the head scores of a validation share its step: the number
+    of optimizer steps behind the weights, as at the step-0 baseline."""
+    _, logged = run
+    validations = [event.step for event in logged.Scalars("val/loss")]
+    assert validations == [10, 20]
+    assert [event.step for event in logged.Scalars("hp/val_loss")] == validations
+    assert [i.step for i in logged.Images("attention/layer_0")] == [0, *validations]
+    assert [s.step for s in logged.Scalars("heads/prev_token/layer_1_head_2")] == [0, *validations]
+    assert [t.step for t in logged.Tensors("samples")] == [0, *validations]
+    assert "step" not in logged.Tags()["scalars"]  # the step is where values go, not a value
+
+
 def test_images_are_pngs_wider_for_a_layer_than_for_a_head(run) -> None:
     _, logged = run
     layer, head = logged.Images("attention/layer_1")[-1], logged.Images("attention/layer_1/head_3")[-1]
