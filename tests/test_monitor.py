@@ -95,6 +95,28 @@ def test_four_diagnostics_for_every_head(run) -> None:
                     assert all(0 <= v <= 1 for v in values)
 
 
+def test_ablation_for_every_head_at_each_validation(run) -> None:
+    _, logged = run
+    for layer in range(LAYERS):
+        for head in range(HEADS):
+            events = logged.Scalars(f"heads/ablation/layer_{layer}_head_{head}")
+            assert [event.step for event in events] == [0, 10, 20]
+            assert all(abs(event.value) < 5 for event in events)  # Δ nats per character
+
+
+def test_the_run_keeps_its_attention_beside_the_checkpoints(run) -> None:
+    from tinylm.attention.history import load_history
+
+    run_dir, logged = run
+    history = load_history(run_dir / "checkpoints" / "attention.npz")
+    assert history.steps.tolist() == [0, 10, 20]
+    assert history.maps.shape == (3, LAYERS, HEADS, BLOCK, BLOCK) and history.maps.dtype.name == "uint8"
+    assert len(history.probe) == BLOCK
+    assert set(history.scores) == {*SCORES, "ablation"}
+    logged_prev = [e.value for e in logged.Scalars("heads/prev_token/layer_1_head_2")]
+    assert history.scores["prev_token"][:, 1, 2].tolist() == pytest.approx(logged_prev, abs=1e-6)
+
+
 def test_untrained_heads_attend_nearly_uniformly(run) -> None:
     _, logged = run
     uniform = sum(math.log2(t + 1) for t in range(1, BLOCK)) / (BLOCK - 1)

@@ -3,6 +3,7 @@ and report every head's diagnostics, with the same code as the TensorBoard callb
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tinylm.config import AttentionScriptConfig, ConfigError
@@ -25,6 +26,7 @@ def run(config: AttentionScriptConfig) -> None:
 def render_attention(config: AttentionScriptConfig) -> str:
     """Draw the maps ``config`` asks for to ``config.out``; return the diagnostics as a
     markdown table and a line saying what was drawn."""
+    from tinylm.attention.ablation import ablation_scores
     from tinylm.attention.maps import attention_maps, encode_probe, head_scores
     from tinylm.attention.pictures import AttentionFigure
     from tinylm.checkpoint import load_checkpoint
@@ -37,6 +39,8 @@ def render_attention(config: AttentionScriptConfig) -> str:
 
     maps = attention_maps(model, ids)  # (L, 1, H, T, T)
     scores = head_scores(model, ids, maps)
+    if config.ablation is not None:  # the prompt is the one window: its characters predict the next
+        scores = dataclasses.replace(scores, ablation=ablation_scores(model, ids, config.ablation))
     n = min(config.max_chars, len(config.prompt))  # causal: the first n rows and columns are
     shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n characters
     titles = [scores.title(layer, head) for layer in layers for head in heads]
