@@ -370,14 +370,14 @@ class AttentionScriptConfig:
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
     prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
-    out: str = "attention.png"
+    out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
 
     def __post_init__(self) -> None:
-        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=attention.png")
+        require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
         _check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
 
