@@ -97,3 +97,29 @@ def test_the_ablation_column_and_title() -> None:
     assert first.endswith("| 0.250 |")
     assert "ablation +0.250 nats" in scores.title(1, 2)
     assert [name for name, _ in scores.items()][-1] == "ablation"
+
+
+@pytest.mark.parametrize(("settings", "key"), [
+    ({"ablation": "half"}, "callbacks.attention.ablation"),
+    ({"ablation_windows": 0}, "callbacks.attention.ablation_windows"),
+])
+def test_bad_ablation_settings_name_their_key(settings: dict, key: str) -> None:
+    from tinylm.config import AttentionMapsConfig, ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        AttentionMapsConfig(**settings)
+
+
+def test_a_resumed_run_replaces_the_records_it_repeats(tmp_path) -> None:
+    import numpy as np
+
+    from tinylm.attention.history import append_history, load_history
+
+    path = tmp_path / "attention.npz"
+    maps = np.full((1, 2, 3, 3), 0.5)
+    for step in (0, 10, 20, 10, 20):  # the run resumed from its step-10 checkpoint
+        append_history(path, step, "abc", maps * (step / 20), {"entropy": np.full((1, 2), step)})
+    history = load_history(path)
+    assert history.steps.tolist() == [0, 10, 20]
+    assert history.scores["entropy"][:, 0, 0].tolist() == [0, 10, 20]
+    assert history.weights(2).max() == pytest.approx(0.5, abs=1 / 255) and history.probe == "abc"
