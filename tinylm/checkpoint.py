@@ -25,10 +25,12 @@ class CheckpointError(TinyLMError):
     """A checkpoint is missing, unreadable or not a tinylm checkpoint."""
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, key: str = "ckpt", mmap: bool = False) -> dict[str, Any]:
     """The checkpoint at ``path`` as a dict, checked to be a tinylm checkpoint.
 
-    ``key`` is the config key that named the file, so errors say which setting to fix.
+    ``key`` is the config key that named the file, so errors say which setting to fix. With
+    ``mmap`` the tensors are mapped, not read: a look at the settings costs no weights' worth
+    of reading (a resume checks the checkpoint, then Lightning loads it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -36,7 +38,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
         raise _corrupt(key, path, "not a complete zip archive, as torch.save writes")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise CheckpointError(
@@ -60,10 +62,11 @@ def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
     return build(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt"
                     ) -> tuple[TransformerLM, CharTokenizer]:
-    """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone."""
-    checkpoint = read_checkpoint(path)
+    """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone; ``key`` names
+    the setting that gave the path, for errors."""
+    checkpoint = read_checkpoint(path, key)
     tokenizer = CharTokenizer(checkpoint["hyper_parameters"]["vocab"])
     model = TransformerLM(model_config_of(checkpoint), tokenizer.vocab_size)
     state = {

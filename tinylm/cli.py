@@ -104,11 +104,26 @@ def register_configs() -> None:
     """Put each command's schema in Hydra's ConfigStore as ``<command>_schema``: the root
     configs in tinylm/configs list it first in their defaults."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
     for command in COMMANDS.values():
         if command.schema is not None:
             store.store(name=f"{command.name}_schema", node=schema(command.schema))
+    OmegaConf.register_new_resolver("tinylm.suffix", run_name_suffix, replace=True)
+
+
+MAX_NAME_CHARS = 120  # of the overrides in a run directory's name (file names hold 255 bytes)
+
+
+def run_name_suffix(overrides: str) -> str:
+    """``_<overrides>`` for a run directory's name, or "" for a run without overrides:
+    ``${tinylm.suffix:${hydra.job.override_dirname}}`` in configs/hydra/default.yaml. A "/" in a
+    value would make sub-directories: it becomes "-"."""
+    name = str(overrides).replace("/", "-")
+    if len(name) > MAX_NAME_CHARS:
+        name = name[:MAX_NAME_CHARS - 1] + "…"
+    return f"_{name}" if name else ""
 
 
 def run_hydra(command: Command, arguments: list[str]) -> Any:
@@ -122,14 +137,31 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
     def app(cfg: Any) -> Any:
         return exit_on_error(lambda: task(build(command.schema, cfg)), cleanup=discard_unused_run_dir)
 
-    if command.name in ("sample", "attention"):
-        from tinylm.sample import quote_prompt
-
-        arguments = [quote_prompt(argument) for argument in arguments]
+    arguments = quote_arguments(command, arguments)
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     return exit_on_error(lambda: _translating(command, arguments, app))
+
+
+PATH_KEYS = ("ckpt", "ckpt_path")  # a run directory's name holds "=" and ",": quoted for Hydra
+
+
+def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
+    """``arguments`` as Hydra can parse them: a prompt quoted whatever it holds, and a checkpoint
+    path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
+    as well; a path without "=" is left as it is (``ckpt_path=a,b`` may be a sweep)."""
+    from tinylm.sample import quote_prompt
+
+    quoted = []
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        if command.name in ("sample", "attention"):
+            argument = quote_prompt(argument)
+        if key in PATH_KEYS and "=" in value and not (value[:1] == value[-1:] and value[:1] in "'\""):
+            argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
+        quoted.append(argument)
+    return quoted
 
 
 def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -> T:
@@ -230,10 +262,7 @@ def check_command(argv: Sequence[str]) -> None:
     if command.config is None:
         _function(command.task.replace(":main", ":parse_args"))(arguments)
         return
-    if command.name in ("sample", "attention"):
-        from tinylm.sample import quote_prompt
-
-        arguments = [quote_prompt(a) for a in arguments]
+    arguments = quote_arguments(command, arguments)
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     overrides = [a for a in arguments if not a.startswith("-")]
     if not multirun and (sweep := _sweep_override(overrides)) is not None:
@@ -257,7 +286,11 @@ class CheckSweep(HydraCallback):
 
         def check() -> None:
             for job in sweep_jobs(overrides):
-                build(spec.schema, compose(self.command, job))
+                config = build(spec.schema, compose(self.command, job))
+                if isinstance(config, TrainConfig):
+                    from tinylm.train import check_sweep_strategy
+
+                    check_sweep_strategy(config.trainer)
 
         exit_on_error(check)
 

@@ -8,6 +8,7 @@ It imports nothing heavy on purpose: config errors must come back in well under 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -141,6 +142,7 @@ class DataConfig:
     source: Any = "builtin:tiny_shakespeare"  # null: none given (configs/data/text_file.yaml)
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
+    encoding: str = "utf-8"  # of text, CSV and JSON files: e.g. latin-1, cp1252, shift_jis, gb18030
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
     batch_size: int = 12
     val_batch_size: int = 64
@@ -158,6 +160,11 @@ class DataConfig:
             require(isinstance(source, str), "data.source",
                     f"expected a Hub id, a path, or a list of paths, got {source!r}")
         require(bool(self.source), "data.source", "is empty; give a Hub id or a path")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(f"data.encoding: {self.encoding!r} is not an encoding Python knows; "
+                              f"use e.g. utf-8, latin-1, cp1252, shift_jis or gb18030") from None
         require(
             0.0 < self.val_fraction < 1.0,
             "data.val_fraction",

@@ -9,6 +9,7 @@ vocabulary.
 from __future__ import annotations
 
 import itertools
+import time
 
 import lightning as L
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
-from tinylm.sources import OFFLINE_HINT, DataError, load_texts
+from tinylm.sources import OFFLINE_HINT, DataError, from_cache, load_texts
 from tinylm.tokenizer import CharTokenizer
 
 # --------------------------------------------------------------------------- encoding
@@ -114,12 +115,15 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: CharTokenizer | None = None
         self.train_tokens: torch.Tensor | None = None
         self.val_tokens: torch.Tensor | None = None
+        self.documents, self.from_cache = 0, False  # rows (files, splits) read; from datasets' cache
 
     def prepare(self) -> None:
         """Load, build the vocabulary, encode and split; runs once however often it is called."""
         if self.tokenizer is not None:
             return
+        started = time.time()
         texts = load_texts(self.config)
+        self.documents, self.from_cache = len(texts), from_cache(texts, started)
         characters = set().union(*map(set, texts["text"]))
         if not characters:
             raise DataError(f"data.source={self.config.source!r} holds no text; {OFFLINE_HINT}")

@@ -30,10 +30,9 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     """
     import torch
 
-    from tinylm.checkpoint import load_checkpoint, read_checkpoint
+    from tinylm.checkpoint import load_checkpoint
 
     path = checkpoint_path(config.ckpt)
-    read_checkpoint(path, key="ckpt")  # a clear error for a missing, corrupt or foreign file
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
     if device == "auto":
         device = "cpu"

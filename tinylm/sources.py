@@ -7,10 +7,13 @@ unreachable Hub is reported in seconds.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import glob
 import os
 import re
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,12 +41,57 @@ def check_source(config: DataConfig) -> None:
     source = config.source
     if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
         _builtin_name(source)
-    elif _local_files(source) is None and not Path(source).expanduser().is_dir():
-        if _hub_offline():
-            # Loading from the cache is quick, and the only sure way to know it is there.
-            _load_rows(source, config.revision)
-        else:
-            _check_hub_reachable(source)
+    elif (files := _local_files(source)) is not None:
+        check_text_files(files, config.encoding)
+    elif Path(source).expanduser().is_dir():
+        check_text_files(_directory_files(Path(source).expanduser()), config.encoding)
+    elif _hub_offline():
+        # Loading from the cache is quick, and the only sure way to know it is there.
+        _load_rows(source, config.revision, config.encoding)
+    else:
+        _check_hub_reachable(source)
+
+
+TEXT_SUFFIXES = (".txt", ".text")
+CHECK_CHUNK = 1 << 20  # bytes decoded at a time
+
+
+def check_text_files(files: list[str], encoding: str = "utf-8") -> None:
+    """Raise a DataError naming the file and the byte unless every file of ``files`` that holds
+    text (all but parquet) decodes with ``encoding`` and is text, not a binary file."""
+    for name in files:
+        if FILE_BUILDERS.get(Path(name).suffix.lower()) == "parquet":
+            continue
+        _check_text_file(Path(name), encoding)
+
+
+def _check_text_file(path: Path, encoding: str) -> None:
+    # A NUL byte means a binary file (a program, an archive, an image) in any encoding that
+    # writes NUL as one zero byte (ASCII and its extensions, UTF-8); UTF-16 and -32 are full of them.
+    nul_is_binary = "\0".encode(encoding) == b"\0"
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(CHECK_CHUNK)
+            if nul_is_binary and (nul := chunk.find(b"\0")) >= 0:
+                raise DataError(
+                    f"data.source: {path} is not text: it holds a NUL byte at byte {offset + nul:,} "
+                    f"(a binary file: a program, an archive, an image?); give a text file"
+                )
+            pending = len(decoder.getstate()[0])  # bytes of a character the last chunk began
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:  # error.start counts from the pending bytes
+                bad = " ".join(f"0x{b:02x}" for b in error.object[error.start:error.end])
+                raise DataError(
+                    f"data.source: {path} is not {encoding} text: byte {offset - pending + error.start:,} "
+                    f"({bad}) does not decode; give the file's encoding, e.g. data.encoding=latin-1 "
+                    f"(or cp1252, shift_jis, gb18030)"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
 
 
 # --------------------------------------------------------------------------- loading
@@ -56,7 +104,7 @@ def load_texts(config: DataConfig):
 
     datasets.disable_progress_bars()
     source = config.source
-    rows = _load_rows(source, config.revision)
+    rows = _load_rows(source, config.revision, config.encoding)
     if config.text_column not in rows.column_names:
         raise DataError(
             f"data.text_column={config.text_column!r} is not a column of data.source={source!r}; "
@@ -68,23 +116,49 @@ def load_texts(config: DataConfig):
     return rows
 
 
-def _load_rows(source: str | tuple[str, ...], revision: str | None):
+def row_unit(source: str | tuple[str, ...]) -> str:
+    """What one row of ``source`` is: a "file" of text (each is read whole), or a "row"."""
+    try:
+        files = _local_files(source)
+        if files is None and Path(source).expanduser().is_dir():
+            files = _directory_files(Path(source).expanduser()) or None
+    except DataError:
+        return "row"
+    return "file" if files and Path(files[0]).suffix.lower() not in FILE_BUILDERS else "row"
+
+
+def from_cache(rows, since: float) -> bool:
+    """Whether ``datasets`` read ``rows`` back from its cache: its files are older than ``since``,
+    the time the load began."""
+    files = [f["filename"] for f in rows.cache_files]
+    return bool(files) and all(os.path.getmtime(f) < since for f in files)
+
+
+def _load_rows(source: str | tuple[str, ...], revision: str | None, encoding: str = "utf-8"):
     """Load ``source`` with ``datasets`` as one Dataset (all splits, in order)."""
     import datasets
 
     if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
         return _builtin(source.removeprefix(BUILTIN_PREFIX))
     files = _local_files(source)
+    if files is None and Path(source).expanduser().is_dir():
+        files = _directory_files(Path(source).expanduser())
+        if not files:  # laid out like a Hub repo: datasets finds its splits
+            return _local(source, lambda: _concatenate_splits(
+                datasets.load_dataset(str(Path(source).expanduser()))))
     if files is not None:
         builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
         # sample_by="document": each file is one row, its text exactly as on disk.
         options = {"sample_by": "document"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=files, split="train", **options)
-    if Path(source).expanduser().is_dir():
-        return _concatenate_splits(datasets.load_dataset(str(Path(source).expanduser())))
+        if builder != "parquet":
+            options["encoding"] = encoding
+        return _local(source, lambda: datasets.load_dataset(builder, data_files=files, split="train",
+                                                            **options))
     _check_hub_reachable(source)
     try:
-        loaded = datasets.load_dataset(source, revision=revision)
+        loaded = _watched(source, lambda: datasets.load_dataset(source, revision=revision))
+    except HubStalled:
+        raise
     except Exception as error:  # the Hub raises many types; every one means "no data"
         if _hub_offline():
             raise DataError(
@@ -121,6 +195,35 @@ def _local_files(source: str | tuple[str, ...]) -> list[str] | None:
                 )
         files.extend(matches)
     return files
+
+
+def _directory_files(path: Path) -> list[str]:
+    """The text files of directory ``path`` (recursively, in name order), each read whole as
+    one document; [] when it holds data files laid out like a Hub repo, which datasets reads
+    with their splits. Raises a DataError when it holds neither."""
+    found = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if any(p.suffix.lower() in FILE_BUILDERS for p in found):
+        return []
+    texts = [str(p) for p in found if p.suffix.lower() in TEXT_SUFFIXES]
+    if not texts:
+        held = f"holds {len(found)} file(s), none of them" if found else "is empty: it holds no"
+        raise DataError(
+            f"data.source: the directory {path.resolve()} {held} text (.txt) or data files "
+            f"({', '.join(FILE_BUILDERS)}); give a directory of text files, a file, or a glob"
+        )
+    return texts
+
+
+def _local(source, load):
+    """``load()``, a load of local files by datasets: its failure as one DataError."""
+    try:
+        return load()
+    except Exception as error:  # datasets wraps a builder's error; the innermost one says what
+        while error.__cause__ is not None or error.__context__ is not None:
+            error = error.__cause__ or error.__context__
+        raise DataError(f"data.source={source!r} could not be read: {type(error).__name__}: "
+                        f"{_first_line(error)}") from None
 
 
 def _looks_like_path(source: str) -> bool:
@@ -207,6 +310,68 @@ def _probe(endpoint: str) -> None:
         urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
     except urllib.error.HTTPError:
         return  # the server answered: it is reachable
+
+
+HUB_REQUEST_TIMEOUT_S = 8.0  # connect, and each read: a request that stalls fails after this
+HUB_STALL_S = 10.0  # no answer and no byte from the Hub this long (retries and all): give up
+
+
+class HubStalled(DataError):
+    """The Hub stopped answering while loading; retries would only wait longer."""
+
+
+def _watched(source: str, load):
+    """``load()``, which talks to the Hub, under watch: every request is bounded in time, and when
+    nothing at all comes back (no answer, no byte of a download) for HUB_STALL_S, the load is
+    abandoned with a DataError, instead of waiting out the libraries' rounds of retries."""
+    import httpx2
+    from huggingface_hub import constants, get_session
+
+    last = [time.monotonic()]
+
+    def touch(*_: object) -> None:
+        last[0] = time.monotonic()
+
+    class Touching(httpx2.SyncByteStream):  # a download's body: each chunk counts as progress
+        def __init__(self, stream) -> None:
+            self.stream = stream
+
+        def __iter__(self):
+            for chunk in self.stream:
+                touch()
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    def watch(response) -> None:
+        touch()
+        response.stream = Touching(response.stream)
+
+    client = get_session()
+    client.timeout = httpx2.Timeout(HUB_REQUEST_TIMEOUT_S)
+    client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], watch]}
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["value"] = load()
+        except BaseException as error:  # handed to the main thread
+            result["error"] = error
+
+    worker = threading.Thread(target=work, name="tinylm-hub", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        if worker.is_alive() and time.monotonic() - last[0] > HUB_STALL_S:
+            raise HubStalled(
+                f"data.source={source!r}: the Hub at {constants.ENDPOINT} stopped answering (nothing "
+                f"came back for {HUB_STALL_S:.0f} s); try again later, or use {OFFLINE_HINT}; or, if "
+                f"the dataset is already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
+            )
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _first_line(error: BaseException) -> str:

@@ -7,9 +7,12 @@ the checkpoint to resume exists and that the data source can be had.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import math
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +28,16 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def check(config: TrainConfig) -> TrainConfig:
+def check(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainConfig:
     """What can be checked of ``config`` in seconds, without torch: that ``ckpt_path`` exists,
-    and that ``data.source`` can be had."""
+    that the run fits in memory (on the CPU; a GPU's is checked in ``fit``), and that
+    ``data.source`` can be had. ``overrides`` say which key to name when it does not fit."""
+    from tinylm.memory import check_before_torch
     from tinylm.sources import check_source
 
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
         raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+    check_before_torch(config, overrides)
     check_source(config.data)
     return config
 
@@ -52,7 +58,7 @@ def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = Fals
     ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
     of a Hydra sweep (``-m``).
     """
-    check(config)
+    check(config, overrides)
     if sweep:
         check_sweep_strategy(config.trainer)
     trainer, _ = fit(config, overrides)
@@ -64,6 +70,8 @@ def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = Fals
 
 def summary(config: TrainConfig, trainer: Trainer) -> str:
     """The few lines that end a run: where it is, how well it did, what to run next."""
+    if trainer.fast_dev_run:
+        return f"fast dev run: {trainer.global_step:,} steps, nothing written"
     run_dir = _shown(Path(config.paths.output_dir))
     metrics = trainer.callback_metrics
     lines = [f"run: {run_dir} ({trainer.global_step:,} steps)"]
@@ -125,7 +133,13 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
 
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
+    if rank_zero():
+        print(loaded(config, data), flush=True)
     vocab = data.tokenizer.to_list()
+    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+        from tinylm.memory import check_on_gpu
+
+        check_on_gpu(config, torch.cuda.current_device(), len(vocab), overrides)
     if config.ckpt_path is not None:
         _check_resumable(config, vocab)
     module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
@@ -147,6 +161,26 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
+
+
+def loaded(config: TrainConfig, data: CharDataModule) -> str:
+    """The line that starts a run: what was loaded, from where, and what it gave."""
+    from tinylm.sources import row_unit
+
+    source = config.data.source
+    shown = ",".join(source) if isinstance(source, tuple) else source
+    unit = row_unit(source) + ("s" if data.documents != 1 else "")
+    cache = "read back from the datasets cache" if data.from_cache else "read and cached"
+    return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
+            f"and {len(data.val_tokens):,} validation characters, a vocabulary of "
+            f"{data.tokenizer.vocab_size}")
+
+
+def rank_zero() -> bool:
+    """Whether this process is the first (or only) one of a run: it speaks for all."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def quiet_libraries() -> None:
@@ -186,20 +220,76 @@ def check_sweep_strategy(trainer_args: dict[str, Any]) -> None:
 
 
 def _check_trainer_keys(trainer_args: dict[str, Any], trainer_class: type) -> None:
+    """Every ``trainer.*`` key is an argument of ``trainer_class`` and has a value of its type
+    (from its annotations), so that a bad value is one line, not an assertion deep inside
+    Lightning: ``+trainer.max_epochs=x``."""
     accepted = inspect.signature(trainer_class.__init__).parameters
-    for key in trainer_args:
+    try:
+        hints = typing.get_type_hints(trainer_class.__init__)
+    except Exception:  # an annotation that does not resolve: check the names only
+        hints = {}
+    for key, value in trainer_args.items():
         if key not in accepted:
             raise ConfigError(
                 f"trainer.{key}: not an argument of lightning.Trainer; "
                 f"see https://lightning.ai/docs/pytorch/stable/common/trainer.html"
             )
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(f"trainer.{key}: expected {_hint_words(hints[key])}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value``, as Hydra composed it, is of type ``hint``; types a command line cannot
+    write (classes other than these) are taken on trust."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
+        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value if args)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return not isinstance(value, bool | int | float | str | list | dict) or (
+        isinstance(hint, type) and isinstance(value, hint))
+
+
+def _hint_words(hint: Any) -> str:
+    """``hint`` as words: "an integer or null", "one of 64, 32, '16-mixed' ..."."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        choices = [c for arg in args if typing.get_origin(arg) is typing.Literal for c in typing.get_args(arg)]
+        words = ["one of " + ", ".join(map(repr, choices))] if choices else []
+        words += [_hint_words(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
+        return " or ".join(dict.fromkeys(w for w in words if w))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             type(None): "null"}
+    return words.get(hint, "")
 
 
 def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
     """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
     from tinylm.checkpoint import model_config_of, read_checkpoint
 
-    checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path")
+    checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path", mmap=True)
     saved = model_config_of(checkpoint)
     differences = [
         f"model.{f.name}={getattr(saved, f.name)!r} there, {getattr(config.model, f.name)!r} here"

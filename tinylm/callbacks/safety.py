@@ -5,6 +5,7 @@ Checkpoints are written atomically by ``tinylm.checkpoint.AtomicCheckpointIO``.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -61,6 +62,41 @@ class Interrupted(TinyLMError):
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
 
 
+class SecondCtrlC:
+    """Ends the process on a second Ctrl-C even while the main thread is inside a native kernel
+    (an attention kernel running for minutes), where no Python signal handler can run until it
+    returns. The C-level handler writes each signal's number to a pipe (``signal.set_wakeup_fd``)
+    whatever the main thread does, and a thread reading that pipe does the stopping."""
+
+    def __init__(self, checkpoint: LastCheckpoint) -> None:
+        self.checkpoint = checkpoint
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # as set_wakeup_fd requires
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="tinylm-ctrl-c", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        interrupts = 0
+        while data := os.read(self._read, 64):  # b"" once the pipe is closed
+            interrupts += data.count(signal.SIGINT)
+            if interrupts == 1 and signal.SIGINT in data:
+                os.write(2, b"\nCtrl-C: stopping after this step, with a checkpoint; "
+                            b"Ctrl-C again stops at once, without saving\n")
+            elif interrupts >= 2:
+                saved = self.checkpoint.saved_step
+                kept = (f"; the last checkpoint is {self.checkpoint.path.absolute()} (step {saved})"
+                        if saved is not None else "")
+                os.write(2, f"stopped: Ctrl-C twice: stopped at once, without saving{kept}\n".encode())
+                os._exit(128 + signal.SIGINT)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write)
+        self._thread.join(timeout=5)
+        os.close(self._read)
+
+
 class StopOnSignal(Callback):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) during training: the current step
     finishes, last.ckpt is written, and training stops; ``signum`` then says which signal.
@@ -78,6 +114,7 @@ class StopOnSignal(Callback):
         self._received = 0
         self._previous: dict[int, Any] = {}
         self._checked_step = -1
+        self._second: SecondCtrlC | None = None
 
     def _receive(self, signum: int, frame: Any) -> None:
         if self._received and signum == signal.SIGINT:
@@ -89,6 +126,7 @@ class StopOnSignal(Callback):
         # ours takes its place while training runs.
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._receive) for s in self.SIGNALS}
+            self._second = SecondCtrlC(self.checkpoint)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -104,6 +142,9 @@ class StopOnSignal(Callback):
             self.signum, self.step = signum, trainer.global_step
 
     def _restore(self) -> None:
+        if self._second is not None:
+            self._second.close()
+            self._second = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
