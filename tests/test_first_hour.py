@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_script
 from test_bad_input import (  # noqa: F401 (fixtures)
     CONFIG_CPU_SECONDS,
     CONFIG_WALL_SECONDS,
@@ -44,7 +43,8 @@ def bad_texts(tmp_path: Path) -> Path:
     [
         ("latin1.txt", "data.source: {root}/latin1.txt is not utf-8 text: byte 2 (0xe8) does not decode",
          "data.encoding=latin-1"),
-        ("program", "data.source: {root}/program is not text: it holds a NUL byte at byte 7", "a binary file"),
+        ("program", "data.source: {root}/program is not text: it holds a NUL byte at byte 7",
+         "a binary file"),
         ("empty", "data.source: the directory {root}/empty is empty", "a directory of text files"),
         ("pictures", "data.source: the directory {root}/pictures holds 1 file(s), none of them text",
          ".txt"),

@@ -155,7 +155,7 @@ def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
 
     quoted = []
     for argument in arguments:
-        key, sep, value = argument.partition("=")
+        key, _, value = argument.partition("=")
         if command.name in ("sample", "attention"):
             argument = quote_prompt(argument)
         if key in PATH_KEYS and "=" in value and not (value[:1] == value[-1:] and value[:1] in "'\""):

@@ -11,6 +11,7 @@ of the probe (``callbacks.attention``). It imports nothing heavy: it runs before
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,8 @@ PARTS = {
 
 def needs(values: dict[str, float]) -> dict[str, float]:
     """Bytes each part of a run needs, from plain numbers (see ``numbers``)."""
-    L, H, d, T = values["model.layers"], values["model.heads"], values["model.d_model"], values["model.block_size"]
+    L, H = values["model.layers"], values["model.heads"]
+    d, T = values["model.d_model"], values["model.block_size"]
     hidden = values["mlp_ratio"] * d * (2 / 3 if values["swiglu"] else 1)
     kv = d * values["kv_heads"] / H
     V, B, Bv = values["vocab"], values["data.batch_size"], values["data.val_batch_size"]
@@ -70,8 +72,8 @@ def total(values: dict[str, float]) -> float:
     return parts["model"] + max(parts["train"], parts["val"], parts["maps"])
 
 
-def check_fits(config: TrainConfig, available: float, where: str = "memory", overrides=(), vocab=NOMINAL_VOCAB,
-               processes: int = 1) -> None:
+def check_fits(config: TrainConfig, available: float, where: str = "memory", overrides=(),
+               vocab=NOMINAL_VOCAB, processes: int = 1) -> None:
     """Raise a ConfigError naming the key, and the largest value of it that fits, when the run
     ``config`` describes needs more than ``available`` bytes (``processes`` copies of it)."""
     values = numbers(config, vocab)
@@ -128,10 +130,8 @@ def available_memory() -> float:
             if line.startswith("MemAvailable:"):
                 available = int(line.split()[1]) * 1024
     except OSError:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            pass
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         used = Path("/sys/fs/cgroup/memory.current").read_text().strip()

@@ -22,6 +22,7 @@ from tinylm.config import ConfigError, TrainConfig
 if TYPE_CHECKING:
     from lightning import Callback, Trainer
 
+    from tinylm.data import CharDataModule
     from tinylm.lit import LitLM
 
 # Model settings a resumed run may change: they alter no parameter.
@@ -136,7 +137,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if rank_zero():
         print(loaded(config, data), flush=True)
     vocab = data.tokenizer.to_list()
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
+    accelerator = str(config.trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         from tinylm.memory import check_on_gpu
 
         check_on_gpu(config, torch.cuda.current_device(), len(vocab), overrides)
@@ -270,7 +272,8 @@ def _hint_words(hint: Any) -> str:
     """``hint`` as words: "an integer or null", "one of 64, 32, '16-mixed' ..."."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        choices = [c for arg in args if typing.get_origin(arg) is typing.Literal for c in typing.get_args(arg)]
+        choices = [c for arg in args if typing.get_origin(arg) is typing.Literal
+                   for c in typing.get_args(arg)]
         words = ["one of " + ", ".join(map(repr, choices))] if choices else []
         words += [_hint_words(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
         return " or ".join(dict.fromkeys(w for w in words if w))
