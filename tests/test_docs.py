@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SCRIPTS = {"train", "sample", "attention", "compare", "bench", "soak"}
+SCRIPTS = {"train", "sample", "attention", "compare", "bench", "soak", "check-attention"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Shell variables the docs use inside commands, and a value for each.
 SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "1"}
@@ -158,7 +158,8 @@ def entry_point(argv: list[str]) -> list[str] | None:
         script = next((k for k, word in enumerate(argv) if word.endswith(".py")), None)
         argv = ["python", *argv[script:]] if script is not None else argv
     if len(argv) >= 2 and argv[0] == "python" and (m := re.fullmatch(r"scripts/(\w+)\.py", argv[1])):
-        return [m.group(1), *argv[2:]] if m.group(1) in SCRIPTS else None
+        name = m.group(1).replace("_", "-")  # scripts/check_attention.py is check-attention
+        return [name, *argv[2:]] if name in SCRIPTS else None
     if len(argv) >= 2 and argv[0] == "tinylm" and argv[1] in SCRIPTS:
         return argv[1:]
     return None
@@ -178,7 +179,9 @@ def places(trained, small_text: Path) -> dict[str, str]:
     run_dir = trained[0]
     return {"outputs/<date>/<time>": str(run_dir), "multirun/<date>/<time>": str(run_dir.parent),
             "outputs/<date>": str(run_dir.parent), "path/to/file.txt": str(small_text),
-            "path/to/input.txt": str(small_text), "<preset>": "nano"}
+            "path/to/input.txt": str(small_text), "<preset>": "nano",
+            "path/to/file.py": str(REPO / "docs" / "attention-examples" / "correct.py"),
+            "ClassName": "MultiHeadAttention"}
 
 
 def substitute(text: str, places: dict[str, str]) -> str:
@@ -279,6 +282,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     (root / "empty.txt").write_text("")
     (root / "short.txt").write_text("hello world, " * 20)  # 260 characters: val has 26
     (root / "table.csv").write_text("content,label\nTo be or not to be,1\n" * 200)
+    (root / "latin1.txt").write_bytes("crème brûlée\n".encode("latin-1") * 40)
+    (root / "program.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    (root / "empty-dir").mkdir()
     last = trained[0] / "checkpoints" / "last.ckpt"
     (root / "truncated.ckpt").write_bytes(last.read_bytes()[:5000])
     torch.save({"state_dict": {}, "global_step": 3}, root / "not-tinylm.ckpt")
@@ -300,7 +306,7 @@ def run_error(command: Command, places: dict[str, str], workdir: Path) -> None:
     assert args is not None, f"{command.id}: not a tinylm command: {command.text!r}"
     before = sorted(workdir.iterdir())
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / f"{args[0]}.py"), *args[1:]],
+        [sys.executable, str(REPO / "scripts" / f"{args[0].replace('-', '_')}.py"), *args[1:]],
         capture_output=True, text=True, timeout=120, cwd=workdir,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )

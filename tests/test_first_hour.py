@@ -8,14 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from test_bad_input import (  # noqa: F401 (fixtures)
-    CONFIG_CPU_SECONDS,
-    CONFIG_WALL_SECONDS,
-    assert_one_line_error,
-    no_torch,
-    train_cli,
-    workdir,
-)
+import test_bad_input
+from test_bad_input import CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS, assert_one_line_error, train_cli
+
+workdir, no_torch = test_bad_input.workdir, test_bad_input.no_torch  # the fixtures
 
 QUICK = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
          "model.layers=1", "model.d_model=32", "model.block_size=16", "callbacks.attention.enabled=false",
@@ -82,6 +78,10 @@ def test_data_encoding_reads_latin_1_and_the_run_says_what_it_loaded(bad_texts, 
     n_train = int(len(text) * 0.9)
     assert first == (f"data: {bad_texts / 'latin1.txt'} (1 file, read and cached): {n_train:,} training "
                      f"and {len(text) - n_train:,} validation characters, a vocabulary of {len(set(text))}")
+    # The sample command it ends with has a prompt this model can read (its text has no R).
+    (sample,) = [line for line in result.stdout.splitlines() if line.startswith("sample: ")]
+    prompt = re.search(r"prompt='(.*)'$", sample)[1]
+    assert prompt and set(prompt) <= set(text), sample
     # Named by its overrides (those that are not paths), as a sweep's jobs are.
     (run_dir,) = (workdir / "outputs").glob("*/*")
     assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_callbacks.attention.enabled=false,callbacks.samples.enabled"
@@ -296,3 +296,76 @@ def test_a_hub_that_answers_the_probe_then_stalls_fails_fast(stalling_hub: int, 
     assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare': the Hub at "
                           f"http://127.0.0.1:{stalling_hub} stopped answering", "HF_HUB_OFFLINE=1")
     assert seconds < 45, f"{seconds:.0f} s"  # datasets' own retries took 409 s
+
+
+# ---------------------------------------------------------------- labels in every script
+
+
+def _label_pixels(figure, index: int):
+    """The pixels of tick label ``index`` of the figure's first panel (x axis)."""
+    import numpy as np
+
+    renderer = figure.canvas.get_renderer()
+    box = figure.axes[0, 0].get_xticklabels()[index].get_window_extent(renderer)
+    pixels = figure.to_array()
+    top, bottom = int(figure.height - box.y1), int(figure.height - box.y0) + 1
+    return np.asarray(pixels[top:bottom, int(box.x0):int(box.x1) + 1])
+
+
+CJK_FONT = pytest.mark.skipif(
+    "not any('CJK' in family for family, _ in __import__('tinylm.attention.pictures', "
+    "fromlist=['_fallbacks'])._fallbacks({'行'}))",
+    reason="no CJK font installed (apt-get install fonts-noto-cjk; .ci/run installs it)")
+
+
+@CJK_FONT
+@pytest.mark.parametrize("text", ["行列の計算を実装しよう", "안녕하세요", "矩阵乘法", "Привет Γειά"])
+def test_labels_in_every_script_are_drawn_not_boxes(text: str, capsys) -> None:
+    import warnings
+
+    import numpy as np
+
+    from tinylm.attention.pictures import AttentionFigure
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure = AttentionFigure(text)
+        figure.draw(np.tril(np.ones((len(text), len(text))))[None, None] / 2, ["layer 0 · head 0"])
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert capsys.readouterr().err == ""  # no font is missing
+    glyphs = [_label_pixels(figure, i) for i, c in enumerate(text) if not c.isspace()]
+    # Empty boxes all look alike; characters do not.
+    distinct = {g.tobytes() for g in glyphs}
+    assert len(distinct) == len({c for c in text if not c.isspace()})
+
+
+def test_without_a_font_the_package_to_install_is_named_once(monkeypatch, capsys) -> None:
+    import warnings
+
+    import numpy as np
+
+    from tinylm.attention import pictures
+
+    monkeypatch.setattr(pictures, "_fallbacks", lambda chars: [])  # a machine with DejaVu only
+    monkeypatch.setattr(pictures, "_REPORTED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            figure = pictures.AttentionFigure("行列 ab")
+            figure.draw(np.full((1, 1, 5, 5), 0.2), ["layer 0 · head 0"])
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: no installed font draws 列 (U+5217), 行 (U+884C);")
+    assert "apt-get install fonts-noto-cjk" in line
+    assert [t.get_text() for t in figure.axes[0, 0].get_xticklabels()] == ["?", "?", "␣", "a", "b"]
+
+
+def test_the_key_named_is_the_one_the_command_line_set() -> None:
+    from conftest import compose
+
+    from tinylm.config import ConfigError, TrainConfig
+    from tinylm.memory import check_fits
+
+    config = TrainConfig.from_dict(compose("model.layers=10000", "paths.output_dir=."))
+    with pytest.raises(ConfigError, match=r"^model.layers: 10,000 needs about .* the largest model.layers"):
+        check_fits(config, 8e9, overrides=["model.layers=10000"])

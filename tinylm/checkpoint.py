@@ -6,6 +6,7 @@ Python values only, so a file carrying a pickled payload is refused and none of 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 import zipfile
@@ -62,13 +63,32 @@ def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
     return build(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt"
-                    ) -> tuple[TransformerLM, CharTokenizer]:
+def with_attention_file(config: ModelConfig, attention_file: str | None, key: str = "attention_file"
+                        ) -> ModelConfig:
+    """``config`` with its learner's attention class taken from ``attention_file``, the file the
+    user names: a checkpoint records the file and class it was trained with, and never imports
+    code by itself."""
+    if config.learner_attention is None:
+        return config
+    file, name = config.learner_attention
+    if attention_file is None:
+        raise CheckpointError(f"{key}: this checkpoint's attention is the class {name} of {file}; tinylm "
+                              f"imports no code a checkpoint names, so name the file: {key}={file}")
+    if not Path(attention_file).expanduser().is_file():
+        raise CheckpointError(f"{key}: no file {Path(attention_file).resolve()} (the checkpoint was trained "
+                              f"with the class {name} of {file})")
+    return dataclasses.replace(config, attention=f"{attention_file}:{name}")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
+                    attention_file: str | None = None) -> tuple[TransformerLM, CharTokenizer]:
     """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone; ``key`` names
-    the setting that gave the path, for errors."""
+    the setting that gave the path, for errors. A model trained with a learner's attention
+    class also needs ``attention_file``, that class's file."""
     checkpoint = read_checkpoint(path, key)
     tokenizer = CharTokenizer(checkpoint["hyper_parameters"]["vocab"])
-    model = TransformerLM(model_config_of(checkpoint), tokenizer.vocab_size)
+    config = with_attention_file(model_config_of(checkpoint), attention_file)
+    model = TransformerLM(config, tokenizer.vocab_size)
     state = {
         name.removeprefix("model."): tensor
         for name, tensor in checkpoint["state_dict"].items()

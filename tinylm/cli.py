@@ -65,6 +65,8 @@ COMMANDS = {
                 "tinylm.attention.render:run", "attention", AttentionScriptConfig),
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME --sort val_bpc",
                 "tinylm.compare:main"),
+        Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
+                "tinylm.attention.check:main"),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
                 "bench", BenchRunConfig),
         Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",

@@ -60,7 +60,9 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers (RMSNorm has none)
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
-    attention: str = "sdpa"  # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand
+    # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand; "path/to/file.py:ClassName":
+    # your own attention class inside tinylm's blocks (checked first: tinylm check-attention)
+    attention: str = "sdpa"
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
     position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
     norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
@@ -93,10 +95,18 @@ class ModelConfig:
             f"must give an MLP of at least one unit, got {self.mlp_ratio}",
         )
         require(
-            self.attention in ATTENTION_PATHS,
+            self.attention in ATTENTION_PATHS or self.learner_attention is not None,
             "model.attention",
-            f"must be one of {', '.join(ATTENTION_PATHS)}, got {self.attention!r}",
+            f"must be one of {', '.join(ATTENTION_PATHS)} or path/to/file.py:ClassName, "
+            f"got {self.attention!r}",
         )
+        if self.learner_attention is not None:
+            fixed = [("position", self.position, "learned"), ("qk_norm", self.qk_norm, False),
+                     ("kv_heads", self.kv_heads, self.heads)]
+            for key, value, default in fixed:
+                require(value == default, f"model.{key}",
+                        f"{key}={value!r} acts inside tinylm's own attention; with model.attention="
+                        f"{self.attention} keep model.{key}={default!r}")
         for key, value, choices in [("position", self.position, POSITIONS), ("norm", self.norm, NORMS),
                                     ("mlp", self.mlp, MLPS)]:
             require(value in choices, f"model.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
@@ -115,6 +125,12 @@ class ModelConfig:
             f"rope needs an even head_dim (it turns pairs of coordinates), got model.d_model / "
             f"model.heads = {self.d_model} / {self.heads} = {self.head_dim}; change one of them",
         )
+
+    @property
+    def learner_attention(self) -> tuple[str, str] | None:
+        """(file, class) when model.attention names a learner's class, else None."""
+        file, sep, name = self.attention.rpartition(":")
+        return (file, name) if sep and file.endswith(".py") and name.isidentifier() else None
 
     @property
     def head_dim(self) -> int:
@@ -382,6 +398,7 @@ class AttentionScriptConfig:
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
+    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
@@ -606,6 +623,7 @@ class SampleConfig(SamplingConfig):
     use_cache: bool = True  # the KV cache: the same text, faster
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
+    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
 
     def __post_init__(self) -> None:
         super().__post_init__()

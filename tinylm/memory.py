@@ -27,10 +27,11 @@ NOMINAL_VOCAB = 256  # the data is not loaded yet: a vocabulary of 256 character
 # line set another), and what else would make it fit.
 PARTS = {
     "model": ("the model's weights, gradients and optimizer state", ("model.d_model", "model.layers"), ""),
-    "train": ("a training batch", ("model.block_size", "data.batch_size"), ""),
-    "val": ("a validation batch", ("model.block_size", "data.val_batch_size"), ""),
-    "maps": ("the attention pictures, every layer and head of the probe", ("model.block_size",),
-             "; or turn them off: callbacks.attention.enabled=false"),
+    "train": ("a training batch",
+              ("model.block_size", "data.batch_size", "model.layers", "model.d_model"), ""),
+    "val": ("a validation batch", ("model.block_size", "data.val_batch_size", "model.d_model"), ""),
+    "maps": ("the attention pictures, every layer and head of the probe",
+             ("model.block_size", "model.layers"), "; or turn them off: callbacks.attention.enabled=false"),
 }
 
 
@@ -73,7 +74,7 @@ def total(values: dict[str, float]) -> float:
 
 
 def check_fits(config: TrainConfig, available: float, where: str = "memory", overrides=(),
-               vocab=NOMINAL_VOCAB, processes: int = 1) -> None:
+               vocab: int = NOMINAL_VOCAB, processes: int = 1) -> None:
     """Raise a ConfigError naming the key, and the largest value of it that fits, when the run
     ``config`` describes needs more than ``available`` bytes (``processes`` copies of it)."""
     values = numbers(config, vocab)
@@ -85,11 +86,19 @@ def check_fits(config: TrainConfig, available: float, where: str = "memory", ove
         part = "model"
     what, keys, instead = PARTS[part]
     set_keys = [o.split("=", 1)[0].lstrip("+") for o in overrides]
-    key = next((k for k in reversed(set_keys) if k in keys), keys[0])
-    if key == "model.block_size" and part == "maps" and config.callbacks.attention.probe:
-        key = "callbacks.attention.probe"
-    value = int(values[key] if key in values else values["probe"])
-    best = _largest(values, key if key in values else "probe", value, available / processes, config)
+    # The key named: one the command line set, else the first of the part's that can make it fit.
+    candidates = [k for k in reversed(set_keys) if k in keys] + list(keys)
+    if part == "maps" and config.callbacks.attention.probe:
+        candidates = ["callbacks.attention.probe" if k == "model.block_size" else k for k in candidates]
+    for key in candidates:
+        value = int(values[key] if key in values else values["probe"])
+        best = _largest(values, key if key in values else "probe", value, available / processes, config)
+        if best >= 1:
+            break
+    else:
+        key = candidates[0]
+        value = int(values[key] if key in values else values["probe"])
+        best = 0
     fits = f"the largest {key} that fits is {best:,}" if best >= 1 else f"even {key}=1 does not fit"
     if key == "callbacks.attention.probe":
         fits = f"a probe of at most {best:,} characters fits"

@@ -190,7 +190,12 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = make_norm(config.norm, config.d_model, config.bias)
-        self.attn = CausalSelfAttention(config)
+        if config.learner_attention is not None:  # model.attention=file.py:Class: the attention is theirs
+            from tinylm.attention.learner import LearnerAttention
+
+            self.attn = LearnerAttention(config)
+        else:
+            self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config.norm, config.d_model, config.bias)
         self.mlp = MLP(config)
 
@@ -227,7 +232,9 @@ class TransformerLM(nn.Module):
         # GPT-2 / nanoGPT: each block adds two projections to the residual stream, so scale
         # their initial weights by 1/√(2·layers) to keep its variance independent of depth.
         for block in self.blocks:
-            for projection in (block.attn.proj, block.mlp.proj):
+            for projection in (getattr(block.attn, "proj", None), block.mlp.proj):
+                if projection is None:  # a learner's attention: its output projection has no known name
+                    continue
                 nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
 
     def forward(self, idx: Tensor, return_attention: bool = False, cache: list[LayerCache] | None = None
@@ -281,6 +288,7 @@ class TransformerLM(nn.Module):
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
         block = self.config.block_size
+        use_cache = use_cache and all(getattr(b.attn, "supports_cache", True) for b in self.blocks)
         start = max(0, idx.size(1) - block)  # the window is idx[:, start:]
         cache = None
         for _ in range(max_new_tokens):

@@ -36,7 +36,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
     if device == "auto":
         device = "cpu"
-    model, tokenizer = load_checkpoint(path, map_location=device)
+    model, tokenizer = load_checkpoint(path, map_location=device, attention_file=config.attention_file)
 
     prompt = config.prompt
     if not config.drop_unknown:

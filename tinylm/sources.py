@@ -209,7 +209,7 @@ def _directory_files(path: Path) -> list[str]:
     if not texts:
         held = f"holds {len(found)} file(s), none of them" if found else "is empty: it holds no"
         raise DataError(
-            f"data.source: the directory {path.resolve()} {held} text (.txt) or data files "
+            f"data.source: the directory {path} {held} text (.txt) or data files "
             f"({', '.join(FILE_BUILDERS)}); give a directory of text files, a file, or a glob"
         )
     return texts
@@ -350,7 +350,8 @@ def _watched(source: str, load):
 
     client = get_session()
     client.timeout = httpx2.Timeout(HUB_REQUEST_TIMEOUT_S)
-    client.event_hooks = {**client.event_hooks, "response": [*client.event_hooks["response"], watch]}
+    hooks = [hook for hook in client.event_hooks["response"] if getattr(hook, "__name__", "") != "watch"]
+    client.event_hooks = {**client.event_hooks, "response": [*hooks, watch]}  # this load's watch only
     result: dict = {}
 
     def work() -> None:

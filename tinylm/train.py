@@ -11,6 +11,7 @@ import collections.abc
 import dataclasses
 import inspect
 import math
+import shlex
 import types
 import typing
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from tinylm.data import CharDataModule
     from tinylm.lit import LitLM
 
+GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # what trains on a CUDA GPU when one is there
 # Model settings a resumed run may change: they alter no parameter.
 RESUMABLE_CHANGES = ("attention", "dropout")
 
@@ -83,10 +85,25 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
                      f"last {last:.4f}")
     checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt='ROMEO:'")
+        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt={_shell_quoted(_prompt(trainer))}")
     if config.logger.kind == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(run_dir, config)}")
     return "\n".join(lines)
+
+
+def _prompt(trainer: Trainer) -> str:
+    """A prompt the model can read: "ROMEO:" when its vocabulary has those characters, else the
+    first word of the validation text (a model of Japanese text has no R)."""
+    vocab = set(trainer.lightning_module.tokenizer.vocab)
+    if set("ROMEO:") <= vocab or trainer.datamodule is None:
+        return "ROMEO:"
+    text = trainer.lightning_module.tokenizer.decode(trainer.datamodule.val_tokens[:64].tolist())
+    words = text.split()
+    return words[0][:12] if words else text[:1]
+
+
+def _shell_quoted(text: str) -> str:
+    return f"'{text}'" if "'" not in text else shlex.quote(text)
 
 
 def tensorboard_command(logdir: str | Path, config: TrainConfig) -> str:
@@ -132,13 +149,14 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
 
+    if config.model.learner_attention is not None:
+        check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
     if rank_zero():
         print(loaded(config, data), flush=True)
     vocab = data.tokenizer.to_list()
-    accelerator = str(config.trainer.get("accelerator", "auto"))
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
+    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
         from tinylm.memory import check_on_gpu
 
         check_on_gpu(config, torch.cuda.current_device(), len(vocab), overrides)
@@ -163,6 +181,24 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
     return trainer, module
+
+
+def check_learner_attention(config: TrainConfig) -> None:
+    """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
+    heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
+    next character from the future)."""
+    from tinylm.attention.check import MISTAKES
+    from tinylm.attention.learner import calling
+
+    report = calling(config.model).report
+    if not report.causal:
+        line = report.verdict("causal") or report.lines[0].text
+        if report.mistakes:  # the attention line's diagnosis instead of a pointer to it
+            line = line.replace("the attention line says why", "; ".join(
+                f"{MISTAKES[m].name}: {MISTAKES[m].fix}" for m in report.mistakes))
+        raise ConfigError(f"model.attention: {config.model.attention} is refused, a model that sees the "
+                          f"future learns nothing useful; {line}")
+    print(f"model.attention={config.model.attention}: {report}")
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
@@ -272,8 +308,8 @@ def _hint_words(hint: Any) -> str:
     """``hint`` as words: "an integer or null", "one of 64, 32, '16-mixed' ..."."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        choices = [c for arg in args if typing.get_origin(arg) is typing.Literal
-                   for c in typing.get_args(arg)]
+        literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+        choices = [c for arg in literals for c in typing.get_args(arg)]
         words = ["one of " + ", ".join(map(repr, choices))] if choices else []
         words += [_hint_words(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
         return " or ".join(dict.fromkeys(w for w in words if w))

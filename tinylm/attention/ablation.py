@@ -27,12 +27,19 @@ from tinylm.config import ABLATIONS
 from tinylm.model import TransformerLM, evaluating
 
 
+def can_ablate(model: TransformerLM) -> bool:
+    """Whether each head's output can be found: tinylm's attention (``proj``, the output
+    projection, reads the heads side by side). A learner's own attention class
+    (``model.attention=file.py:Class``) has no known output projection: its heads are not ablated."""
+    return all(isinstance(getattr(block.attn, "proj", None), torch.nn.Linear) for block in model.blocks)
+
+
 @contextmanager
 def ablated(model: TransformerLM, layer: int, head: int, value: Tensor | None = None) -> Iterator[None]:
     """Inside the block, head ``head`` of layer ``layer`` outputs ``value`` (hd,) at every
     position, zeros when None, instead of what it computes."""
     attention = model.blocks[layer].attn
-    width = attention.head_dim
+    width = model.config.head_dim
     cols = slice(head * width, (head + 1) * width)
 
     def replace(module: torch.nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -19,6 +19,10 @@ INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier
 INDUCTION_SEED = 0
 
 
+class NoWeights(TinyLMError):
+    """The model's attention (a learner's class) yields no attention weights."""
+
+
 class ProbeError(TinyLMError, ValueError):
     """A probe or prompt the model cannot read; the message names the key to fix."""
 
@@ -62,6 +66,8 @@ def attention_maps(model: TransformerLM, idx: Tensor) -> Tensor:
     with evaluating(model):
         device = next(model.parameters()).device
         _, maps = model(idx.to(device), return_attention=True)
+    if any(m is None for m in maps):  # a learner's attention that gives no weights
+        raise NoWeights("the attention class returns no weights, and its Q and K were not found")
     return torch.stack(maps).float().cpu()  # (L, B, H, T, T)
 
 

@@ -16,8 +16,11 @@ several times faster than Pillow, which tries every filter on every row.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +33,13 @@ VISIBLE = {"\n": "¶", " ": "␣", "\t": "⇥", "\r": "␍"}  # ¶: legible at 6
 CELL_INCHES = 0.1  # one position: 10 pixels at 100 dpi, room for a 6.5 pt character label
 MIN_PANEL_INCHES = 3.0  # wide enough for a two-line title of scores
 MASKED_COLOUR = (0.85, 0.85, 0.85)  # keys after the query: masked out by causality
-LABEL_FONT = {"family": "DejaVu Sans Mono", "size": 6.5}  # ships with matplotlib; has ¶, ␣ and ⇥
+LABEL_FONT = "DejaVu Sans Mono"  # ships with matplotlib: Latin, Greek, Cyrillic, ¶, ␣ and ⇥
+LABEL_SIZE = 6.5
+# Fonts for the characters it lacks, in order of preference (matplotlib falls back glyph by glyph
+# along the list): Noto's CJK fonts cover Chinese, Japanese and Korean, {lang} the script's variant.
+FALLBACK_FONTS = ("Noto Sans Mono CJK {lang}", "Noto Sans CJK {lang}", "Noto Sans Mono", "Noto Sans",
+                  "DejaVu Sans")
+MISSING = "?"  # drawn for a character no installed font has, instead of an empty box
 CMAP, GAMMA = "viridis", 0.5
 
 
@@ -41,6 +50,108 @@ def visible_char(char: str) -> str:
     if not char.isprintable():
         return repr(char)[1:-1]
     return char
+
+
+def label_fonts(labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The font families that draw ``labels`` (LABEL_FONT first, then installed fonts that have
+    the characters it lacks, for matplotlib's glyph-by-glyph fallback), and the labels with every
+    character no installed font has replaced by MISSING. Those characters are reported once per
+    process, on stderr, with the font package to install; matplotlib's warning per glyph never
+    comes, as every glyph it is given has a font."""
+    needed = {c for label in labels for c in label if not c.isspace()}
+    families = [LABEL_FONT]
+    missing = {c for c in needed if ord(c) not in _charmap(_font_path(LABEL_FONT))}
+    if missing:
+        for family, path in _fallbacks(missing):
+            covered = {c for c in missing if ord(c) in _charmap(path)}
+            if covered:
+                families.append(family)
+                missing -= covered
+            if not missing:
+                break
+    if missing:
+        _report_missing(missing)
+        labels = ["".join(MISSING if c in missing else c for c in label) for label in labels]
+    return families, list(labels)
+
+
+_REPORTED: set[str] = set()
+
+
+def _report_missing(missing: set[str]) -> None:
+    new = sorted(missing - _REPORTED)
+    if not new:
+        return
+    _REPORTED.update(new)
+    cjk = any(_is_cjk(c) for c in new)
+    package = "fonts-noto-cjk" if cjk else "fonts-noto-core"
+    shown = ", ".join(f"{c} (U+{ord(c):04X})" for c in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5
+                                                                   else "")
+    print(f"warning: no installed font draws {shown}; the attention pictures show them as "
+          f"'{MISSING}'. Install a font that does, e.g. {package} (apt-get install {package}; "
+          f"Noto fonts: https://fonts.google.com/noto)", file=sys.stderr, flush=True)
+
+
+def _is_cjk(char: str) -> bool:
+    code = ord(char)
+    return (0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF
+            or 0xF900 <= code <= 0xFAFF or 0xFF00 <= code <= 0xFFEF or 0x20000 <= code <= 0x3FFFF)
+
+
+def _language(chars: set[str]) -> str:
+    """The CJK variant to prefer: Japanese with kana, Korean with Hangul, else Simplified Chinese."""
+    if any(0x3040 <= ord(c) <= 0x30FF for c in chars):
+        return "JP"
+    if any(0xAC00 <= ord(c) <= 0xD7AF or 0x1100 <= ord(c) <= 0x11FF for c in chars):
+        return "KR"
+    return "SC"
+
+
+@functools.cache
+def _font_path(family: str) -> str:
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=True)
+
+
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _fallbacks(chars: set[str]) -> list[tuple[str, str]]:
+    """Installed fonts as (family, file), the preferred ones first, then every other one."""
+    from matplotlib import font_manager
+
+    _add_system_fonts()
+    fonts: dict[str, str] = {}
+    regular_first = sorted(font_manager.fontManager.ttflist,
+                           key=lambda f: (f.weight != 400, f.style != "normal"))
+    for entry in regular_first:
+        fonts.setdefault(entry.name, entry.fname)
+    preferred = [name.format(lang=_language(chars)) for name in FALLBACK_FONTS]
+    order = [n for n in preferred if n in fonts] + sorted(n for n in fonts if n not in preferred)
+    # "Last Resort" fonts draw every character as a box with its code: no better than a box.
+    return [(name, fonts[name]) for name in order
+            if name != LABEL_FONT and not name.startswith("Last Resort")]
+
+
+@functools.cache
+def _add_system_fonts() -> None:
+    """Make fonts installed after matplotlib built its font cache known to it (it never looks
+    again by itself): a font package installed for our pictures then works at once."""
+    from matplotlib import font_manager
+
+    known = {entry.fname for entry in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            with contextlib.suppress(Exception):  # a font file matplotlib cannot read
+                font_manager.fontManager.addfont(path)
 
 
 def colour(weights: np.ndarray) -> np.ndarray:
@@ -77,13 +188,14 @@ class AttentionFigure:
                              layout="constrained")
         self.canvas = FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(rows, cols, squeeze=False)  # (rows, cols) array of Axes
-        shown = [visible_char(c) for c in labels]
+        families, shown = label_fonts([visible_char(c) for c in labels])
+        font = {"family": families, "size": LABEL_SIZE}
         for ax in self.axes.ravel():
             ax.set_xlim(-0.5, T - 0.5)  # position i fills [i - 0.5, i + 0.5], as with imshow
             ax.set_ylim(T - 0.5, -0.5)  # query 0 at the top
             ax.set_aspect("equal")
-            ax.set_xticks(range(T), shown, fontdict=LABEL_FONT)
-            ax.set_yticks(range(T), shown, fontdict=LABEL_FONT)
+            ax.set_xticks(range(T), shown, fontdict=font)
+            ax.set_yticks(range(T), shown, fontdict=font)
             ax.tick_params(length=0, pad=1.5)
             ax.set_xlabel("key position", fontsize=8)
             ax.set_ylabel("query position", fontsize=8)

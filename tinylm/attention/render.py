@@ -30,20 +30,21 @@ def render_attention(config: AttentionScriptConfig) -> str:
     run_history = Path(config.ckpt).expanduser() / "checkpoints" / HISTORY
     if Path(config.out).suffix.lower() == ".html" and run_history.is_file():
         return explore_run(config, run_history)
-    from tinylm.attention.ablation import ablation_scores
+    from tinylm.attention.ablation import ablation_scores, can_ablate
     from tinylm.attention.maps import attention_maps, encode_probe, head_scores
     from tinylm.attention.pictures import AttentionFigure
     from tinylm.checkpoint import load_checkpoint
     from tinylm.sample import checkpoint_path
 
-    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt))
+    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file)
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)
     layers = pick(config.layer, model.config.layers, "layer", "layers")
     heads = pick(config.head, model.config.heads, "head", "heads")
 
     maps = attention_maps(model, ids)  # (L, 1, H, T, T)
     scores = head_scores(model, ids, maps)
-    if config.ablation is not None:  # the prompt is the one window: its characters predict the next
+    # The prompt is the one window of the ablation: its characters predict the next.
+    if config.ablation is not None and can_ablate(model):
         scores = dataclasses.replace(scores, ablation=ablation_scores(model, ids, config.ablation))
     n = min(config.max_chars, len(config.prompt))  # causal: the first n rows and columns are
     shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n characters

@@ -9,6 +9,7 @@ and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.attention.ablation import ablation_scores
+from tinylm.attention.ablation import ablation_scores, can_ablate
 from tinylm.attention.history import append_history
-from tinylm.attention.maps import ProbeError, attention_maps, encode_probe, head_scores
+from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.model import evaluating
@@ -80,14 +81,21 @@ class AttentionMaps(Periodic):
         self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
         self.shown = min(max_chars, len(probe))  # rendered positions: labels stay readable
         self.windows, self.ablation, self.history = windows, ablation, history
+        self.said_no_weights = False
         self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
 
     @torch.no_grad()
     def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
         model, step = module.model, trainer.global_step
-        maps = attention_maps(model, self.ids)  # (L, 1, H, T, T)
+        try:
+            maps = attention_maps(model, self.ids)  # (L, 1, H, T, T)
+        except NoWeights as error:
+            if not self.said_no_weights:  # once per run; the other callbacks log as usual
+                print(f"attention maps: none logged: {error} (see tinylm check-attention)", file=sys.stderr)
+                self.said_no_weights = True
+            return
         scores = head_scores(model, self.ids, maps)
-        if self.windows is not None:
+        if self.windows is not None and can_ablate(model):
             scores = dataclasses.replace(scores, ablation=ablation_scores(model, self.windows, self.ablation))
         for logger in trainer.loggers:
             logger.log_metrics(score_metrics(scores), step=step)

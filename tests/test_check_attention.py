@@ -1,0 +1,251 @@
+"""tinylm check-attention: each classic mistake is named, a right class passes whatever its
+names, signature and return form, and the learner's own errors come back as one line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_script
+
+from tinylm.attention.check import CheckError, LearnerError, check_target
+
+EXAMPLES = REPO / "docs" / "attention-examples"
+# example file → the mistake its verdict must name (None: it must pass)
+VERDICTS = {
+    "correct.py": None,
+    "heads_not_transposed.py": "heads not transposed",
+    "scale_d_model.py": "√d_model instead of √head_dim",
+    "no_scale.py": "scores not scaled",
+    "softmax_wrong_axis.py": "softmax over the wrong axis",
+    "mask_after_softmax.py": "mask applied after the softmax",
+    "no_mask.py": "no causal mask",
+    "heads_merged_wrong.py": "heads merged in the wrong order",
+}
+
+
+def test_every_example_is_checked() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(VERDICTS)
+
+
+@pytest.mark.parametrize("name", sorted(VERDICTS))
+def test_each_example_s_verdict_names_its_mistake(name: str) -> None:
+    report, _ = check_target(f"{EXAMPLES / name}:MultiHeadAttention")
+    expected = VERDICTS[name]
+    attention = report.verdict("attention")
+    if expected is None:
+        assert report.ok, str(report)
+        return
+    assert not report.ok
+    assert f"{expected}" in attention and "reproduces it exactly" in attention, attention
+    assert len(report.mistakes) == 1, report.mistakes  # the one mistake, nothing else
+    # Each line is one line, marked.
+    assert all(str(line)[0] in "✓✗" and "\n" not in str(line) for line in report.lines)
+
+
+def learner_file(tmp_path: Path, source: str, name: str = "mine.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+# A tutorial's way: forward(Q, K, V, mask=None), masked_fill(mask == 0, -1e9), a dict back, and the
+# scale taken from the input's width (√d_feat, not √d_head).
+DICT_CLASS = """
+import numpy as np
+import torch
+import torch.nn as nn
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_feat=128, n_head=5, USE_BIAS=True, dropout_p=0.1):
+        super().__init__()
+        self.d_feat, self.n_head, self.d_head = d_feat, n_head, d_feat // n_head
+        self.lin_Q = nn.Linear(d_feat, d_feat, USE_BIAS)
+        self.lin_K = nn.Linear(d_feat, d_feat, USE_BIAS)
+        self.lin_V = nn.Linear(d_feat, d_feat, USE_BIAS)
+        self.lin_O = nn.Linear(d_feat, d_feat, USE_BIAS)
+        self.dropout = nn.Dropout(p=dropout_p)
+
+    def forward(self, Q, K, V, mask=None):
+        n_batch = Q.shape[0]
+        Q_feat, K_feat, V_feat = self.lin_Q(Q), self.lin_K(K), self.lin_V(V)
+        Q_split = Q_feat.view(n_batch, -1, self.n_head, self.d_head).permute(0, 2, 1, 3)
+        K_split = K_feat.view(n_batch, -1, self.n_head, self.d_head).permute(0, 2, 1, 3)
+        V_split = V_feat.view(n_batch, -1, self.n_head, self.d_head).permute(0, 2, 1, 3)
+        d_K = SCALE
+        scores = torch.matmul(Q_split, K_split.permute(0, 1, 3, 2)) / np.sqrt(d_K)
+        if mask is not None:
+            scores = scores.masked_fill(mask == 0, -1e9)
+        attention = torch.softmax(scores, dim=-1)
+        x_raw = torch.matmul(self.dropout(attention), V_split)
+        x_rsh1 = x_raw.permute(0, 2, 1, 3).contiguous()
+        x_rsh2 = x_rsh1.view(n_batch, -1, self.d_feat)
+        x = self.lin_O(x_rsh2)
+        return {"Q_feat": Q_feat, "K_feat": K_feat, "V_feat": V_feat, "scores": scores,
+                "attention": attention, "x_rsh2": x_rsh2, "x": x}
+"""
+
+
+def test_a_dict_returning_q_k_v_mask_class_scaled_by_the_width_is_named(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, DICT_CLASS.replace("SCALE", "K.size()[-1]"))
+    report, built = check_target(f"{path}:MultiHeadAttention")
+    assert built.call == "MultiHeadAttention(d_feat=48, n_head=4)"
+    assert "forward(Q, K, V, mask) → a dict: output ['x'], weights ['attention']" in report.verdict("shape")
+    assert report.causal and report.verdict("causal").startswith("causal: changing")
+    assert "√d_model instead of √head_dim" in report.verdict("attention")
+    assert "float16 it overflows" in report.verdict("bf16")  # -1e9, in the margin of a passing line
+
+
+def test_the_same_class_scaled_by_the_head_width_passes(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, DICT_CLASS.replace("SCALE", "self.d_head"))
+    report, _ = check_target(f"{path}:MultiHeadAttention", kwargs={"dropout_p": 0.2})
+    assert report.ok, str(report)
+    assert report.returns_weights
+
+
+def test_a_fused_qkv_class_that_masks_itself_and_returns_a_pair_passes(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, """
+        import torch
+        from torch import nn
+
+        class CausalSelf(nn.Module):
+            def __init__(self, embed_dim, heads):
+                super().__init__()
+                self.heads = heads
+                self.to_qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
+                self.out_proj = nn.Linear(embed_dim, embed_dim)
+                self.register_buffer("tril", torch.tril(torch.ones(64, 64)))
+
+            def forward(self, hidden):
+                B, T, C = hidden.shape
+                q, k, v = self.to_qkv(hidden).chunk(3, dim=-1)
+                q, k, v = (t.reshape(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+                att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+                att = att.masked_fill(self.tril[:T, :T] == 0, float("-inf")).softmax(-1)
+                y = (att @ v).transpose(1, 2).reshape(B, T, C)
+                return self.out_proj(y), att
+    """)
+    report, _ = check_target(f"{path}:CausalSelf")
+    assert report.ok, str(report)
+    assert "forward(hidden) → a tuple (output, weights)" in report.verdict("shape")
+    assert "it masks the future itself" in report.verdict("causal")
+    assert "to_qkv (Q, K, V fused)" in report.verdict("attention")
+
+
+def test_a_class_without_mask_that_returns_a_tensor_is_refused_as_not_causal(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        class MyMultiHeadAttention(nn.Module):
+            def __init__(self, hidden_size, n_head):
+                super().__init__()
+                self.linear_q = nn.Linear(hidden_size, hidden_size)
+                self.linear_k = nn.Linear(hidden_size, hidden_size)
+                self.linear_v = nn.Linear(hidden_size, hidden_size)
+                self.linear_o = nn.Linear(hidden_size, hidden_size)
+                self.head_dim = hidden_size // n_head
+                self.scaling = self.head_dim ** -0.5
+
+            def forward(self, x: torch.Tensor):
+                B, L, D = x.shape
+                query = self.linear_q(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+                key = self.linear_k(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+                value = self.linear_v(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+                attn_weights = F.softmax(torch.matmul(query, key.transpose(2, 3)) * self.scaling, dim=-1)
+                out = torch.matmul(attn_weights, value).transpose(1, 2).reshape(B, L, -1)
+                return self.linear_o(out)
+    """)
+    report, _ = check_target(f"{path}:MyMultiHeadAttention", d_model=32, heads=2)
+    assert not report.causal and report.verdict("causal").startswith("causal: output 0 changes when position")
+    assert "no causal mask reproduces it exactly" in report.verdict("attention")
+    assert report.verdict("gradients").startswith("gradients: reach all 8")
+
+
+def test_heads_as_a_list_of_modules_are_stacked_and_the_width_scale_named(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, """
+        import torch
+        import torch.nn as nn
+        from torch.nn import functional as F
+
+        n_embd = 48
+
+        class Head(nn.Module):
+            def __init__(self, head_size):
+                super().__init__()
+                self.key = nn.Linear(n_embd, head_size, bias=False)
+                self.query = nn.Linear(n_embd, head_size, bias=False)
+                self.value = nn.Linear(n_embd, head_size, bias=False)
+                self.register_buffer("tril", torch.tril(torch.ones(32, 32)))
+
+            def forward(self, x):
+                B, T, C = x.shape
+                k, q = self.key(x), self.query(x)
+                wei = q @ k.transpose(-2, -1) * C**-0.5
+                wei = F.softmax(wei.masked_fill(self.tril[:T, :T] == 0, float("-inf")), dim=-1)
+                return wei @ self.value(x)
+
+        class MultiHeadAttention(nn.Module):
+            def __init__(self, num_heads, head_size):
+                super().__init__()
+                self.heads = nn.ModuleList([Head(head_size) for _ in range(num_heads)])
+                self.proj = nn.Linear(n_embd, n_embd)
+
+            def forward(self, x):
+                return self.proj(torch.cat([h(x) for h in self.heads], dim=-1))
+    """)
+    report, built = check_target(f"{path}:MultiHeadAttention", kwargs={"head_size": 12})
+    assert (built.d_model, built.heads) == (48, 4)
+    assert report.causal
+    assert "√d_model instead of √head_dim reproduces it exactly" in report.verdict("attention")
+
+
+def test_the_learner_s_errors_are_one_line_saying_what_tinylm_was_doing(tmp_path: Path) -> None:
+    broken = learner_file(tmp_path, "import torch\nx = undefined_name\n", "broken.py")
+    with pytest.raises(LearnerError, match=r"^importing .*broken.py: NameError: name 'undefined_name' is not "
+                                           r"defined \(line 2 of broken.py\)$"):
+        check_target(f"{broken}:MultiHeadAttention")
+    with pytest.raises(CheckError, match="has no class Attention; it defines MultiHeadAttention"):
+        check_target(f"{EXAMPLES / 'correct.py'}:Attention")
+    with pytest.raises(CheckError, match=r"expected path/to/file\.py:ClassName"):
+        check_target("correct.py")
+    failing = learner_file(tmp_path, """
+        from torch import nn
+
+        class Attn(nn.Module):
+            def __init__(self, d_model, num_heads):
+                super().__init__()
+                self.W_Q = nn.Linear(d_model, d_model)
+
+            def forward(self, x):
+                return self.W_Q(x).view(3, -1, 5)
+    """, "failing.py")
+    report, _ = check_target(f"{failing}:Attn")
+    assert report.lines[0].text.startswith("shape: calling forward(x) on (B, T, d) = (2, 7, 48) failed: "
+                                           "RuntimeError: shape '[3, -1, 5]' is invalid")
+    assert "(line 10 of failing.py)" in report.lines[0].text
+
+
+def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
+    mistaken = run_script("check_attention.py", f"{EXAMPLES / 'scale_d_model.py'}:MultiHeadAttention")
+    assert mistaken.returncode == 1, mistaken.stderr
+    lines = mistaken.stdout.splitlines()
+    assert len(lines) == 6 and lines[3].startswith("✗ attention:")
+    assert sum(line.startswith("✓") for line in lines) == 4
+    right = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention",
+                       "--d-model", "32", "--heads", "2")
+    assert right.returncode == 0 and "Traceback" not in right.stderr, right.stderr
+    missing = run_script("check_attention.py", "no/such.py:MultiHeadAttention")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: class: no file ") and len(missing.stderr.splitlines()) == 1
+
+
+def test_the_readme_shows_the_checker_s_real_output() -> None:
+    readme = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("$ python scripts/check_attention.py"))
+    end = next(i for i in range(start, len(readme)) if readme[i].startswith("```"))
+    argv = readme[start].removeprefix("$ python scripts/check_attention.py ").split()
+    result = run_script("check_attention.py", *argv)
+    assert result.stdout.splitlines() == readme[start + 1:end]

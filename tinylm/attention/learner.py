@@ -1,0 +1,113 @@
+"""A learner's own attention class inside tinylm's pre-norm blocks (``model.attention=file.py:Class``).
+
+tinylm keeps the block, the norms, the MLP and the residuals; only the attention is theirs.
+``LearnerAttention`` calls their module the way ``tinylm.attention.check`` found that works
+(its forward signature, its return form, the mask convention that made it causal) and gives
+back what tinylm's own attention gives: the output (B, T, d) and, when asked, the weights
+(B, H, T, T) — the ones it returns, or else those of its own Q and K through the explicit
+path when its weights map onto the reference, or else None.
+
+The class is imported only from a file named on the command line: training names it in
+model.attention; ``sample`` and ``attention`` need ``attention_file=`` (tinylm.checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from tinylm.attention.check import (
+    MaskConvention,
+    Signature,
+    build_module,
+    check,
+    find_weights,
+    load_class,
+    read_result,
+)
+from tinylm.config import ModelConfig
+
+
+@dataclass
+class Calling:
+    """How to call a learner's class, found once per (file, class, shape)."""
+
+    cls: type
+    signature: Signature
+    convention: MaskConvention | None
+    returns_weights: bool
+    report: Any
+
+
+_FOUND: dict[tuple[str, int, int], Calling] = {}
+
+
+def calling(config: ModelConfig) -> Calling:
+    """Load and check the class ``config.attention`` names (once per process and shape)."""
+    key = (config.attention, config.d_model, config.heads)
+    if key not in _FOUND:
+        cls = load_class(config.attention, key="model.attention")
+        built = build_module(cls, config.d_model, config.heads)
+        report = check(built)
+        _FOUND[key] = Calling(cls, report.signature, report.convention, report.returns_weights, report)
+    return _FOUND[key]
+
+
+class LearnerAttention(nn.Module):
+    """The learner's module, called as tinylm's blocks call their attention."""
+
+    supports_cache = False  # generation recomputes the window each step
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        found = calling(config)
+        self.inner = build_module(found.cls, config.d_model, config.heads).module.train()
+        self.signature, self.convention = found.signature, found.convention
+        self.heads, self.d_model = config.heads, config.d_model
+
+    def forward(self, x: Tensor, need_weights: bool = False, cache: Any = None, rope: Any = None
+                ) -> tuple[Tensor, Tensor | None]:
+        B, T, d = x.shape
+        mask = None if self.convention is None else self.convention.make(B, T, x.dtype, x.device)
+        result = read_result(self.signature.call(self.inner, x, mask), B, T, d)
+        if not need_weights:
+            return result.output, None
+        weights = result.weights
+        if weights is not None and weights.dim() == 3:  # (B, T, T): one head
+            weights = weights[:, None]
+        if weights is None or weights.size(1) != self.heads:
+            weights = self.reference_weights(x)
+        return result.output, weights
+
+    def reference_weights(self, x: Tensor) -> Tensor | None:
+        """softmax(Q·Kᵀ/√hd + M) from the learner's own Q and K, or None if they are not found."""
+        from tinylm.model import causal_mask
+
+        try:
+            weights, _ = find_weights(self.inner, self.d_model)
+        except LookupError:
+            return None
+        B, T, d = x.shape
+        H, hd = self.heads, d // self.heads
+        q, k, _ = nn.functional.linear(x, *weights["qkv"]).split(d, dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, H, hd).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(hd)  # (B, H, T, T)
+        scores = scores.masked_fill(~causal_mask(T, T, x.device), float("-inf"))
+        return scores.float().softmax(dim=-1).to(x.dtype)  # (B, H, T, T)
+
+
+def weights_source(config: ModelConfig) -> str | None:
+    """Where the attention maps of a learner's class come from, or None when there are none."""
+    found = calling(config)
+    if found.returns_weights:
+        return "the weights it returns"
+    try:
+        find_weights(build_module(found.cls, config.d_model, config.heads).module, config.d_model)
+    except LookupError:
+        return None
+    return "its own Q and K through tinylm's explicit path"
+
