@@ -64,8 +64,8 @@ def test_two_cpu_processes_train_as_one(small_text: Path, tmp_path: Path) -> Non
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("tb/events.out.tfevents")]
     assert len(events) == 1, files
-    assert sorted(set(files) - set(events)) == ["checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                                                "tb/hparams.yaml"]
+    assert sorted(set(files) - set(events)) == ["checkpoints/attention.npz", "checkpoints/best.ckpt",
+                                                "checkpoints/last.ckpt", "tb/hparams.yaml"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     logged = scalars(run_dir)
     assert [v for _, v in logged["val/loss"]] == pytest.approx(rank0["val_loss"])

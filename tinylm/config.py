@@ -303,6 +303,14 @@ def _check_every_n_steps(value: int | None, key: str) -> None:
             f"must be at least 1 (or null: after every validation), got {value}")
 
 
+ABLATIONS = ("zero", "mean")
+
+
+def _check_ablation(value: str | None, key: str) -> None:
+    require(value is None or value in ABLATIONS, key,
+            f"must be one of {', '.join(ABLATIONS)} (or null: off), got {value!r}")
+
+
 @dataclass(frozen=True)
 class AttentionMapsConfig:
     """Attention maps and head scores on a fixed probe text, logged to TensorBoard."""
@@ -311,9 +319,17 @@ class AttentionMapsConfig:
     every_n_steps: int | None = None  # null: at step 0 and after every validation
     probe: str | None = None  # null: the start of the validation text, up to model.block_size
     max_chars: int = 64  # pictures show the first max_chars positions, so labels stay legible
+    # Head importance: the rise of the loss on ablation_windows validation windows (block_size
+    # + 1 characters each, the same every time) when each head's output is removed; one
+    # forward pass of those windows per head. "zero", "mean" (its mean output instead), or null: off.
+    ablation: str | None = "zero"
+    ablation_windows: int = 8
 
     def __post_init__(self) -> None:
         _check_every_n_steps(self.every_n_steps, "callbacks.attention.every_n_steps")
+        _check_ablation(self.ablation, "callbacks.attention.ablation")
+        require(self.ablation_windows >= 1, "callbacks.attention.ablation_windows",
+                f"must be at least 1, got {self.ablation_windows}")
         require(
             self.probe is None or len(self.probe) >= 2,
             "callbacks.attention.probe",
@@ -406,14 +422,16 @@ class AttentionScriptConfig:
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
     prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
-    out: str = "attention.png"
+    out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
+    ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
 
     def __post_init__(self) -> None:
-        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=attention.png")
+        require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
+        _check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
 
 

@@ -87,6 +87,10 @@ class LitLM(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc,
                        "hp/best_val_loss": self.best_val_loss}, sync_dist=True)
+        # A validation's step is the number of optimizer steps behind the weights it measured,
+        # global_step: the step of the pictures and head scores logged after it. Lightning would
+        # write these at global_step - 1; a logged "step" is the step it writes them at instead.
+        self.log("step", float(self.trainer.global_step), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config

@@ -8,13 +8,17 @@ and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tinylm.attention.ablation import ablation_scores, can_ablate
+from tinylm.attention.history import append_history
 from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
@@ -61,16 +65,23 @@ class AttentionMaps(Periodic):
     ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
     Scalars: ``heads/{entropy,prev_token,induction,first_token}/layer_{l}_head_{h}`` (see
     ``tinylm.attention.scores``), measured on the whole probe (and, for induction, on repeated
-    random sequences).
+    random sequences); with ``windows`` (N, T+1) also ``heads/ablation/layer_{l}_head_{h}``,
+    the rise of the loss on them without the head (``tinylm.attention.ablation``, ``ablation``
+    "zero" or "mean").
+    With ``history``, a path, the shown maps and the scores of every record are also kept
+    there (``tinylm.attention.history``), for ``tinylm attention ... out=x.html``.
     """
 
     def __init__(self, probe: str, tokenizer: Tokenizer, block_size: int, max_chars: int = 64,
-                 every_n_steps: int | None = None, key: str = "callbacks.attention.probe") -> None:
+                 every_n_steps: int | None = None, key: str = "callbacks.attention.probe",
+                 windows: torch.Tensor | None = None, ablation: str = "zero",
+                 history: str | Path | None = None) -> None:
         super().__init__(every_n_steps)
         self.probe = probe
         self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
         self.labels = tokenizer.labels(probe)  # one per token
         self.shown = min(max_chars, len(self.labels))  # rendered positions: labels stay readable
+        self.windows, self.ablation, self.history = windows, ablation, history
         self.said_no_weights = False
         self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
 
@@ -85,12 +96,17 @@ class AttentionMaps(Periodic):
                 self.said_no_weights = True
             return
         scores = head_scores(model, self.ids, maps)
+        if self.windows is not None and can_ablate(model):
+            scores = dataclasses.replace(scores, ablation=ablation_scores(model, self.windows, self.ablation))
         for logger in trainer.loggers:
             logger.log_metrics(score_metrics(scores), step=step)
         # A causal map cut to its first n rows and columns is exactly the map of the first n
         # characters: no position attends to anything after it.
         n = self.shown
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
+        if self.history is not None:
+            append_history(self.history, step, self.probe[:n], shown,
+                           {name: values.numpy() for name, values in scores.items()})
         layers, heads = shown.shape[:2]
         if self.figure is None:
             self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
