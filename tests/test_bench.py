@@ -62,3 +62,55 @@ def test_data_benchmark_reports_preparation_and_memory(small_text: Path) -> None
     assert DATA_KEYS <= figures.keys()
     assert figures["tokens"] == 30_000 and figures["dtype"] == "uint8"
     assert figures["data_prep_cold_s"] > 0 and figures["train_peak_rss_mb"] > 0
+    assert result.returncode != 0 and "error: bench.task: must be one of train, sample" in result.stderr
+
+
+def test_norms_benchmark_reports_each_norm() -> None:
+    result = run_script("bench.py", "bench.task=norms", "bench.steps=3", "bench.warmup=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    for shape in ("residual", "qk"):
+        for norm in ("layernorm", "torch_rmsnorm", "rmsnorm"):
+            assert figures[f"{shape}_{norm}_us"] > 0
+        assert figures[f"{shape}_rmsnorm_vs_layernorm"] > 0
+
+
+NANOGPT_STUB = '''
+from dataclasses import dataclass
+import torch
+
+@dataclass
+class GPTConfig:
+    block_size: int = 64
+    vocab_size: int = 65
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+class GPT(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        return torch.cat([idx, torch.zeros(idx.size(0), max_new_tokens, dtype=idx.dtype)], dim=1)
+'''
+
+
+def test_sample_benchmark_times_nanogpt_beside_in_batches(tmp_path: Path) -> None:
+    """With NANOGPT_DIR, nanoGPT's generate (here a stand-in with its interface) is timed on the
+    same shape and batch."""
+    (tmp_path / "model.py").write_text(NANOGPT_STUB)
+    result = run_script("bench.py", "bench.task=sample", "bench.new_tokens=20", "bench.repeats=1",
+                        "bench.num_samples=3", "model.block_size=16", env={"NANOGPT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    assert figures["num_samples"] == 3 and figures["same_tokens"] is True
+    assert figures["nanogpt_tokens_per_sec"] > 0 and figures["vs_nanogpt"] > 0
+
+
+def test_speedrun_benchmark_needs_nanogpt() -> None:
+    result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
+    assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr

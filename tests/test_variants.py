@@ -31,6 +31,11 @@ VARIANTS = {
     "qk-norm": dict(qk_norm=True),
     "modern": dict(position="rope", norm="rmsnorm", mlp="swiglu"),
     "everything": dict(position="rope", norm="rmsnorm", mlp="swiglu", kv_heads=2, qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "untied": dict(tie_embeddings=False),
+    "softcap": dict(logit_softcap=2.0),
+    # experiment=speedrun's model (zero_init aside: make_model needs blocks that do something).
+    "speedrun": dict(position="rope", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=30.0),
 }
 variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
@@ -317,7 +322,7 @@ def test_parameter_count_matches_the_closed_form(options: dict) -> None:
         (dict(position="rope", d_model=12), "model.position: rope needs an even head_dim"),
         (dict(position="alibi"), "model.position: must be one of learned, rope, none, got 'alibi'"),
         (dict(norm="batchnorm"), "model.norm: must be one of layernorm, rmsnorm"),
-        (dict(mlp="relu"), "model.mlp: must be one of gelu, swiglu"),
+        (dict(mlp="relu"), "model.mlp: must be one of gelu, swiglu, relu2"),
     ],
 )
 def test_invalid_variants_are_config_errors_naming_the_key(options: dict, message: str) -> None:
@@ -474,3 +479,54 @@ def test_benchmark_flops_count_only_the_position_weights_there_are(position: str
     weights = TransformerLM(config, VOCAB).num_parameters()
     embedding = 64 * 128 if position == "learned" else 0  # a lookup, not a matmul
     assert flops_per_token(config, weights) == 6 * (weights - embedding) + 12 * 4 * 128 * 64
+
+
+# --- the speedrun's options -----------------------------------------------------------------------
+
+
+def test_relu2_mlp_is_the_square_of_relu() -> None:
+    mlp = make_model("relu2").blocks[0].mlp
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.proj(torch.relu(mlp.fc(x)) ** 2))
+
+
+def test_zero_init_blocks_start_as_the_identity() -> None:
+    model = TransformerLM(ModelConfig(layers=2, heads=4, d_model=32, block_size=16, zero_init=True), VOCAB)
+    idx = tokens()
+    with torch.no_grad():
+        x = model.token_embedding(idx) + model.position_embedding.weight[: idx.size(1)]
+        torch.testing.assert_close(model(idx), model.lm_head(model.ln_f(x)))
+    default = TransformerLM(ModelConfig(layers=2, heads=4, d_model=32, block_size=16), VOCAB)
+    assert default.blocks[0].mlp.proj.weight.abs().sum() > 0
+
+
+def test_untied_head_is_a_matrix_of_its_own() -> None:
+    tied, untied = make_model(), make_model("untied")
+    assert tied.lm_head.weight is tied.token_embedding.weight
+    assert untied.lm_head.weight is not untied.token_embedding.weight
+    assert untied.num_parameters() == tied.num_parameters() + VOCAB * 32
+
+
+def test_logit_softcap_bounds_the_logits() -> None:
+    model = make_model("softcap")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # logits far beyond the cap
+        logits = model(tokens())
+    assert 1.9 < logits.abs().max() <= 2.0  # tanh reaches 1 in float32 far out
+    with pytest.raises(ConfigError, match=r"model\.logit_softcap: must be positive"):
+        ModelConfig(logit_softcap=0.0)
+
+
+def test_rmsnorm_matches_torchs_values_and_gradients() -> None:
+    from tinylm.model import RMSNorm, RMSNormFunction
+
+    ours, reference = RMSNorm(16).double(), torch.nn.RMSNorm(16, eps=1e-5).double()
+    with torch.no_grad():
+        ours.weight.normal_()
+        reference.weight.copy_(ours.weight)
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ours(x), reference(x))
+    assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-5), (x, ours.weight))
+    with torch.no_grad():  # the fused kernel of F.rms_norm, without autograd
+        torch.testing.assert_close(ours(x), reference(x))

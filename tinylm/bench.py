@@ -4,6 +4,9 @@ KV cache. Speed targets live here, never in unit tests; results are medians.
     python scripts/bench.py experiment=cpu_quick data.source=PATH bench.steps=200
     python scripts/bench.py bench.task=sample model=baby
     python scripts/bench.py bench.task=data data.source=PATH bench.steps=10
+    NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=sample   # nanoGPT's beside
+    python scripts/bench.py bench.task=norms                                # LayerNorm vs RMSNorm
+    NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=speedrun data.source=input.txt
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import BenchConfig, BenchRunConfig, ModelConfig, PathsConfig, TrainConfig
+from tinylm.config import BenchConfig, BenchRunConfig, ConfigError, ModelConfig, PathsConfig, TrainConfig
 
 # --------------------------------------------------------------------------- measures
 
@@ -108,18 +111,14 @@ def time_bare_loop(config: TrainConfig, bench: BenchConfig) -> float:
     from tinylm.data import CharDataModule, RandomWindows
     from tinylm.lit import learning_rate
     from tinylm.model import TransformerLM
+    from tinylm.optim import build_optimizer
 
     data = CharDataModule(config.data, config.model.block_size, config.seed)
     data.prepare()
     torch.manual_seed(config.seed)
     model = TransformerLM(config.model, data.tokenizer.vocab_size).train()
     optim = config.optim
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                                  fused=optim.fused)
+    optimizer = build_optimizer(model, optim)
     decay_steps = optim.decay_steps or config.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate(step, optim, decay_steps) / optim.lr
@@ -180,6 +179,10 @@ def run(config: BenchRunConfig) -> None:
         result = bench_sample(config.model, config.bench, seed=config.seed)
     elif config.bench.task == "data":
         result = bench_data(config)
+    elif config.bench.task == "speedrun":
+        result = bench_speedrun(config, config.bench)
+    elif config.bench.task == "norms":
+        result = bench_norms(config.model, config.data.batch_size, config.bench)
     else:
         result = bench_train(config, config.bench)
     print(report(result))
@@ -274,15 +277,19 @@ def bench_data(config: BenchRunConfig) -> dict[str, Any]:
 
 
 def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337) -> dict[str, Any]:
-    """Tokens/s generating ``bench.new_tokens`` from a one-token prompt, cache on and off."""
+    """Tokens/s generating ``bench.new_tokens`` from a one-token prompt for each of
+    ``bench.num_samples`` rows (one batch), cache on and off; with ``NANOGPT_DIR`` set (a
+    checkout of karpathy/nanoGPT), also nanoGPT's ``generate`` on the same shape, in this process."""
     import torch
 
     from tinylm.model import TransformerLM
 
     torch.manual_seed(seed)
     model = TransformerLM(replace(model_config, dropout=0.0), bench.vocab_size).eval()
-    prompt = torch.zeros(1, 1, dtype=torch.long)
+    prompt = torch.zeros(bench.num_samples, 1, dtype=torch.long)
+    tokens = bench.new_tokens * bench.num_samples
     result: dict[str, Any] = {"task": "sample", "new_tokens": bench.new_tokens,
+                              "num_samples": bench.num_samples, "top_k": bench.top_k,
                               "block_size": model_config.block_size, "threads": torch.get_num_threads()}
     texts = {}
     for use_cache in (True, False):
@@ -290,14 +297,129 @@ def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337
         for _ in range(bench.repeats):
             generator = torch.Generator().manual_seed(seed)
             start = time.perf_counter()
-            texts[use_cache] = model.generate(prompt, bench.new_tokens, temperature=1.0, top_k=50,
+            texts[use_cache] = model.generate(prompt, bench.new_tokens, temperature=1.0, top_k=bench.top_k,
                                               use_cache=use_cache, generator=generator)
             seconds.append(time.perf_counter() - start)
         key = "cached" if use_cache else "uncached"
-        result[f"{key}_tokens_per_sec"] = bench.new_tokens / statistics.median(seconds)
+        result[f"{key}_tokens_per_sec"] = tokens / statistics.median(seconds)
     result["speedup"] = result["cached_tokens_per_sec"] / result["uncached_tokens_per_sec"]
     result["same_tokens"] = bool(torch.equal(texts[True], texts[False]))
+    if os.environ.get("NANOGPT_DIR"):
+        result["nanogpt_tokens_per_sec"] = nanogpt_tokens_per_sec(model_config, bench, prompt, seed)
+        result["vs_nanogpt"] = result["cached_tokens_per_sec"] / result["nanogpt_tokens_per_sec"]
     result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def nanogpt_tokens_per_sec(model_config: ModelConfig, bench: BenchConfig, prompt: Any, seed: int) -> float:
+    """Tokens/s of nanoGPT's own ``GPT.generate`` (model.py of the checkout at ``NANOGPT_DIR``)
+    for a model of ``model_config``'s shape, generating what ``bench_sample`` generates."""
+    import importlib.util
+
+    import torch
+
+    path = Path(os.environ["NANOGPT_DIR"]).expanduser() / "model.py"
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    if spec is None or not path.is_file():
+        raise ConfigError(f"NANOGPT_DIR: no nanoGPT model.py at {path}")
+    nanogpt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nanogpt)
+    torch.manual_seed(seed)
+    config = nanogpt.GPTConfig(n_layer=model_config.layers, n_head=model_config.heads,
+                               n_embd=model_config.d_model, block_size=model_config.block_size,
+                               vocab_size=bench.vocab_size, dropout=0.0, bias=model_config.bias)
+    model = nanogpt.GPT(config).eval()
+    seconds = []
+    with torch.no_grad():
+        for _ in range(bench.repeats):
+            start = time.perf_counter()
+            model.generate(prompt, bench.new_tokens, temperature=1.0, top_k=bench.top_k)
+            seconds.append(time.perf_counter() - start)
+    return bench.new_tokens * prompt.size(0) / statistics.median(seconds)
+
+
+# --------------------------------------------------------------------------- speedrun
+
+# nanoGPT's README CPU run ("I only have a macbook"), as its README gives it.
+NANOGPT_CPU_RUN = ("train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                   "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+                   "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+                   "--lr_decay_iters=2000", "--dropout=0.0")
+
+
+def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
+    """Whole-process wall time, start to exit, of nanoGPT's README CPU run (in ``NANOGPT_DIR``,
+    its data/shakespeare_char prepared) and of ``tinylm train experiment=speedrun`` on
+    ``data.source``, one after the other, ``bench.repeats`` times; medians, the best val/loss
+    each printed, and the load average before each run."""
+    import re
+
+    nanogpt_dir = os.environ.get("NANOGPT_DIR")
+    if not nanogpt_dir or not (Path(nanogpt_dir).expanduser() / "train.py").is_file():
+        raise ConfigError("bench.task: speedrun needs NANOGPT_DIR, a checkout of karpathy/nanoGPT "
+                          "with data/shakespeare_char/train.bin, val.bin and meta.pkl")
+    source = config.data.source if isinstance(config.data.source, str) else ",".join(config.data.source)
+    runs: dict[str, list[dict[str, float]]] = {"nanogpt": [], "tinylm": []}
+    with tempfile.TemporaryDirectory(prefix="tinylm-speedrun-") as out:
+        commands = {
+            "nanogpt": ([sys.executable, *NANOGPT_CPU_RUN, f"--out_dir={out}/nanogpt"],
+                        Path(nanogpt_dir).expanduser(), r"val loss (\d+\.\d+)"),
+            "tinylm": ([sys.executable, "-m", "tinylm", "train", "experiment=speedrun",
+                        f"data.source={source}", f"hydra.run.dir={out}/tinylm"], Path.cwd(),
+                       r"best val/loss (\d+\.\d+)"),
+        }
+        for _ in range(bench.repeats):
+            for name, (command, cwd, pattern) in commands.items():
+                load = os.getloadavg()[0]
+                start = time.perf_counter()
+                done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+                seconds = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name} failed: {done.stderr[-2000:]}")
+                losses = [float(v) for v in re.findall(pattern, done.stdout)]
+                runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load})
+    result: dict[str, Any] = {"task": "speedrun", "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                              "repeats": bench.repeats}
+    for name, measured in runs.items():
+        result[f"{name}_wall_s"] = statistics.median(r["wall_s"] for r in measured)
+        result[f"{name}_best_val_loss"] = statistics.median(r["best_val_loss"] for r in measured)
+        result[f"{name}_load"] = ", ".join(f"{r['load']:.2f}" for r in measured)
+    result["time_ratio"] = result["tinylm_wall_s"] / result["nanogpt_wall_s"]
+    return result
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def bench_norms(model_config: ModelConfig, batch_size: int, bench: BenchConfig) -> dict[str, Any]:
+    """Microseconds for forward + backward of each norm on a training step's activations,
+    (batch, block_size, d_model), and on QK-norm's (batch, heads, block_size, head_dim): medians of
+    ``bench.steps`` timings, the norms interleaved so that load from elsewhere hits all alike."""
+    import torch
+
+    from tinylm.model import RMSNorm
+
+    c = model_config
+    shapes = {"residual": (batch_size, c.block_size, c.d_model),
+              "qk": (batch_size, c.heads, c.block_size, c.head_dim)}
+    result: dict[str, Any] = {"task": "norms", "threads": torch.get_num_threads()}
+    for label, shape in shapes.items():
+        dim = shape[-1]
+        norms = {"layernorm": torch.nn.LayerNorm(dim), "torch_rmsnorm": torch.nn.RMSNorm(dim, eps=1e-5),
+                 "rmsnorm": RMSNorm(dim)}
+        x = torch.randn(shape, requires_grad=True)
+        grad = torch.randn(shape)
+        times: dict[str, list[float]] = {name: [] for name in norms}
+        for i in range(bench.warmup + bench.steps):
+            for name, norm in norms.items():
+                start = time.perf_counter()
+                norm(x).backward(grad)
+                if i >= bench.warmup:
+                    times[name].append(time.perf_counter() - start)
+        for name in norms:
+            result[f"{label}_{name}_us"] = 1e6 * statistics.median(times[name])
+        result[f"{label}_rmsnorm_vs_layernorm"] = (result[f"{label}_rmsnorm_us"]
+                                                   / result[f"{label}_layernorm_us"])
     return result
 
 

@@ -44,7 +44,8 @@ def require(condition: bool, key: str, problem: str) -> None:
 ATTENTION_PATHS = ("sdpa", "explicit")
 POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "swiglu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
@@ -67,9 +68,12 @@ class ModelConfig:
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
     position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
     norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
-    mlp: str = "gelu"  # or "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden)
+    mlp: str = "gelu"  # "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden); "relu2": ReLU(x)²
     kv_heads: int | None = None  # heads of keys and values; null: heads (plain multi-head attention)
     qk_norm: bool = False  # normalise each head's queries and keys before their dot product
+    zero_init: bool = False  # the projections into the residual stream start at 0: blocks start as identities
+    tie_embeddings: bool = True  # the output head is the token embedding (nanoGPT); false: a head of its own
+    logit_softcap: float | None = None  # logits = cap · tanh(logits / cap), within (-cap, cap); null: off
 
     def __post_init__(self) -> None:
         # Resolved once here, so a model always sees a number (and a checkpoint stores it); note
@@ -120,6 +124,8 @@ class ModelConfig:
             f"{self.kv_heads} does not divide model.heads={self.heads}; use one of {kv_choices} "
             f"(1: multi-query, {self.heads}: plain multi-head) or null",
         )
+        require(self.logit_softcap is None or self.logit_softcap > 0, "model.logit_softcap",
+                f"must be positive (or null: off), got {self.logit_softcap}")
         require(
             self.position != "rope" or self.head_dim % 2 == 0,
             "model.position",
@@ -228,9 +234,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to min_lr, as nanoGPT trains."""
+    """AdamW with linear warm-up then cosine decay to min_lr, as nanoGPT trains; or Muon for the
+    blocks' matrices with AdamW for the rest (embeddings, head, gains, biases)."""
 
-    lr: float = 1e-3
+    name: str = "adamw"  # "muon": torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest
+    lr: float = 1e-3  # AdamW's peak rate (with optim.name=muon: that of the embeddings, head, gains, biases)
     min_lr: float = 1e-4
     weight_decay: float = 0.1  # applied to 2-D weights only (matmuls and embeddings)
     betas: tuple[float, float] = (0.9, 0.99)
@@ -239,9 +247,16 @@ class OptimConfig:
     decay_steps: int | None = None  # where the cosine reaches min_lr; None: trainer.max_steps
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     fused: bool = True  # one fused kernel for the whole update: 3× faster than the per-tensor loop on CPU
+    muon_lr: float = 0.02  # optim.name=muon: Muon's peak rate (torch's "original" per-shape adjustment)
+    muon_momentum: float = 0.95  # optim.name=muon: Muon's (Nesterov) momentum
 
     def __post_init__(self) -> None:
+        require(self.name in OPTIMIZERS, "optim.name",
+                f"must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         require(self.lr > 0, "optim.lr", f"must be positive, got {self.lr}")
+        require(self.muon_lr > 0, "optim.muon_lr", f"must be positive, got {self.muon_lr}")
+        require(0 <= self.muon_momentum < 1, "optim.muon_momentum",
+                f"must be in [0, 1), got {self.muon_momentum}")
         require(
             0 <= self.min_lr <= self.lr,
             "optim.min_lr",
@@ -665,26 +680,31 @@ class SampleConfig(SamplingConfig):
 class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
 
-    # train: tinylm vs a bare loop; sample: generation with/without cache; data: preparing
-    # data.source cold and cached, and the memory of a bench.steps-step training run on it
+    # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
+    # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
+    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run
     task: str = "train"
     steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
     bare: bool = True  # also time the same model and data in a bare PyTorch loop
     data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
     new_tokens: int = 500  # sample: tokens generated per timing
-    repeats: int = 3  # sample: timings per setting; the median is reported
+    repeats: int = 3  # sample, speedrun: timings per setting; the median is reported
     vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
+    num_samples: int = 1  # sample: rows generated together, in one batch
+    top_k: int | None = 200  # sample: as tinylm sample's default; null: no limit
 
     def __post_init__(self) -> None:
         require(self.task in BENCH_TASKS, "bench.task",
                 f"must be one of {', '.join(BENCH_TASKS)}, got {self.task!r}")
-        for key in ("steps", "new_tokens", "repeats", "vocab_size"):
+        require(self.top_k is None or self.top_k >= 1, "bench.top_k",
+                f"must be at least 1 (or null for no limit), got {self.top_k}")
+        for key in ("steps", "new_tokens", "repeats", "vocab_size", "num_samples"):
             require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "data")
+BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun")
 
 
 @dataclass(frozen=True)

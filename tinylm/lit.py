@@ -1,4 +1,5 @@
-"""The LightningModule: next-character cross-entropy, AdamW, warm-up + cosine schedule.
+"""The LightningModule: next-character cross-entropy, the optimiser (tinylm.optim), warm-up +
+cosine schedule.
 
 It owns the training recipe and nothing else: the model comes from ``tinylm.model``, the
 batches from ``tinylm.data``, the Trainer from ``tinylm.train``.
@@ -18,6 +19,7 @@ from torchmetrics import MeanMetric
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig, as_plain, build
 from tinylm.model import TransformerLM
+from tinylm.optim import build_optimizer
 from tinylm.tokenizer import tokenizer_from
 
 LN2 = math.log(2)
@@ -94,14 +96,7 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config
-        # Decay the matrices (and the embedding); leave biases and norm gains alone.
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
-                                      fused=config.fused and not self._fp16_scaled)
+        optimizer = build_optimizer(self.model, config, fused=not self._fp16_scaled)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: learning_rate(step, config, self.decay_steps) / config.lr
         )

@@ -14,8 +14,12 @@ That is nanoGPT's (GPT-2's) architecture, the default. Each later refinement is 
     model.position=none     no position signal but the causal mask itself
     model.norm=rmsnorm      x / rms(x) · g instead of LayerNorm: no centring, no bias
     model.mlp=swiglu        proj(SiLU(gate·x) ⊙ (up·x)), a gated MLP, instead of proj(GELU(fc·x))
+    model.mlp=relu2         proj(ReLU(fc·x)²): squared ReLU (modded-nanogpt's choice)
     model.kv_heads=1..H     grouped-query attention: H query heads share kv_heads key/value heads
     model.qk_norm=true      queries and keys normalised per head before Q·Kᵀ
+    model.zero_init=true    the projections into the residual stream start at zero
+    model.tie_embeddings=false   the output head is a matrix of its own, not Eᵀ
+    model.logit_softcap=c   logits = c · tanh(logits / c): bounded, however large the weights grow
 
 Generation appends one token at a time. A KV cache keeps each layer's keys and values of the
 positions already seen, so a new token costs one query position instead of a whole forward pass.
@@ -60,10 +64,47 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> t
 
 def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
     """model.norm: "layernorm" is (x - mean(x)) / std(x) · g + b over the last ``dim`` features;
-    "rmsnorm" is x / √(mean(x²) + ε) · g: no centring and no bias, a little cheaper."""
+    "rmsnorm" is x / √(mean(x²) + ε) · g: no centring and no bias."""
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-5)
+        return RMSNorm(dim)
     return nn.LayerNorm(dim, bias=bias)
+
+
+class RMSNorm(nn.Module):
+    """x / √(mean(x²) + ε) · g over the last ``dim`` features: ``nn.RMSNorm``'s maths, with a
+    backward pass written out (``RMSNormFunction``) instead of autograd's many small kernels,
+    so on a CPU it costs about what the fused LayerNorm does (docs/performance.md)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() or not (x.requires_grad or self.weight.requires_grad):
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """y = x̂ · g with x̂ = x · r, r = 1 / √(mean(x²) + ε); its gradients in a few whole-tensor
+    operations: ∂x = r · (∂x̂ - x̂ · mean(∂x̂ ⊙ x̂)) with ∂x̂ = ∂y ⊙ g, and ∂g = Σ ∂y ⊙ x̂."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        r = x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()  # (..., 1)
+        x_hat = x * r
+        ctx.save_for_backward(x_hat, r, weight)
+        return x_hat * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x_hat, r, weight = ctx.saved_tensors
+        grad_x_hat = grad * weight
+        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)  # (..., 1)
+        grad_x = torch.addcmul(grad_x_hat, x_hat, dot, value=-1).mul_(r)
+        grad_weight = (grad * x_hat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, None
 
 
 def rope_angles(positions: int, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
@@ -168,7 +209,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
+        self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
         fc_width = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
         self.fc = nn.Linear(config.d_model, fc_width, bias=config.bias)
         self.proj = nn.Linear(config.mlp_hidden, config.d_model, bias=config.bias)
@@ -179,6 +220,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)  # 2 × (B, T, hidden)
             h = F.silu(gate) * up  # each unit passes as much of `up` as its gate lets through
+        elif self.relu2:
+            h = F.relu(h).square()  # sparse like ReLU, smooth at 0 like GELU, and cheap
         else:
             h = F.gelu(h)
         return self.dropout(self.proj(h))  # (B, T, d)
@@ -227,15 +270,20 @@ class TransformerLM(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = make_norm(config.norm, config.d_model, config.bias)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.token_embedding.weight  # weight tying: one (V, d) tensor
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight  # weight tying: one (V, d) tensor
         self.apply(_init_weights)
         # GPT-2 / nanoGPT: each block adds two projections to the residual stream, so scale
         # their initial weights by 1/√(2·layers) to keep its variance independent of depth.
+        # With zero_init they start at 0: every block begins as the identity (modded-nanogpt).
         for block in self.blocks:
             for projection in (getattr(block.attn, "proj", None), block.mlp.proj):
                 if projection is None:  # a learner's attention: its output projection has no known name
                     continue
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
+                if config.zero_init:
+                    nn.init.zeros_(projection.weight)
+                else:
+                    nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
 
     def forward(self, idx: Tensor, return_attention: bool = False, cache: list[LayerCache] | None = None
                 ) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -253,7 +301,7 @@ class TransformerLM(nn.Module):
             )
         x = self.token_embedding(idx)  # (B, T, d)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(torch.arange(start, end, device=idx.device))  # + (T, d)
+            x = x + self.position_embedding.weight[start:end]  # + (T, d): rows start..end-1, no lookup
         x = self.dropout(x)
         rope = None
         if self.config.position == "rope":  # RoPE acts inside attention: angles of positions start..end-1
@@ -263,6 +311,9 @@ class TransformerLM(nn.Module):
             x, weights = block(x, return_attention, cache[i] if cache else None, rope)
             attention_maps.append(weights)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if self.config.logit_softcap is not None:  # squash into (-cap, cap), smoothly
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         return (logits, attention_maps) if return_attention else logits
 
     def new_cache(self, batch: int) -> list[LayerCache]:
@@ -317,7 +368,7 @@ class TransformerLM(nn.Module):
         return torch.cat([idx, *new], dim=1)
 
     def num_parameters(self) -> int:
-        """Trainable parameters, the tied embedding counted once."""
+        """Trainable parameters, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
 
 
@@ -338,7 +389,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     """One token id per row of ``logits`` (B, V): (B, 1)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))

@@ -24,9 +24,10 @@ def checkpoint_path(ckpt: str) -> Path:
 
 
 def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write) -> list[str]:
-    """Generate ``config.num_samples`` texts, each the prompt and its continuation.
+    """Generate ``config.num_samples`` texts, each the prompt and its continuation, together in
+    one batch.
 
-    With ``config.stream`` each character is written as soon as it is sampled.
+    With ``config.stream`` each character of the first text is written as soon as it is sampled.
     """
     import torch
 
@@ -49,25 +50,26 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
             raise ConfigError("prompt: no character is left after dropping the unknown ones")
 
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    context = torch.tensor([tokenizer.encode(prompt)], device=device)
-    texts = []
-    for i in range(config.num_samples):
+    # All samples in one batch: a step costs about the same for 1 row or 8 on a CPU.
+    context = torch.tensor([tokenizer.encode(prompt)] * config.num_samples, device=device)
+    rows: list[list[int]] = [[] for _ in range(config.num_samples)]
+    decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
+    if config.stream:  # the first sample streams; the others follow when it is done
+        write(prompt)
+    tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
+                          config.top_p, config.use_cache, generator)
+    for token in tokens:  # (num_samples, 1)
+        for row, t in zip(rows, token[:, 0].tolist(), strict=True):
+            row.append(t)
+        if config.stream:
+            write(decode(rows[0][-1:]))
+            sys.stdout.flush()
+    texts = [prompt + tokenizer.decode(row) for row in rows]
+    for i, text in enumerate(texts):
         if i:
             write(SEPARATOR)
-        pieces = [prompt]
-        if config.stream:
-            write(prompt)
-        tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
-                              config.top_p, config.use_cache, generator)
-        decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
-        for token in tokens:
-            pieces.append(decode(token[0].tolist()))
-            if config.stream:
-                write(pieces[-1])
-                sys.stdout.flush()
-        texts.append("".join(pieces))
-        if not config.stream:
-            write(texts[-1])
+        if i or not config.stream:
+            write(text)
     write("\n")
     return texts
 
