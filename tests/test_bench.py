@@ -44,7 +44,24 @@ def test_train_benchmark_reports_every_figure(small_text: Path) -> None:
 
 def test_bad_bench_setting_is_one_line_error() -> None:
     result = run_script("bench.py", "bench.task=fly")
-    assert result.returncode != 0 and "error: bench.task: must be one of train, sample" in result.stderr
+    assert result.returncode != 0 and "error: bench.task: must be one of train, sample, data" in result.stderr
+
+
+DATA_KEYS = {"tokens", "dtype", "vocab_size", "token_file_mb", "data_prep_cold_s", "data_prep_cached_s",
+             "data_prep_cold_peak_rss_mb", "data_prep_cached_peak_rss_mb", "train_peak_rss_mb",
+             "tiny_shakespeare_cached_s"}
+
+
+@pytest.mark.slow
+def test_data_benchmark_reports_preparation_and_memory(small_text: Path) -> None:
+    result = run_script("bench.py", "bench.task=data", f"data.source={small_text}", "bench.steps=2",
+                        "model.layers=1", "model.d_model=32", "model.block_size=16", "logger=none",
+                        "callbacks.progress_bar.refresh_rate=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    assert DATA_KEYS <= figures.keys()
+    assert figures["tokens"] == 30_000 and figures["dtype"] == "uint8"
+    assert figures["data_prep_cold_s"] > 0 and figures["train_peak_rss_mb"] > 0
 
 
 def test_norms_benchmark_reports_each_norm() -> None:

@@ -25,7 +25,7 @@ def write_run(run_dir: Path, heads: int, val_losses: list[float] | None, steps: 
     for step in range(1, steps, 2):
         writer.add_scalar("train/loss", 4.0 - step / steps, step)
     for i, loss in enumerate(val_losses or []):
-        step = (i + 1) * steps // len(val_losses) - 1
+        step = (i + 1) * steps // len(val_losses)  # a validation after n steps is logged at n
         writer.add_scalar("val/loss", loss, step)
         writer.add_scalar("val/bpc", loss / 0.6931471805599453, step)
     writer.add_scalar("hp/tokens_per_sec", 500.0 * heads, steps - 1)
@@ -96,11 +96,11 @@ def test_several_dirs_are_named_from_their_common_parent(sweep: Path) -> None:
 def test_a_resumed_run_reads_all_its_event_files(tmp_path: Path) -> None:
     write_run(tmp_path / "run", 4, [3.0])
     writer = SummaryWriter(str(tmp_path / "run" / "tb"))  # the resume: a second file, same dir
-    writer.add_scalar("val/loss", 2.0, 39)
+    writer.add_scalar("val/loss", 2.0, 40)
     writer.close()
     (run,) = find_runs([tmp_path])
     assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 2
-    assert [p.step for p in run.scalars["val/loss"]] == [19, 39]
+    assert [p.step for p in run.scalars["val/loss"]] == [20, 40]
     assert run.hparams["model.heads"] == 4
 
 

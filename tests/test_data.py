@@ -70,7 +70,7 @@ def test_encoding_is_cached_between_runs(small_text: Path, tmp_path: Path) -> No
     second = prepared(str(text))
     assert set(cache.rglob("cache-*.arrow")) - before == set(written)  # nothing new encoded
     assert {p: p.stat().st_mtime_ns for p in written} == written  # nor rewritten
-    assert torch.equal(first.train_tokens, second.train_tokens)
+    assert first.train_tokens.tolist() == second.train_tokens.tolist()
 
 
 def test_glob_and_list_sources_concatenate_in_order(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_glob_and_list_sources_concatenate_in_order(tmp_path: Path) -> None:
     from_glob = prepared(str(tmp_path / "*.txt"), val_fraction=0.5)
     from_list = prepared((str(tmp_path / "a.txt"), str(tmp_path / "b.txt")), val_fraction=0.5)
     assert from_glob.tokenizer.decode(from_glob.train_tokens.tolist()) == "abc" * 50
-    assert torch.equal(from_glob.val_tokens, from_list.val_tokens)
+    assert from_glob.val_tokens.tolist() == from_list.val_tokens.tolist()
 
 
 def test_pydocs_needs_no_network() -> None:
@@ -188,3 +188,11 @@ def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Pat
     data.prepare()
     sizes = (len(data.train_tokens), len(data.val_tokens), data.tokenizer.vocab_size)
     assert sizes == (1_003_854, 111_540, 65)
+
+
+def test_a_test_split_follows_the_validation_split(tmp_path: Path) -> None:
+    """enwik8's 90/5/5: train, validation, test, in the order of the text."""
+    (tmp_path / "t.txt").write_text("".join(chr(97 + i % 26) for i in range(100_000)))
+    data = prepared(str(tmp_path / "t.txt"), val_fraction=0.05, test_fraction=0.05)
+    assert (len(data.train_tokens), len(data.val_tokens), len(data.test_tokens)) == (90_000, 5_000, 5_000)
+    assert data.test_tokens.offset == 95_000

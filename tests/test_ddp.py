@@ -1,5 +1,6 @@
 """Two-process data parallel training on the CPU (``ddp_spawn``: plain ``ddp`` would relaunch
-pytest): each rank its own batches, one validation result, one set of files."""
+pytest): each rank its own batches from one shared memory-mapped token file, one validation
+result, one set of files."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class RankProbe(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.seen["first_batch"] is None:
             self.seen["first_batch"] = batch[0].tolist()
+            # The token file this process reads, and whether it is mapped into its memory.
+            path = trainer.datamodule.train_tokens.path
+            self.seen["token_file"] = path
+            self.seen["mapped"] = path in Path("/proc/self/maps").read_text()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.seen["val_windows"].append(0)
@@ -50,6 +55,7 @@ def test_two_cpu_processes_train_as_one(small_text: Path, tmp_path: Path) -> Non
     rank0, rank1 = (json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["first_batch"] != rank1["first_batch"]  # each rank its own random windows
+    assert rank0["token_file"] == rank1["token_file"] and rank0["mapped"] and rank1["mapped"]
     windows = len(small_text.read_text()[int(30_000 * 0.9):]) // 32  # validation windows in all
     for mine, theirs in zip(rank0["val_windows"], rank1["val_windows"], strict=True):  # split
         assert mine < windows and mine + theirs >= windows
@@ -58,8 +64,8 @@ def test_two_cpu_processes_train_as_one(small_text: Path, tmp_path: Path) -> Non
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("tb/events.out.tfevents")]
     assert len(events) == 1, files
-    assert sorted(set(files) - set(events)) == ["checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                                                "tb/hparams.yaml"]
+    assert sorted(set(files) - set(events)) == ["checkpoints/attention.npz", "checkpoints/best.ckpt",
+                                                "checkpoints/last.ckpt", "tb/hparams.yaml"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     logged = scalars(run_dir)
     assert [v for _, v in logged["val/loss"]] == pytest.approx(rank0["val_loss"])

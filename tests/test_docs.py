@@ -227,9 +227,19 @@ def test_a_documented_command_is_valid(command: Command, places: dict[str, str])
         case ["export", assignment] if re.fullmatch(r"[A-Z_]+=\S+", assignment):
             pass
         case ["tensorboard", "--logdir", _, *rest]:
-            assert rest in ([], ["--samples_per_plugin", "images=1000"]), rest
+            assert rest == ["--samples_per_plugin", "images=1000"], "keeps 10 pictures a tag"
         case _:
             pytest.fail(f"{command.id}: test_docs does not know how to check {command.text!r}")
+
+
+INLINE_TENSORBOARD = re.compile(r"`(tensorboard --logdir[^`]*)`")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_name)
+def test_every_tensorboard_command_in_the_text_keeps_every_picture(doc: Path) -> None:
+    text = re.sub(r"\s+", " ", doc.read_text())  # inline code may wrap over lines
+    for command in INLINE_TENSORBOARD.findall(text):
+        assert command.endswith("--samples_per_plugin images=1000"), f"{_name(doc)}: {command!r}"
 
 
 def test_the_readme_shows_ci_s_install_and_test_commands() -> None:

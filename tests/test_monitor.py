@@ -57,6 +57,19 @@ def test_every_layer_and_head_has_an_image_at_each_validation(run) -> None:
         assert [image.step for image in logged.Images(tag)] == [0, 10, 20]  # baseline + 2 validations
 
 
+def test_a_validation_logs_everything_at_one_step(run) -> None:
+    """val/loss, the pictures and the head scores of a validation share its step: the number
+    of optimizer steps behind the weights, as at the step-0 baseline."""
+    _, logged = run
+    validations = [event.step for event in logged.Scalars("val/loss")]
+    assert validations == [10, 20]
+    assert [event.step for event in logged.Scalars("hp/val_loss")] == validations
+    assert [i.step for i in logged.Images("attention/layer_0")] == [0, *validations]
+    assert [s.step for s in logged.Scalars("heads/prev_token/layer_1_head_2")] == [0, *validations]
+    assert [t.step for t in logged.Tensors("samples")] == [0, *validations]
+    assert "step" not in logged.Tags()["scalars"]  # the step is where values go, not a value
+
+
 def test_images_are_pngs_wider_for_a_layer_than_for_a_head(run) -> None:
     _, logged = run
     layer, head = logged.Images("attention/layer_1")[-1], logged.Images("attention/layer_1/head_3")[-1]
@@ -80,6 +93,28 @@ def test_four_diagnostics_for_every_head(run) -> None:
                     assert all(0 <= v <= math.log2(BLOCK) for v in values)
                 else:
                     assert all(0 <= v <= 1 for v in values)
+
+
+def test_ablation_for_every_head_at_each_validation(run) -> None:
+    _, logged = run
+    for layer in range(LAYERS):
+        for head in range(HEADS):
+            events = logged.Scalars(f"heads/ablation/layer_{layer}_head_{head}")
+            assert [event.step for event in events] == [0, 10, 20]
+            assert all(abs(event.value) < 5 for event in events)  # Δ nats per character
+
+
+def test_the_run_keeps_its_attention_beside_the_checkpoints(run) -> None:
+    from tinylm.attention.history import load_history
+
+    run_dir, logged = run
+    history = load_history(run_dir / "checkpoints" / "attention.npz")
+    assert history.steps.tolist() == [0, 10, 20]
+    assert history.maps.shape == (3, LAYERS, HEADS, BLOCK, BLOCK) and history.maps.dtype.name == "uint8"
+    assert len(history.probe) == BLOCK
+    assert set(history.scores) == {*SCORES, "ablation"}
+    logged_prev = [e.value for e in logged.Scalars("heads/prev_token/layer_1_head_2")]
+    assert history.scores["prev_token"][:, 1, 2].tolist() == pytest.approx(logged_prev, abs=1e-6)
 
 
 def test_untrained_heads_attend_nearly_uniformly(run) -> None:

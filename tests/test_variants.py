@@ -443,7 +443,7 @@ def test_resuming_with_kv_heads_null_or_equal_to_heads_is_the_same_model(small_t
     config = TrainConfig.from_dict(
         compose(*tiny_run(small_text, tmp_path, f"ckpt_path={last}", "model.kv_heads=4")))
     vocab = torch.load(last, weights_only=True)["hyper_parameters"]["vocab"]
-    _check_resumable(config, vocab)  # no error: null meant 4 heads of keys and values
+    _check_resumable(config, {"tokenizer": "char", "vocab": vocab})  # no error: null meant 4 heads
 
 
 def test_every_option_at_once_trains_in_bf16_mixed_precision(small_text: Path, tmp_path: Path) -> None:

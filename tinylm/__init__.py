@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CharTokenizer", "ModelConfig", "TransformerLM", "load_checkpoint"]
+__all__ = ["ByteTokenizer", "CharTokenizer", "ModelConfig", "TransformerLM", "load_checkpoint"]
 
 _LAZY = {
+    "ByteTokenizer": "tinylm.tokenizer",
     "CharTokenizer": "tinylm.tokenizer",
     "ModelConfig": "tinylm.config",
     "TransformerLM": "tinylm.model",

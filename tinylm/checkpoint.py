@@ -17,7 +17,7 @@ import torch
 
 from tinylm.config import ModelConfig, TinyLMError, build
 from tinylm.model import TransformerLM
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import Tokenizer, tokenizer_from
 
 FORMAT_VERSION = 1
 
@@ -63,6 +63,12 @@ def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
     return build(ModelConfig, checkpoint["hyper_parameters"]["model"], "model")
 
 
+def tokenizer_of(checkpoint: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with (files from before byte tokens: "char")."""
+    hyper = checkpoint["hyper_parameters"]
+    return tokenizer_from(hyper.get("tokenizer", "char"), hyper["vocab"])
+
+
 def with_attention_file(config: ModelConfig, attention_file: str | None, key: str = "attention_file"
                         ) -> ModelConfig:
     """``config`` with its learner's attention class taken from ``attention_file``, the file the
@@ -81,12 +87,12 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
-                    attention_file: str | None = None) -> tuple[TransformerLM, CharTokenizer]:
+                    attention_file: str | None = None) -> tuple[TransformerLM, Tokenizer]:
     """Rebuild the model (in eval mode) and its tokenizer from a .ckpt file alone; ``key`` names
     the setting that gave the path, for errors. A model trained with a learner's attention
     class also needs ``attention_file``, that class's file."""
     checkpoint = read_checkpoint(path, key)
-    tokenizer = CharTokenizer(checkpoint["hyper_parameters"]["vocab"])
+    tokenizer = tokenizer_of(checkpoint)
     config = with_attention_file(model_config_of(checkpoint), attention_file)
     model = TransformerLM(config, tokenizer.vocab_size)
     state = {

@@ -68,8 +68,9 @@ def summarize(run: Run) -> Row:
     def best(tag: str) -> float | None:
         return min(values(tag)) if values(tag) else None
 
-    # The steps trained: Lightning logs step n's values at step n - 1.
-    logged_steps = [p.step for tag, points in run.scalars.items()
+    # The steps trained: train/ values of step n are logged at n - 1 (the loss of the batch
+    # that step n learned from), a validation after n steps at n.
+    logged_steps = [p.step + tag.startswith("train/") for tag, points in run.scalars.items()
                     if tag.startswith(("train/", "val/")) for p in points]
     params = last("hp/params")
     # hp/tokens_per_sec is the run's mean; older runs have only the windowed train/ rate.
@@ -79,7 +80,7 @@ def summarize(run: Run) -> Row:
     return Row(
         run=run.name, hparams=run.hparams,
         params=int(params) if params is not None else None,
-        steps=max(logged_steps) + 1 if logged_steps else None,
+        steps=max(logged_steps) if logged_steps else None,
         val_loss=last("val/loss"), best_val_loss=best("val/loss"),
         val_bpc=last("val/bpc"), best_val_bpc=best("val/bpc"),
         tokens_per_sec=tokens_per_sec, wall_time=run.wall_time,

@@ -48,6 +48,7 @@ MLPS = ("gelu", "swiglu", "relu2")
 OPTIMIZERS = ("adamw", "muon")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
+TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,22 @@ class DataConfig:
     revision: str | None = None  # Hub revision (branch, tag or ref); ignored for local sources
     text_column: str = "text"
     encoding: str = "utf-8"  # of text, CSV and JSON files: e.g. latin-1, cp1252, shift_jis, gb18030
+    # "char": one token per character, the vocabulary the characters of the text (nanoGPT's);
+    # "byte": one token per UTF-8 byte, 256 of them, for any text (enwik8's results are per byte)
+    tokenizer: str = "char"
+    # The characters of a "char" vocabulary, given up front as one string (no vocabulary pass);
+    # needed with streaming, where the text is not known in advance. null: from the text.
+    vocab: str | None = None
+    # Train from the source without downloading it whole (a Hub dataset or a Hub-layout
+    # directory): its "train" split streamed, its validation split held in memory.
+    streaming: bool = False
     val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
+    # A test split after the validation split (enwik8's 90/5/5): evaluated once, on the best
+    # checkpoint, when training ends (test/loss, test/bpc). 0: none.
+    test_fraction: float = 0.0
     batch_size: int = 12
     val_batch_size: int = 64
-    num_workers: int = 0  # batches are cut from an in-memory tensor: workers only add overhead
+    num_workers: int = 0  # batches are cut from a memory-mapped file: workers only add overhead
 
     def __post_init__(self) -> None:
         source = self.source
@@ -182,6 +195,15 @@ class DataConfig:
             require(isinstance(source, str), "data.source",
                     f"expected a Hub id, a path, or a list of paths, got {source!r}")
         require(bool(self.source), "data.source", "is empty; give a Hub id or a path")
+        require(self.tokenizer in TOKENIZERS, "data.tokenizer",
+                f"must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        require(self.vocab is None or (isinstance(self.vocab, str) and self.vocab != ""), "data.vocab",
+                f"must be a non-empty string of characters or null, got {self.vocab!r}")
+        require(not self.streaming or self.tokenizer == "byte" or self.vocab is not None, "data.streaming",
+                "needs the vocabulary up front: set data.tokenizer=byte, or data.vocab to its characters")
+        require(not self.streaming or self.num_workers == 0, "data.num_workers",
+                f"must be 0 with data.streaming=true (the stream's position is kept in this process), "
+                f"got {self.num_workers}")
         try:
             codecs.lookup(self.encoding)
         except LookupError:
@@ -192,6 +214,13 @@ class DataConfig:
             "data.val_fraction",
             f"must be in (0, 1), got {self.val_fraction}",
         )
+        require(
+            0.0 <= self.test_fraction < 1.0 - self.val_fraction,
+            "data.test_fraction",
+            f"must be in [0, 1 - data.val_fraction), got {self.test_fraction}",
+        )
+        require(not self.streaming or self.test_fraction == 0, "data.test_fraction",
+                "must be 0 with data.streaming=true (its validation split is the source's)")
         require(self.batch_size >= 1, "data.batch_size", f"must be at least 1, got {self.batch_size}")
         require(
             self.val_batch_size >= 1,
@@ -289,6 +318,14 @@ def _check_every_n_steps(value: int | None, key: str) -> None:
             f"must be at least 1 (or null: after every validation), got {value}")
 
 
+ABLATIONS = ("zero", "mean")
+
+
+def _check_ablation(value: str | None, key: str) -> None:
+    require(value is None or value in ABLATIONS, key,
+            f"must be one of {', '.join(ABLATIONS)} (or null: off), got {value!r}")
+
+
 @dataclass(frozen=True)
 class AttentionMapsConfig:
     """Attention maps and head scores on a fixed probe text, logged to TensorBoard."""
@@ -297,9 +334,17 @@ class AttentionMapsConfig:
     every_n_steps: int | None = None  # null: at step 0 and after every validation
     probe: str | None = None  # null: the start of the validation text, up to model.block_size
     max_chars: int = 64  # pictures show the first max_chars positions, so labels stay legible
+    # Head importance: the rise of the loss on ablation_windows validation windows (block_size
+    # + 1 characters each, the same every time) when each head's output is removed; one
+    # forward pass of those windows per head. "zero", "mean" (its mean output instead), or null: off.
+    ablation: str | None = "zero"
+    ablation_windows: int = 8
 
     def __post_init__(self) -> None:
         _check_every_n_steps(self.every_n_steps, "callbacks.attention.every_n_steps")
+        _check_ablation(self.ablation, "callbacks.attention.ablation")
+        require(self.ablation_windows >= 1, "callbacks.attention.ablation_windows",
+                f"must be at least 1, got {self.ablation_windows}")
         require(
             self.probe is None or len(self.probe) >= 2,
             "callbacks.attention.probe",
@@ -392,14 +437,16 @@ class AttentionScriptConfig:
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
     prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
-    out: str = "attention.png"
+    out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
+    ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
 
     def __post_init__(self) -> None:
-        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=attention.png")
+        require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
+        _check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
 
 
@@ -634,9 +681,10 @@ class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
 
     # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
-    # norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run, whole processes
+    # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
+    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run
     task: str = "train"
-    steps: int = 200  # timed training steps
+    steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
     bare: bool = True  # also time the same model and data in a bare PyTorch loop
     data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
@@ -656,7 +704,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "norms", "speedrun")
+BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
-"""Text in, batches of character ids out: a LightningDataModule over Hugging Face ``datasets``.
+"""Text in, batches of token ids out: a LightningDataModule over Hugging Face ``datasets``.
 
 The texts of all splits of the source (``tinylm.sources``) are concatenated in order and cut,
 as nanoGPT does, into the first ``1 - val_fraction`` for training and the rest for validation.
-Encoding runs once: ``datasets`` caches it on disk, keyed by the source's fingerprint and the
-vocabulary.
+Encoding runs once: the token ids go to a compact file beside the ``datasets`` cache, keyed by
+the source and the vocabulary, and every process memory-maps it (``tinylm.tokens``).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -17,33 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
-from tinylm.sources import OFFLINE_HINT, DataError, from_cache, load_texts
-from tinylm.tokenizer import CharTokenizer
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode_cached(texts, tokenizer: CharTokenizer) -> torch.Tensor:
-    """All rows of ``texts`` joined as one int64 tensor of token ids.
-
-    ``datasets`` caches the encoded rows on disk, keyed by the rows' fingerprint and the
-    vocabulary, so a second run with the same source reads them back instead of encoding.
-    """
-    encoded = texts.map(
-        _encode_batch,
-        batched=True,
-        remove_columns=["text"],
-        fn_kwargs={"vocab": tokenizer.to_list()},
-        desc="encoding characters",
-    )
-    ids = encoded.with_format("arrow")["ids"]  # a list column: one array per row
-    return torch.from_numpy(ids.combine_chunks().flatten().to_numpy().astype(np.int64))
-
-
-def _encode_batch(batch: dict, vocab: list[str]) -> dict:
-    tokenizer = CharTokenizer(vocab)
-    return {"ids": [tokenizer.encode_array(text) for text in batch["text"]]}
-
+from tinylm.sources import OFFLINE_HINT, DataError, count_documents, from_cache, load_streams, load_texts
+from tinylm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
+from tinylm.tokens import Tokens, as_array, encode_cached, encoded_pieces, vocabulary
 
 # --------------------------------------------------------------------------- batches
 
@@ -63,10 +41,12 @@ class RandomWindows(IterableDataset):
 
     Batch n comes from a generator seeded with (seed, rank, n): the data order is a function
     of the step alone, so a resumed run draws exactly the batches it would have drawn.
+    ``tokens`` is ``Tokens`` (a memory map), a numpy array or a 1-D tensor; windows are read
+    from it in its compact dtype and widened to int64 per batch.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, batch_size: int, seed: int,
-                 rank: int = 0, start: int = 0) -> None:
+    def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int, batch_size: int,
+                 seed: int, rank: int = 0, start: int = 0) -> None:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.start = seed, rank, start
 
@@ -74,8 +54,9 @@ class RandomWindows(IterableDataset):
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, n))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
-        offsets = torch.arange(self.block_size + 1)
-        windows = self.tokens[starts[:, None] + offsets]  # (B, T + 1)
+        offsets = np.arange(self.block_size + 1)
+        windows = as_array(self.tokens)[starts.numpy()[:, None] + offsets]  # (B, T + 1)
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self):
@@ -86,6 +67,65 @@ class RandomWindows(IterableDataset):
             yield self.batch(n)
 
 
+class StreamWindows(IterableDataset):
+    """Training batches from a streamed dataset (``data.streaming``): the rows' tokens joined in
+    order and cut into consecutive windows of ``block_size + 1`` tokens, each starting where the
+    one before ended (every token is a target once), ``batch_size`` windows a batch.
+
+    ``snapshots[n]`` is where batch n starts: the stream's ``state_dict`` before the row it
+    starts in (None: the stream's beginning) and how many of that row's tokens came before. A
+    checkpoint stores the snapshot of the next batch to train on; ``state`` resumes from it.
+    """
+
+    KEEP = 64  # snapshots kept: more than the DataLoader and Lightning fetch ahead
+
+    def __init__(self, rows, tokenizer: Tokenizer, block_size: int, batch_size: int,
+                 state: dict[str, Any] | None = None, start: int = 0) -> None:
+        self.rows, self.tokenizer, self.block_size, self.batch_size = rows, tokenizer, block_size, batch_size
+        self.state, self.start = state, start
+        self.snapshots: dict[int, dict[str, Any]] = {}
+
+    def __iter__(self):
+        state = self.state or {"rows": None, "skip": 0}
+        self.state = None  # a later epoch starts the stream from its beginning
+        if state["rows"] is not None:
+            self.rows.load_state_dict(state["rows"])
+        rows = iter(self.rows)
+        anchors = collections.deque()  # [state before the row, its tokens, tokens of it used]
+        buffer = np.empty(0, dtype=self.tokenizer.dtype)
+        first, skip = True, state["skip"]
+        need = self.batch_size * self.block_size + 1  # a batch's windows overlap by one token
+        n = self.start
+        self.snapshots[n] = dict(state)
+        while True:
+            while len(buffer) < need:
+                # The stream's state is readable once it has started: before that, ours.
+                before = state["rows"] if first else self.rows.state_dict()
+                row = next(rows, None)
+                if row is None:
+                    return  # the stream is over: so is the epoch
+                ids = self.tokenizer.encode_array(row["text"], self.tokenizer.dtype)
+                anchors.append([before, len(ids), skip])
+                buffer = np.concatenate([buffer, ids[skip:]])
+                first, skip = False, 0
+            windows = np.lib.stride_tricks.sliding_window_view(buffer[:need], self.block_size + 1)
+            batch = torch.from_numpy(windows[:: self.block_size].astype(np.int64))  # (B, T + 1)
+            used = self.batch_size * self.block_size
+            buffer = buffer[used:]
+            while used:  # account the used tokens to their rows; drop rows used up
+                take = min(used, anchors[0][1] - anchors[0][2])
+                anchors[0][2] += take
+                used -= take
+                if anchors[0][2] == anchors[0][1]:
+                    anchors.popleft()
+            n += 1
+            self.snapshots[n] = ({"rows": anchors[0][0], "skip": anchors[0][2]} if anchors
+                                 else {"rows": self.rows.state_dict(), "skip": 0})
+            self.snapshots.pop(n - self.KEEP, None)
+            self.start = n  # a later epoch goes on counting from here
+            yield batch[:, :-1], batch[:, 1:]
+
+
 class SequentialWindows(Dataset):
     """Validation windows: consecutive and non-overlapping, each target predicted once.
 
@@ -93,7 +133,7 @@ class SequentialWindows(Dataset):
     split but a tail shorter than one window.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
+    def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int) -> None:
         self.tokens, self.block_size = tokens, block_size
 
     def __len__(self) -> int:
@@ -102,7 +142,8 @@ class SequentialWindows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        window = self.tokens[i * self.block_size : (i + 1) * self.block_size + 1]
+        window = as_array(self.tokens)[i * self.block_size : (i + 1) * self.block_size + 1]
+        window = torch.from_numpy(window.astype(np.int64))
         return window[:-1], window[1:]
 
 
@@ -112,27 +153,48 @@ class CharDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, block_size: int, seed: int = 1337) -> None:
         super().__init__()
         self.config, self.block_size, self.seed = config, block_size, seed
-        self.tokenizer: CharTokenizer | None = None
-        self.train_tokens: torch.Tensor | None = None
-        self.val_tokens: torch.Tensor | None = None
+        self.tokenizer: Tokenizer | None = None
+        self.train_tokens: Tokens | None = None
+        self.val_tokens: Tokens | None = None
+        self.test_tokens: Tokens | None = None  # data.test_fraction > 0 only
+        self._resumed: dict[int, dict[str, Any]] | None = None  # streaming: from a checkpoint
         self.documents, self.from_cache = 0, False  # rows (files, splits) read; from datasets' cache
 
     def prepare(self) -> None:
         """Load, build the vocabulary, encode and split; runs once however often it is called."""
         if self.tokenizer is not None:
             return
-        started = time.time()
-        texts = load_texts(self.config)
-        self.documents, self.from_cache = len(texts), from_cache(texts, started)
-        characters = set().union(*map(set, texts["text"]))
-        if not characters:
-            raise DataError(f"data.source={self.config.source!r} holds no text; {OFFLINE_HINT}")
-        tokenizer = CharTokenizer(sorted(characters))
-        tokens = encode_cached(texts, tokenizer)
-        n_train = int(len(tokens) * (1 - self.config.val_fraction))
-        train, val = tokens[:n_train], tokens[n_train:]
+        config = self.config
+        if config.streaming:
+            self.train_rows, texts = load_streams(config)  # texts: the validation split
+        else:
+            started = time.time()
+            texts = load_texts(config)
+            self.documents = count_documents(config.source, texts)
+            self.from_cache = from_cache(texts, started)
+        if config.tokenizer == "byte":
+            tokenizer = ByteTokenizer()
+        elif config.vocab is not None:
+            tokenizer = CharTokenizer(sorted(set(config.vocab)))
+        else:
+            tokenizer = vocabulary(texts)
+        if config.streaming:
+            pieces = list(encoded_pieces(texts, tokenizer))
+            tokens = Tokens(np.concatenate(pieces) if pieces else np.empty(0, tokenizer.dtype))
+        else:
+            tokens = encode_cached(texts, tokenizer, config.text_column) if tokenizer else []
+        if not len(tokens):
+            raise DataError(f"data.source={config.source!r} holds no text; {OFFLINE_HINT}")
+        held_out = config.val_fraction + config.test_fraction
+        n_train = 0 if config.streaming else int(len(tokens) * (1 - held_out))
+        n_test = int(len(tokens) * config.test_fraction)
+        train, val = tokens[:n_train], tokens[n_train : len(tokens) - n_test]
+        self.test_tokens = tokens[len(tokens) - n_test :] if n_test else None
+        if config.streaming:
+            self.tokenizer, self.train_tokens, self.val_tokens = tokenizer, None, val
+            return
         need = self.block_size + 1
-        if len(train) < need or len(val) < need:
+        if len(train) < need or len(val) < need or (n_test and n_test < need):
             raise DataError(
                 f"data.source={self.config.source!r} gives {len(train):,} training and "
                 f"{len(val):,} validation characters; each split needs at least "
@@ -149,10 +211,50 @@ class CharDataModule(L.LightningDataModule):
         # On resume Lightning restores global_step before asking for this loader.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank = trainer.global_rank if trainer else 0
+        if self.config.streaming:
+            from datasets.distributed import split_dataset_by_node
+
+            world = trainer.world_size if trainer else 1
+            rows = self.train_rows
+            if world > 1:
+                rows = split_dataset_by_node(rows, rank=rank, world_size=world)
+            resumed = (self._resumed or {}).get(rank)
+            self.stream = StreamWindows(rows, self.tokenizer, self.block_size, self.config.batch_size,
+                                        state=resumed, start=start)
+            return DataLoader(self.stream, batch_size=None, num_workers=0)
         windows = RandomWindows(self.train_tokens, self.block_size, self.config.batch_size,
                                 self.seed, rank=rank, start=start)
         return DataLoader(windows, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: with streaming, where each rank's stream is (its next batch's
+        snapshot); nothing otherwise (random batches are a function of the step)."""
+        stream = getattr(self, "stream", None)
+        if stream is None:
+            return {}
+        trainer = self.trainer
+        snapshots, n = stream.snapshots, trainer.global_step * trainer.accumulate_grad_batches
+        if n in snapshots:
+            mine = snapshots[n]
+        elif snapshots:  # not a batch we cut (an epoch's end): the last place we know
+            mine = snapshots[max(snapshots)]
+        else:  # not iterated yet: where it will start
+            mine = stream.state or {"rows": None, "skip": 0}
+        states = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, mine)
+        return {"stream": dict(enumerate(states))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = state.get("stream")
+
+    def test_dataloader(self) -> DataLoader:
+        """``data.test_fraction``: the test split, in consecutive windows like validation."""
+        windows = SequentialWindows(self.test_tokens, self.block_size)
+        return DataLoader(windows, batch_size=self.config.val_batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         windows = SequentialWindows(self.val_tokens, self.block_size)

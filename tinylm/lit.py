@@ -20,7 +20,7 @@ from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig, as_plain, build
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import tokenizer_from
 
 LN2 = math.log(2)
 
@@ -41,14 +41,16 @@ class LitLM(L.LightningModule):
     them back in as such)."""
 
     def __init__(self, model: ModelConfig | Mapping[str, Any], optim: OptimConfig | Mapping[str, Any],
-                 vocab: list[str], max_steps: int = -1) -> None:
+                 vocab: list[str] | None, max_steps: int = -1, tokenizer: str = "char") -> None:
         super().__init__()
         self.model_config = model if isinstance(model, ModelConfig) else build(ModelConfig, model, "model")
         self.optim_config = optim if isinstance(optim, OptimConfig) else build(OptimConfig, optim, "optim")
         # The run's full config is logged separately; this is what a checkpoint needs.
+        # vocab: the characters of a "char" tokenizer; None for "byte" (every byte).
         self.save_hyperparameters({"model": as_plain(self.model_config), "optim": as_plain(self.optim_config),
-                                   "vocab": list(vocab), "max_steps": max_steps}, logger=False)
-        self.tokenizer = CharTokenizer(vocab)
+                                   "vocab": None if vocab is None else list(vocab), "max_steps": max_steps,
+                                   "tokenizer": tokenizer}, logger=False)
+        self.tokenizer = tokenizer_from(tokenizer, vocab)
         self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
         self.decay_steps = self.optim_config.decay_steps or max_steps
         self.val_loss = MeanMetric()  # token-weighted, and synced across processes
@@ -69,6 +71,14 @@ class LitLM(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())
 
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self.loss(batch), weight=batch[1].numel())
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # the mean over every test window
+        self.val_loss.reset()
+        self.log_dict({"test/loss": loss, "test/bpc": loss / LN2}, sync_dist=True)
+
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # the mean over every validation window
         self.val_loss.reset()
@@ -79,6 +89,10 @@ class LitLM(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log_dict({"val/bpc": bpc, "val/ppl": loss.exp(), "hp/val_loss": loss, "hp/val_bpc": bpc,
                        "hp/best_val_loss": self.best_val_loss}, sync_dist=True)
+        # A validation's step is the number of optimizer steps behind the weights it measured,
+        # global_step: the step of the pictures and head scores logged after it. Lightning would
+        # write these at global_step - 1; a logged "step" is the step it writes them at instead.
+        self.log("step", float(self.trainer.global_step), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optim_config
@@ -105,7 +119,8 @@ class LitLM(L.LightningModule):
         return self._trainer is not None and str(self.trainer.precision).startswith("16")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Marks the file as ours; the vocabulary and model config are in its hyper_parameters.
+        # Marks the file as ours; the tokenizer, vocabulary and model config are in its
+        # hyper_parameters.
         checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     # All samples in one batch: a step costs about the same for 1 row or 8 on a CPU.
     context = torch.tensor([tokenizer.encode(prompt)] * config.num_samples, device=device)
     rows: list[list[int]] = [[] for _ in range(config.num_samples)]
+    decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
     if config.stream:  # the first sample streams; the others follow when it is done
         write(prompt)
     tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
@@ -61,7 +62,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
         for row, t in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(t)
         if config.stream:
-            write(tokenizer.decode(rows[0][-1:]))
+            write(decode(rows[0][-1:]))
             sys.stdout.flush()
     texts = [prompt + tokenizer.decode(row) for row in rows]
     for i, text in enumerate(texts):

@@ -116,6 +116,39 @@ def load_texts(config: DataConfig):
     return rows
 
 
+def load_streams(config: DataConfig):
+    """``data.streaming``: the source's "train" split as a ``datasets.IterableDataset`` (read as
+    it is iterated, never downloaded whole) and its first validation split ("validation",
+    "valid", "dev" or "test") as an in-memory Dataset; both with one column, "text"."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    source = config.source
+    if not isinstance(source, str) or source.startswith(BUILTIN_PREFIX) or _local_files(source):
+        raise DataError(f"data.streaming=true reads a Hub dataset or a local Hub-layout directory, "
+                        f"not data.source={source!r}; set data.streaming=false")
+    local = Path(source).expanduser()
+    path = str(local) if local.is_dir() else source
+    if not local.is_dir():
+        _check_hub_reachable(source)
+    streams = datasets.load_dataset(path, revision=config.revision, streaming=True)
+    held_out = [s for s in SPLIT_ORDER[1:] if s in streams]
+    if "train" not in streams or not held_out:
+        raise DataError(f"data.source={source!r} has splits {list(streams)}; streaming needs a "
+                        f"'train' split and a validation split ({', '.join(SPLIT_ORDER[1:])})")
+    column = config.text_column
+
+    def text_only(stream):
+        if column not in stream.column_names:
+            raise DataError(f"data.text_column={column!r} is not a column of data.source={source!r}; "
+                            f"its columns are {stream.column_names}")
+        stream = stream.select_columns([column])
+        return stream.rename_column(column, "text") if column != "text" else stream
+
+    validation = datasets.Dataset.from_list(list(text_only(streams[held_out[0]])))
+    return text_only(streams["train"]), validation
+
+
 def row_unit(source: str | tuple[str, ...]) -> str:
     """What one row of ``source`` is: a "file" of text (each is read whole), or a "row"."""
     try:
@@ -125,6 +158,15 @@ def row_unit(source: str | tuple[str, ...]) -> str:
     except DataError:
         return "row"
     return "file" if files and Path(files[0]).suffix.lower() not in FILE_BUILDERS else "row"
+
+
+def count_documents(source: str | tuple[str, ...], rows) -> int:
+    """How many of ``row_unit(source)`` were read: text files are read a line at a time (one
+    row per line) but counted as files."""
+    if row_unit(source) != "file":
+        return len(rows)
+    files = _local_files(source)
+    return len(files if files is not None else _directory_files(Path(source).expanduser()))
 
 
 def from_cache(rows, since: float) -> bool:
@@ -148,8 +190,12 @@ def _load_rows(source: str | tuple[str, ...], revision: str | None, encoding: st
                 datasets.load_dataset(str(Path(source).expanduser()))))
     if files is not None:
         builder = FILE_BUILDERS.get(Path(files[0]).suffix.lower(), "text")
-        # sample_by="document": each file is one row, its text exactly as on disk.
-        options = {"sample_by": "document"} if builder == "text" else {}
+        # One row per line, line breaks kept: joined, the rows are the text exactly as read, and
+        # datasets reads a file in 10 MB pieces rather than whole (a 1 GB file is no 1 GB row).
+        # Empty files give no lines, which datasets refuses: then one empty row per file.
+        some_text = any(Path(f).stat().st_size for f in files)
+        by = {"sample_by": "line", "keep_linebreaks": True} if some_text else {"sample_by": "document"}
+        options = by if builder == "text" else {}
         if builder != "parquet":
             options["encoding"] = encoding
         return _local(source, lambda: datasets.load_dataset(builder, data_files=files, split="train",

@@ -83,6 +83,8 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
         last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
         lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc); "
                      f"last {last:.4f}")
+    if "test/bpc" in metrics:
+        lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt={_shell_quoted(_prompt(trainer))}")
@@ -94,8 +96,8 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
 def _prompt(trainer: Trainer) -> str:
     """A prompt the model can read: "ROMEO:" when its vocabulary has those characters, else the
     first word of the validation text (a model of Japanese text has no R)."""
-    vocab = set(trainer.lightning_module.tokenizer.vocab)
-    if set("ROMEO:") <= vocab or trainer.datamodule is None:
+    tokenizer = trainer.lightning_module.tokenizer
+    if not tokenizer.unknown_characters("ROMEO:") or trainer.datamodule is None:  # bytes: any text
         return "ROMEO:"
     text = trainer.lightning_module.tokenizer.decode(trainer.datamodule.val_tokens[:64].tolist())
     words = text.split()
@@ -155,14 +157,14 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     data.prepare()  # load and encode now: data errors come before the model is built
     if rank_zero():
         print(loaded(config, data), flush=True)
-    vocab = data.tokenizer.to_list()
     if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
         from tinylm.memory import check_on_gpu
 
-        check_on_gpu(config, torch.cuda.current_device(), len(vocab), overrides)
+        check_on_gpu(config, torch.cuda.current_device(), data.tokenizer.vocab_size, overrides)
     if config.ckpt_path is not None:
-        _check_resumable(config, vocab)
-    module = LitLM(model=config.model, optim=config.optim, vocab=vocab, max_steps=config.max_steps)
+        _check_resumable(config, data.tokenizer.spec())
+    module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
+                   max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
     output_dir = Path(config.paths.output_dir)
     callbacks = build_callbacks(config, data, output_dir, overrides, extra_callbacks)
@@ -180,6 +182,9 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     # kills all processes when one of the ranks it started exits non-zero.
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
         raise interrupted
+    if data.test_tokens is not None and not interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=data, ckpt_path=best or None, weights_only=True, verbose=False)
     return trainer, module
 
 
@@ -207,10 +212,15 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
 
     source = config.data.source
     shown = ",".join(source) if isinstance(source, tuple) else source
+    tokens = "bytes" if data.tokenizer.kind == "byte" else "characters"
+    if config.data.streaming:
+        return (f"data: {shown} (streamed): its train split as training reads it, "
+                f"{len(data.val_tokens):,} validation {tokens}, a vocabulary of {data.tokenizer.vocab_size}")
     unit = row_unit(source) + ("s" if data.documents != 1 else "")
     cache = "read back from the datasets cache" if data.from_cache else "read and cached"
+    test = f", {len(data.test_tokens):,} test" if data.test_tokens is not None else ""
     return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
-            f"and {len(data.val_tokens):,} validation characters, a vocabulary of "
+            f"and {len(data.val_tokens):,} validation{test} {tokens}, a vocabulary of "
             f"{data.tokenizer.vocab_size}")
 
 
@@ -324,7 +334,7 @@ def _hint_words(hint: Any) -> str:
     return words.get(hint, "")
 
 
-def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
+def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
     """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
     from tinylm.checkpoint import model_config_of, read_checkpoint
 
@@ -340,7 +350,13 @@ def _check_resumable(config: TrainConfig, vocab: list[str]) -> None:
             f"ckpt_path: the checkpoint's model differs from this run's ({'; '.join(differences)}); "
             f"pass the same model overrides as the run that wrote it"
         )
-    saved_vocab = checkpoint["hyper_parameters"]["vocab"]
+    saved_kind = checkpoint["hyper_parameters"].get("tokenizer", "char")
+    if saved_kind != tokenizer["tokenizer"]:
+        raise ConfigError(
+            f"ckpt_path: the checkpoint was trained with data.tokenizer={saved_kind}, this run uses "
+            f"data.tokenizer={tokenizer['tokenizer']}; resume with data.tokenizer={saved_kind}"
+        )
+    saved_vocab, vocab = checkpoint["hyper_parameters"]["vocab"], tokenizer["vocab"]
     if saved_vocab != vocab:
         raise ConfigError(
             f"ckpt_path: the checkpoint's vocabulary ({len(saved_vocab)} characters) differs from "

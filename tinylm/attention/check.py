@@ -128,9 +128,10 @@ def build_module(cls: type, d_model: int = 48, heads: int = 4, kwargs: dict | No
         if name in parameters and name not in kwargs:
             kwargs[name] = True
     call = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-    torch.manual_seed(0)
     try:
-        module = cls(**kwargs)
+        with torch.random.fork_rng(devices=[]):  # the same weights each time; the run's seed untouched
+            torch.manual_seed(0)
+            module = cls(**kwargs)
     except Exception as error:
         raise failing(f"building {call} (pass other arguments with --kwargs)", error) from None
     if not isinstance(module, torch.nn.Module):

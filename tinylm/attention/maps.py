@@ -13,7 +13,7 @@ from torch import Tensor
 from tinylm.attention.scores import HeadScores
 from tinylm.config import TinyLMError
 from tinylm.model import TransformerLM, evaluating
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import Tokenizer
 
 INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier curve
 INDUCTION_SEED = 0
@@ -27,19 +27,21 @@ class ProbeError(TinyLMError, ValueError):
     """A probe or prompt the model cannot read; the message names the key to fix."""
 
 
-def encode_probe(text: str, tokenizer: CharTokenizer, block_size: int, key: str = "prompt") -> Tensor:
+def encode_probe(text: str, tokenizer: Tokenizer, block_size: int, key: str = "prompt") -> Tensor:
     """``text`` as token ids (1, T), refused with a one-line error naming ``key`` when it is
     shorter than 2 characters, longer than the model's context, or holds characters the
     model never saw."""
     if len(text) < 2:  # one position has one possible key: there is nothing to look at
         raise ProbeError(f"{key}: {text!r} is too short; attention needs at least 2 characters")
     tokenizer.check_known(text, key)
-    if len(text) > block_size:
+    ids = tokenizer.encode(text)
+    if len(ids) > block_size:
+        unit = "characters" if len(ids) == len(text) else f"tokens ({len(text)} characters)"
         raise ProbeError(
-            f"{key}: {len(text)} characters is longer than the model's block_size={block_size}; "
+            f"{key}: {len(ids)} {unit} is longer than the model's block_size={block_size}; "
             f"shorten it to at most {block_size}"
         )
-    return torch.tensor([tokenizer.encode(text)])
+    return torch.tensor([ids])
 
 
 def induction_tokens(vocab_size: int, block_size: int, batch: int = INDUCTION_BATCH,

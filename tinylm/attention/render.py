@@ -3,8 +3,10 @@ and report every head's diagnostics, with the same code as the TensorBoard callb
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from tinylm.attention.history import FILENAME as HISTORY
 from tinylm.config import AttentionScriptConfig, ConfigError
 
 
@@ -23,8 +25,12 @@ def run(config: AttentionScriptConfig) -> None:
 
 
 def render_attention(config: AttentionScriptConfig) -> str:
-    """Draw the maps ``config`` asks for to ``config.out``; return the diagnostics as a
-    markdown table and a line saying what was drawn."""
+    """Draw the maps ``config`` asks for to ``config.out`` (a PNG, or with ``.html`` the
+    explorer page); return the diagnostics as a markdown table and a line saying what was drawn."""
+    run_history = Path(config.ckpt).expanduser() / "checkpoints" / HISTORY
+    if Path(config.out).suffix.lower() == ".html" and run_history.is_file():
+        return explore_run(config, run_history)
+    from tinylm.attention.ablation import ablation_scores, can_ablate
     from tinylm.attention.maps import attention_maps, encode_probe, head_scores
     from tinylm.attention.pictures import AttentionFigure
     from tinylm.checkpoint import load_checkpoint
@@ -37,19 +43,63 @@ def render_attention(config: AttentionScriptConfig) -> str:
 
     maps = attention_maps(model, ids)  # (L, 1, H, T, T)
     scores = head_scores(model, ids, maps)
-    n = min(config.max_chars, len(config.prompt))  # causal: the first n rows and columns are
-    shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n characters
+    # The prompt is the one window of the ablation: its characters predict the next.
+    if config.ablation is not None and can_ablate(model):
+        scores = dataclasses.replace(scores, ablation=ablation_scores(model, ids, config.ablation))
+    labels = tokenizer.labels(config.prompt)  # one per token: a byte's shows its character
+    n = min(config.max_chars, len(labels))  # causal: the first n rows and columns are
+    shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n tokens
     titles = [scores.title(layer, head) for layer in layers for head in heads]
-    figure = AttentionFigure(config.prompt[:n], rows=len(layers), cols=len(heads))
-    figure.draw(shown, titles)
     out = Path(config.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.save(out)
+    if out.suffix.lower() == ".html":
+        from tinylm.attention.explorer import write_explorer
+
+        picked = {name: values[layers][:, heads].numpy()[None] for name, values in scores.items()}
+        weights = (shown * 255).round().astype("uint8")[None]  # (1, L, H, n, n)
+        write_explorer(out, config.prompt[:n], [checkpoint_step(config.ckpt)], weights, picked,
+                       title=f"attention of {config.ckpt}")
+    else:
+        figure = AttentionFigure(labels[:n], rows=len(layers), cols=len(heads))
+        figure.draw(shown, titles)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.save(out)
 
     cropped = ""
-    if n < len(config.prompt):
-        cropped = f" (the first {n} of {len(config.prompt)}; max_chars= shows more)"
+    if n < len(labels):
+        cropped = f" (the first {n} of {len(labels)}; max_chars= shows more)"
     return (
         f"{scores.table(layers, heads)}\n\n"
         f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on {n} characters{cropped}"
+    )
+
+
+def checkpoint_step(ckpt: str) -> int:
+    """The optimizer step at which ``ckpt`` (a file or a run directory) was saved."""
+    from tinylm.checkpoint import read_checkpoint
+    from tinylm.sample import checkpoint_path
+
+    return int(read_checkpoint(checkpoint_path(ckpt), key="ckpt").get("global_step", 0))
+
+
+def explore_run(config: AttentionScriptConfig, path: Path) -> str:
+    """The explorer of a run directory: its probe at every step the run recorded."""
+    from tinylm.attention.explorer import write_explorer
+    from tinylm.attention.history import load_history
+    from tinylm.attention.scores import HeadScores
+
+    history = load_history(path)
+    _, L, H, n, _ = history.maps.shape
+    layers, heads = pick(config.layer, L, "layer", "layers"), pick(config.head, H, "head", "heads")
+    maps = history.maps[:, layers][:, :, heads]  # (S, layers, heads, n, n)
+    scores = {name: values[:, layers][:, :, heads] for name, values in history.scores.items()}
+    out = write_explorer(config.out, history.probe, history.steps.tolist(), maps, scores,
+                         title=f"attention of {config.ckpt} over training")
+    import torch
+
+    last = {name: torch.from_numpy(values[-1]) for name, values in history.scores.items()}
+    table = HeadScores(**last).table(layers, heads)
+    return (
+        f"{table}\n\n(the scores at step {int(history.steps[-1])})\n"
+        f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on the run's probe of {n} "
+        f"characters, {len(history.steps)} steps ({int(history.steps[0])} to {int(history.steps[-1])})"
     )

@@ -74,12 +74,15 @@ def induction(weights: Tensor, period: int) -> Tensor:
 
 @dataclass(frozen=True)
 class HeadScores:
-    """The four scores for every head of a model, each a (layers, heads) tensor."""
+    """The four scores for every head of a model, each a (layers, heads) tensor, and where it
+    was measured, ``ablation``: how much the loss rises without the head (Δ nats per
+    character, ``tinylm.attention.ablation``)."""
 
     entropy: Tensor
     prev_token: Tensor
     induction: Tensor
     first_token: Tensor
+    ablation: Tensor | None = None
 
     @classmethod
     def from_maps(cls, text_maps: Tensor, induction_maps: Tensor, period: int) -> HeadScores:
@@ -93,24 +96,31 @@ class HeadScores:
         )
 
     def items(self) -> list[tuple[str, Tensor]]:
-        return [(name, getattr(self, name)) for name in SCORES]
+        """(name, (L, H) values) of each score, ``ablation`` last when it was measured."""
+        names = SCORES if self.ablation is None else (*SCORES, "ablation")
+        return [(name, getattr(self, name)) for name in names]
 
     def title(self, layer: int, head: int) -> str:
         """Two lines naming a head and its scores, for the title of its picture."""
+        first = f"layer {layer} · head {head}"
+        if self.ablation is not None:
+            first += f" · ablation {self.ablation[layer, head]:+.3f} nats"
         return (
-            f"layer {layer} · head {head}\n"
+            f"{first}\n"
             f"prev {self.prev_token[layer, head]:.2f} · induction {self.induction[layer, head]:.2f} · "
             f"first {self.first_token[layer, head]:.2f} · {self.entropy[layer, head]:.1f} bits"
         )
 
     def table(self, layers: list[int] | None = None, heads: list[int] | None = None) -> str:
-        """A markdown table, one row per head (entropy in bits, the others weights in [0, 1])."""
+        """A markdown table, one row per head (entropy in bits, the pattern scores weights in
+        [0, 1], ablation the loss rise in nats)."""
         n_layers, n_heads = self.entropy.shape
         layers = list(range(n_layers)) if layers is None else layers
         heads = list(range(n_heads)) if heads is None else heads
+        columns = ["entropy (bits)", *SCORES[1:]] + ([] if self.ablation is None else ["ablation"])
         lines = [
-            "| layer | head | entropy (bits) | prev_token | induction | first_token |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| layer | head | " + " | ".join(columns) + " |",
+            "|---:|---:|" + "---:|" * len(columns),
         ]
         for layer in layers:
             for head in heads:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from lightning.pytorch.callbacks import Callback
 
+from tinylm.attention.ablation import validation_windows
+from tinylm.attention.history import FILENAME
 from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
@@ -56,28 +58,45 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str |
     if config.logger.kind == "tensorboard":
         params = flatten(as_plain(config))
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
-        callbacks.extend(watch_callbacks(config, data))
+        callbacks.extend(watch_callbacks(config, data, checkpoints))
     return callbacks
 
 
-def watch_callbacks(config: TrainConfig, data: CharDataModule) -> list[Periodic]:
+def watch_callbacks(config: TrainConfig, data: CharDataModule,
+                    checkpoints: Path | None = None) -> list[Periodic]:
     """The TensorBoard callbacks that show the model learning: attention maps and head scores
-    on a probe, and text samples. ``data`` is the prepared data module."""
+    on a probe, and text samples. ``data`` is the prepared data module; the attention of each
+    record is also kept in ``checkpoints``/attention.npz when that is given."""
     block_size, tokenizer = config.model.block_size, data.tokenizer
     callbacks: list[Periodic] = []
     attention = config.callbacks.attention
     if attention.enabled:
         # The default probe: real text the model is not trained on, as long as a context.
-        probe = attention.probe or tokenizer.decode(data.val_tokens[:block_size].tolist())
+        probe = attention.probe or default_probe(tokenizer, data.val_tokens[:block_size].tolist())
+        windows = None
+        if attention.ablation is not None:  # the same validation windows at every record
+            windows = validation_windows(data.val_tokens, attention.ablation_windows, block_size)
         callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
-                                       every_n_steps=attention.every_n_steps))
+                                       every_n_steps=attention.every_n_steps, windows=windows,
+                                       ablation=attention.ablation or "zero",
+                                       history=None if checkpoints is None else checkpoints / FILENAME))
     samples = config.callbacks.samples
     if samples.enabled:
         prompt = samples.prompt
         if prompt is None:
-            prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.decode(data.val_tokens[:1].tolist())
+            prompt = "\n" if not tokenizer.unknown_characters("\n") else tokenizer.decode(
+                data.val_tokens[:1].tolist())
         callbacks.append(TextSamples(prompt, tokenizer, max_new_tokens=samples.max_new_tokens,
                                      temperature=samples.temperature, top_k=samples.top_k,
                                      top_p=samples.top_p, seed=samples.seed,
                                      every_n_steps=samples.every_n_steps))
     return callbacks
+
+
+def default_probe(tokenizer, ids: list[int]) -> str:
+    """The text of ``ids`` (at most a context of tokens), cut so that it encodes to at most as
+    many tokens: bytes cut inside a character decode to U+FFFD, which takes three."""
+    text = tokenizer.decode(ids)
+    while len(tokenizer.encode(text)) > len(ids):
+        text = text[:-1]
+    return text

@@ -67,7 +67,7 @@ class TrainingMetrics(Callback):
             metrics["train/tokens_per_sec"] = self._tokens / self._seconds
             metrics["hp/tokens_per_sec"] = self._run_tokens / self._run_seconds
         self.latest = metrics
-        # Logged at global_step - 1, where Lightning logs the validation of that same step.
+        # Logged at global_step - 1: the loss of the batch that step global_step learned from.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step - 1)
         self._loss_sum, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0

@@ -8,19 +8,23 @@ and only when a TensorBoard logger is attached (``logger=none`` and ``debug=fdr`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tinylm.attention.ablation import ablation_scores, can_ablate
+from tinylm.attention.history import append_history
 from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.model import evaluating
 from tinylm.tensorboard import add_image, add_text, tensorboard_writer
-from tinylm.tokenizer import CharTokenizer
+from tinylm.tokenizer import Tokenizer
 
 
 class Periodic(Callback):
@@ -61,15 +65,23 @@ class AttentionMaps(Periodic):
     ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
     Scalars: ``heads/{entropy,prev_token,induction,first_token}/layer_{l}_head_{h}`` (see
     ``tinylm.attention.scores``), measured on the whole probe (and, for induction, on repeated
-    random sequences).
+    random sequences); with ``windows`` (N, T+1) also ``heads/ablation/layer_{l}_head_{h}``,
+    the rise of the loss on them without the head (``tinylm.attention.ablation``, ``ablation``
+    "zero" or "mean").
+    With ``history``, a path, the shown maps and the scores of every record are also kept
+    there (``tinylm.attention.history``), for ``tinylm attention ... out=x.html``.
     """
 
-    def __init__(self, probe: str, tokenizer: CharTokenizer, block_size: int, max_chars: int = 64,
-                 every_n_steps: int | None = None, key: str = "callbacks.attention.probe") -> None:
+    def __init__(self, probe: str, tokenizer: Tokenizer, block_size: int, max_chars: int = 64,
+                 every_n_steps: int | None = None, key: str = "callbacks.attention.probe",
+                 windows: torch.Tensor | None = None, ablation: str = "zero",
+                 history: str | Path | None = None) -> None:
         super().__init__(every_n_steps)
         self.probe = probe
         self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
-        self.shown = min(max_chars, len(probe))  # rendered positions: labels stay readable
+        self.labels = tokenizer.labels(probe)  # one per token
+        self.shown = min(max_chars, len(self.labels))  # rendered positions: labels stay readable
+        self.windows, self.ablation, self.history = windows, ablation, history
         self.said_no_weights = False
         self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
 
@@ -84,15 +96,20 @@ class AttentionMaps(Periodic):
                 self.said_no_weights = True
             return
         scores = head_scores(model, self.ids, maps)
+        if self.windows is not None and can_ablate(model):
+            scores = dataclasses.replace(scores, ablation=ablation_scores(model, self.windows, self.ablation))
         for logger in trainer.loggers:
             logger.log_metrics(score_metrics(scores), step=step)
         # A causal map cut to its first n rows and columns is exactly the map of the first n
         # characters: no position attends to anything after it.
         n = self.shown
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
+        if self.history is not None:
+            append_history(self.history, step, self.probe[:n], shown,
+                           {name: values.numpy() for name, values in scores.items()})
         layers, heads = shown.shape[:2]
         if self.figure is None:
-            self.figure = AttentionFigure(self.probe[:n], rows=1, cols=heads)
+            self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
         tags, pictures = [], []
         for layer in range(layers):
             # Titles name the head only: each title costs milliseconds of glyphs to draw, and
@@ -119,7 +136,7 @@ class TextSamples(Periodic):
     ``samples``: as the seed never changes, samples at different steps differ only by what
     the model has learned."""
 
-    def __init__(self, prompt: str, tokenizer: CharTokenizer, max_new_tokens: int = 200,
+    def __init__(self, prompt: str, tokenizer: Tokenizer, max_new_tokens: int = 200,
                  temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                  seed: int = 1337, every_n_steps: int | None = None,
                  key: str = "callbacks.samples.prompt") -> None:
@@ -140,7 +157,7 @@ class TextSamples(Periodic):
         add_text(writer, "samples", self.tokenizer.decode(ids[0].tolist()), trainer.global_step)
 
 
-def encode_prompt(prompt: str, tokenizer: CharTokenizer, key: str) -> torch.Tensor:
+def encode_prompt(prompt: str, tokenizer: Tokenizer, key: str) -> torch.Tensor:
     """A sampling prompt as ids (1, P): known characters only, at least one. Any length will
     do: generation keeps the last block_size positions as its context."""
     if not prompt:

@@ -1,0 +1,102 @@
+"""The attention explorer (``tinylm attention ... out=x.html``): one self-contained page, opened
+in a real headless Chromium: a panel per layer × head, a hover moves the highlighted cells, the
+slider steps through training."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from browser import Browser, chromium_binary
+
+from tinylm.attention.render import render_attention
+from tinylm.config import AttentionScriptConfig
+
+LAYERS, HEADS = 2, 4  # the `trained` run of conftest
+
+
+@pytest.fixture(scope="module")
+def pages(trained, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    run_dir, _, _ = trained
+    out = tmp_path_factory.mktemp("explorer")
+    pages = {"run": out / "run.html", "checkpoint": out / "checkpoint.html"}
+    report = render_attention(AttentionScriptConfig(ckpt=str(run_dir), out=str(pages["run"])))
+    assert "3 steps (0 to 40)" in report
+    render_attention(AttentionScriptConfig(ckpt=str(run_dir / "checkpoints" / "best.ckpt"),
+                                           prompt="ROMEO: What say you?", out=str(pages["checkpoint"])))
+    return pages
+
+
+@pytest.mark.parametrize("page", ["run", "checkpoint"])
+def test_the_page_is_self_contained(pages: dict[str, Path], page: str) -> None:
+    html = pages[page].read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<script>") == 1
+    assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)=", html)  # nothing fetched
+    assert not re.search(r"url\(|@import|fetch\(|XMLHttpRequest", html)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium here (.ci/run installs Debian's chromium package)")
+    browser = Browser(binary)
+    yield browser
+    browser.close()
+
+
+def panel_rows(browser: Browser) -> list[list[str]]:
+    """Each panel's key cells under the current query: their weights, * marking the hot ones."""
+    return browser.evaluate(
+        "Array.from(document.querySelectorAll('.panel')).map(p => "
+        "Array.from(p.querySelectorAll('.row span'))"
+        ".map(s => s.dataset.weight + (s.classList.contains('hot') ? '*' : '')))"
+    )
+
+
+def test_in_chromium_a_panel_per_head_hover_and_slider(browser: Browser, pages: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    browser.open(pages["run"])
+    shots = Path(os.environ.get("TINYLM_SCREENSHOTS", tmp_path))
+    panels = browser.evaluate(
+        "Array.from(document.querySelectorAll('.panel')).map(p => [Number(p.dataset.layer), "
+        "Number(p.dataset.head), p.querySelector('canvas').width, p.querySelector('.scores').textContent])"
+    )
+    grid = [(layer, head) for layer in range(LAYERS) for head in range(HEADS)]
+    assert [(layer, head) for layer, head, *_ in panels] == grid
+    assert all(width > 0 and "ablation" in scores for *_, width, scores in panels)
+    # The page drew the maps: a canvas holds pixels of more than one colour.
+    assert browser.evaluate(
+        "(() => { const c = document.querySelector('.panel canvas'); const d = c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data;"
+        " return new Set(Array.from(d.filter((_, i) => i % 4 === 1))).size; })()"
+    ) > 5
+    assert browser.evaluate("document.getElementById('step-label').textContent").startswith("step 40")
+    browser.screenshot(shots / "explorer-last-step.png")
+
+    before = panel_rows(browser)
+    browser.hover('#text span[data-pos="5"]')
+    after = panel_rows(browser)
+    assert after != before
+    assert browser.evaluate("document.querySelector('#text span.query').dataset.pos") == "5"
+    assert all(row[6:] == ["0.000"] * (len(row) - 6) for row in after)  # the future of position 5
+    browser.screenshot(shots / "explorer-hover.png")
+
+    scores = browser.evaluate("document.querySelector('.panel .scores').textContent")
+    _, y = browser.centre("#step")
+    left = browser.evaluate("document.getElementById('step').getBoundingClientRect().x")
+    browser.click(left + 2, y)  # the slider's left end: the first step
+    assert browser.evaluate("document.getElementById('step').value") == "0"
+    assert browser.evaluate("document.getElementById('step-label').textContent").startswith("step 0 ")
+    assert browser.evaluate("document.querySelector('.panel .scores').textContent") != scores
+    assert panel_rows(browser) != after  # the same query, other weights
+    browser.screenshot(shots / "explorer-step-0.png")
+
+
+def test_in_chromium_a_checkpoint_page_has_one_step(browser: Browser, pages: dict[str, Path]) -> None:
+    browser.open(pages["checkpoint"])
+    assert browser.evaluate("document.querySelectorAll('.panel').length") == LAYERS * HEADS
+    assert browser.evaluate("document.getElementById('step').disabled") is True
+    assert browser.evaluate("document.querySelectorAll('#text span').length") == len("ROMEO: What say you?")
