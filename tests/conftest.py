@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Before datasets / huggingface_hub are imported anywhere: they read these at import time.
@@ -61,10 +66,42 @@ def compose(*overrides: str, config_name: str = "train") -> dict:
     return OmegaConf.to_container(tinylm_compose(config_name, overrides), resolve=True)
 
 
+@contextlib.contextmanager
+def local_server(handle: Callable[[socket.socket], bool]) -> Iterator[int]:
+    """A server on 127.0.0.1, for Hubs that misbehave; yields its port. Each connection goes to
+    ``handle``, which answers it or not and returns True to keep it open (silent) until the
+    server closes. The accept loop ends with the test, or after 120 s whatever happens."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        deadline = time.monotonic() + 120
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                connection = server.accept()[0]
+            except TimeoutError:
+                continue  # none came: look at the clock again
+            if handle(connection):
+                held.append(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -6,18 +6,15 @@ The README's "When things go wrong" table lists the same cases.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import closed_port, quick_overrides, run_script
+from conftest import closed_port, local_server, quick_overrides, run_script
 
 # Config mistakes are found before torch and Lightning are imported: 3 s of work at most. It
 # is the child's CPU time that is bounded: on a shared machine, wall-clock time under the test
@@ -116,29 +113,8 @@ def test_a_hub_id_while_offline(workdir) -> None:
 @pytest.fixture
 def silent_listener() -> Iterator[int]:
     """A server on 127.0.0.1 that accepts connections and never answers; closed afterwards."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    accepted: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
-        while not done.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):  # none came: look at the clock again
-                accepted.append(server.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        done.set()
-        thread.join()
-        for connection in accepted:
-            connection.close()
-        server.close()
+    with local_server(lambda connection: True) as port:
+        yield port
 
 
 @pytest.mark.parametrize("hub", ["closed port", "never answers"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import test_bad_input
+from conftest import local_server
 from test_bad_input import CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS, assert_one_line_error, train_cli
 
 workdir, no_torch = test_bad_input.workdir, test_bad_input.no_torch  # the fixtures
@@ -249,45 +250,21 @@ def test_a_second_ctrl_c_stops_a_run_blocked_in_a_native_kernel(small_text: Path
 def stalling_hub():
     """A server on 127.0.0.1 that answers tinylm's reachability probe (HEAD /) and then never
     answers anything else: the connection stays open, silent."""
-    import socket
-    import threading
-    import time
 
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    held: list[socket.socket] = []
-    done = threading.Event()
+    def answer_the_probe_only(connection) -> bool:
+        connection.settimeout(5)
+        try:
+            request = connection.recv(65536)
+        except OSError:
+            request = b""
+        if not request.startswith(b"HEAD / "):
+            return True  # never answered
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        connection.close()
+        return False
 
-    def serve() -> None:
-        deadline = time.monotonic() + 120  # bounded, whatever happens to the test
-        while not done.is_set() and time.monotonic() < deadline:
-            try:
-                connection = server.accept()[0]
-            except TimeoutError:
-                continue
-            connection.settimeout(5)
-            try:
-                request = connection.recv(65536)
-            except OSError:
-                request = b""
-            if request.startswith(b"HEAD / "):
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                connection.close()
-            else:
-                held.append(connection)  # never answered
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        done.set()
-        thread.join()
-        for connection in held:
-            connection.close()
-        server.close()
+    with local_server(answer_the_probe_only) as port:
+        yield port
 
 
 def test_a_hub_that_answers_the_probe_then_stalls_fails_fast(stalling_hub: int, workdir) -> None:
