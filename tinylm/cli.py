@@ -196,10 +196,15 @@ def hydra_error(error: Exception, command: Command, arguments: Sequence[str]) ->
         return config_error(cause, command.schema)
     sweep = _sweep_override(arguments)
     if sweep is not None and "-m" not in arguments and "--multirun" not in arguments:
-        return ConfigError(f"{sweep}: several values; to sweep over them add -m, for a list write "
-                           f"key=[a,b], for text with a comma quote it: key='a,b'")
+        return several_values(sweep)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return ConfigError("; ".join(lines[:2]) or type(error).__name__)
+
+
+def several_values(override: str) -> ConfigError:
+    """``key=a,b`` given to a single run."""
+    return ConfigError(f"{override}: several values; to sweep over them add -m, for a list write "
+                       f"key=[a,b], for text with a comma quote it: key='a,b'")
 
 
 def _sweep_override(arguments: Sequence[str]) -> str | None:
@@ -267,10 +272,23 @@ def check_command(argv: Sequence[str]) -> None:
     arguments = quote_arguments(command, arguments)
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     overrides = [a for a in arguments if not a.startswith("-")]
-    if not multirun and (sweep := _sweep_override(overrides)) is not None:
-        raise hydra_error(Exception(), command, [sweep])
-    for job in sweep_jobs(overrides) if multirun else [overrides]:
-        build(command.schema, compose(command.name, job))
+    if multirun:
+        check_sweep(command, overrides)
+    elif (sweep := _sweep_override(overrides)) is not None:
+        raise several_values(sweep)
+    else:
+        build(command.schema, compose(command.name, overrides))
+
+
+def check_sweep(command: Command, overrides: Sequence[str]) -> None:
+    """Build every job's typed config of the sweep ``overrides`` ask for, and check that a
+    training sweep's DDP strategy starts no job twice; raises a TinyLMError for a mistake."""
+    for job in sweep_jobs(overrides):
+        config = build(command.schema, compose(command.name, job))
+        if isinstance(config, TrainConfig):
+            from tinylm.train import check_sweep_strategy
+
+            check_sweep_strategy(config.trainer)
 
 
 class CheckSweep(HydraCallback):
@@ -284,17 +302,7 @@ class CheckSweep(HydraCallback):
         from omegaconf import OmegaConf
 
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
-        spec = COMMANDS[self.command]
-
-        def check() -> None:
-            for job in sweep_jobs(overrides):
-                config = build(spec.schema, compose(self.command, job))
-                if isinstance(config, TrainConfig):
-                    from tinylm.train import check_sweep_strategy
-
-                    check_sweep_strategy(config.trainer)
-
-        exit_on_error(check)
+        exit_on_error(lambda: check_sweep(COMMANDS[self.command], overrides))
 
 
 # --------------------------------------------------------------------------- errors

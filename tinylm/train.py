@@ -48,22 +48,16 @@ def check(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainConfig:
 def run(config: TrainConfig) -> float | None:
     """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    hydra = HydraConfig.get()
-    return train(config, overrides=list(hydra.overrides.task), sweep=hydra.mode == RunMode.MULTIRUN)
+    # A sweep's jobs were checked, DDP strategy included, by cli.CheckSweep before the first.
+    return train(config, overrides=list(HydraConfig.get().overrides.task))
 
 
-def train(config: TrainConfig, overrides: Sequence[str] = (), sweep: bool = False) -> float | None:
+def train(config: TrainConfig, overrides: Sequence[str] = ()) -> float | None:
     """Train as ``config`` says, then print where the run is and what to do with it; return
-    the best val/loss.
-
-    ``overrides``: the command line's ``key=value`` overrides; ``sweep``: this run is one job
-    of a Hydra sweep (``-m``).
+    the best val/loss. ``overrides``: the command line's ``key=value`` overrides.
     """
     check(config, overrides)
-    if sweep:
-        check_sweep_strategy(config.trainer)
     trainer, _ = fit(config, overrides)
     if trainer.is_global_zero:
         print(summary(config, trainer))
