@@ -126,3 +126,18 @@ def test_a_sweep_refuses_ddp_that_reruns_the_script(trainer: dict, refused: bool
             check_sweep_strategy(trainer)
     else:
         check_sweep_strategy(trainer)
+
+
+def test_a_ddp_sweep_is_refused_before_its_first_job(text: Path, tmp_path: Path) -> None:
+    from tinylm.cli import check_command
+
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    with pytest.raises(ConfigError, match=r"trainer.strategy: .* use trainer.strategy=ddp_spawn"):
+        check_command(["train", "-m", "model.heads=1,2", f"data.source={text}", *ddp])
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "model.heads=1,2", f"data.source={text}", *TINY, *ddp,
+                        f"hydra.sweep.dir={sweep_dir}", timeout=120)
+    assert result.returncode != 0
+    assert "use trainer.strategy=ddp_spawn" in result.stderr and "Traceback" not in result.stderr
+    assert not sweep_dir.exists() or not job_dirs(sweep_dir)  # no job started
