@@ -92,18 +92,21 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        r = x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()  # (..., 1)
-        x_hat = x * r
+        # ‖x‖ in one reduction kernel; mean(x²) = ‖x‖² / d on the small (..., 1) tensor.
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1)).add_(eps).rsqrt_()
+        x_hat = x * r  # (..., d)
         ctx.save_for_backward(x_hat, r, weight)
         return x_hat * weight
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
         x_hat, r, weight = ctx.saved_tensors
         grad_x_hat = grad * weight
-        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)  # (..., 1)
+        dot = torch.linalg.vecdot(grad_x_hat, x_hat).unsqueeze(-1).div_(x_hat.size(-1))  # (..., 1)
         grad_x = torch.addcmul(grad_x_hat, x_hat, dot, value=-1).mul_(r)
-        grad_weight = (grad * x_hat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # Σ over every position of ∂y ⊙ x̂, one fused reduction
+            grad_weight = torch.linalg.vecdot(grad.flatten(0, -2), x_hat.flatten(0, -2), dim=0)
         return grad_x, grad_weight, None
 
 
