@@ -102,6 +102,7 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
         x_hat, r, weight = ctx.saved_tensors
         grad_x_hat = grad * weight
+        x_hat = x_hat.to(grad_x_hat.dtype)  # under autocast x̂ may be bf16 and the gradient fp32
         dot = torch.linalg.vecdot(grad_x_hat, x_hat).unsqueeze(-1).div_(x_hat.size(-1))  # (..., 1)
         grad_x = torch.addcmul(grad_x_hat, x_hat, dot, value=-1).mul_(r)
         grad_weight = None
