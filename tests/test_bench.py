@@ -98,16 +98,21 @@ class GPT(torch.nn.Module):
 '''
 
 
-def test_sample_benchmark_times_nanogpt_beside_in_batches(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sample_benchmark_times_the_compiled_step_and_nanogpt_beside_in_batches(tmp_path: Path) -> None:
     """With NANOGPT_DIR, nanoGPT's generate (here a stand-in with its interface) is timed on the
-    same shape and batch."""
+    same shape and batch; with bench.compile the compiled decode step too, its compile apart."""
     (tmp_path / "model.py").write_text(NANOGPT_STUB)
     result = run_script("bench.py", "bench.task=sample", "bench.new_tokens=20", "bench.repeats=1",
-                        "bench.num_samples=3", "model.block_size=16", env={"NANOGPT_DIR": str(tmp_path)})
+                        "bench.num_samples=3", "model.block_size=16", "bench.compile=true",
+                        env={"NANOGPT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
     figures = last_json(result.stdout)
     assert figures["num_samples"] == 3 and figures["same_tokens"] is True
     assert figures["nanogpt_tokens_per_sec"] > 0 and figures["vs_nanogpt"] > 0
+    assert figures["compile_s"] > 0 and figures["compiled_tokens_per_sec"] > 0
+    assert figures["compiled_same_tokens"] is True and figures["compiled_vs_nanogpt"] > 0
+    assert "compile_pays_back_after" in figures
 
 
 def test_speedrun_benchmark_needs_nanogpt() -> None:

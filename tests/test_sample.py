@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import compose, run_script
 
-from tinylm.config import TrainConfig
-from tinylm.sample import quote_prompt
+from tinylm.config import ConfigError, SampleConfig, TrainConfig
+from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles, quote_prompt
 from tinylm.train import fit
 
 
@@ -66,6 +66,7 @@ def test_unseen_prompt_characters_are_named(checkpoint: Path) -> None:
         ("top_p=1.5", "top_p: must be in (0, 1]"),
         ("top_p=0", "top_p: must be in (0, 1]"),
         ("top_k=0", "top_k: must be at least 1"),
+        ("compile=sometimes", "compile: must be auto, true or false, got 'sometimes'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(checkpoint: Path, override: str, message: str) -> None:
@@ -96,3 +97,37 @@ def test_any_prompt_reaches_the_sampler_unchanged(prompt: str) -> None:
     override = OverridesParser.create().parse_override(quote_prompt(f"prompt={prompt}"))
     expected = prompt[1:-1] if prompt.startswith("'") and prompt.endswith("'") else prompt
     assert override.value() == expected
+
+
+@pytest.mark.slow
+def test_the_compiled_decode_step_writes_the_same_text(checkpoint: Path) -> None:
+    """compile=true runs every one-token step through torch.compile: the same characters, also
+    past block_size (32 here), where the window slides and the cache is refilled."""
+    args = [f"ckpt={checkpoint}", "prompt=ROMEO:", "max_new_tokens=80", "num_samples=2", "seed=3"]
+    eager = run_script("sample.py", *args, "compile=false")
+    compiled = run_script("sample.py", *args, "compile=true")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert compiled.stdout == eager.stdout
+
+
+@pytest.mark.parametrize(("setting", "new_tokens", "use_cache", "expected"), [
+    ("auto", 500, True, False),  # the compile would cost more than it saves
+    ("auto", COMPILE_PAYS_BACK_AFTER, True, True),
+    ("true", 10, True, True),
+    ("true", 10, False, False),  # without the cache there is no one-token step to compile
+    ("false", COMPILE_PAYS_BACK_AFTER, True, False),
+])
+def test_compile_auto_compiles_only_generations_long_enough_to_pay_back(
+        setting: str, new_tokens: int, use_cache: bool, expected: bool) -> None:
+    config = SampleConfig(ckpt="x.ckpt", compile=setting, max_new_tokens=new_tokens, use_cache=use_cache)
+    assert compiles(config, "cpu") is expected
+
+
+def test_compile_without_a_compiler_is_an_error_or_for_auto_a_note(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ConfigError, match=r"compile: torch.compile needs a C\+\+ compiler \(no-such-compiler;"
+                                          r" set CXX to use another\); install it, or pass compile=false"):
+        compiles(SampleConfig(ckpt="x.ckpt", compile="true"), "cpu")
+    assert not compiles(SampleConfig(ckpt="x.ckpt", max_new_tokens=COMPILE_PAYS_BACK_AFTER), "cpu")
+    assert "not compiling the decode step" in capsys.readouterr().err

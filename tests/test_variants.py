@@ -104,7 +104,7 @@ def test_cached_forward_equals_full_forward(variant: str) -> None:
         cache = model.new_cache(3)
         pieces = [model(idx[:, :5], cache=cache)]  # a prompt, then one token at a time
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
-    assert cache[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached
+    assert cache.layers[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 

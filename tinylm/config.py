@@ -668,10 +668,15 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    # torch.compile the one-token step: true, false, or auto: when the generation is long enough
+    # to pay the compile back (docs/sampling.md#compiling-the-decode-step)
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
+        require(str(self.compile).lower() in ("auto", "true", "false"), "compile",
+                f"must be auto, true or false, got {self.compile!r}")
         require(bool(self.prompt), "prompt", "must hold at least one character")
         require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
 
@@ -693,6 +698,7 @@ class BenchConfig:
     vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
     num_samples: int = 1  # sample: rows generated together, in one batch
     top_k: int | None = 200  # sample: as tinylm sample's default; null: no limit
+    compile: bool = False  # sample: also the compiled decode step (its compile time, then its speed)
 
     def __post_init__(self) -> None:
         require(self.task in BENCH_TASKS, "bench.task",

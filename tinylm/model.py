@@ -31,7 +31,7 @@ hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -47,16 +47,20 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> T
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout: float = 0.0,
+                     visible: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The explicit path: softmax(Q·Kᵀ/√hd + M)·V, returning the output and the weights.
 
-    q is (B, H, Tq, hd); k and v are (B, H, Tk, hd) with Tq ≤ Tk: the queries are the last
-    Tq of the Tk positions (Tq = Tk in training; Tq < Tk when earlier keys are cached).
+    q is (B, H, Tq, hd); k and v are (B, H, Tk, hd). ``visible`` (Tq, Tk) says which keys each
+    query may see; by default the causal mask of Tq = Tk positions. (With a KV cache the keys
+    are the cache's every position, and ``visible`` hides those after each query.)
     """
     q_len, k_len, head_dim = q.size(-2), k.size(-2), q.size(-1)
+    if visible is None:
+        visible = causal_mask(q_len, k_len, q.device)
     scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)  # (B, H, Tq, Tk)
     # Mask before the softmax, with -inf (exact in every dtype), so hidden keys get weight 0.
-    scores = scores.masked_fill(~causal_mask(q_len, k_len, q.device), float("-inf"))
+    scores = scores.masked_fill(~visible, float("-inf"))
     weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, H, Tq, Tk), rows sum to 1
     y = F.dropout(weights, dropout) @ v  # (B, H, Tq, hd)
     return y, weights
@@ -68,6 +72,12 @@ def make_norm(kind: str, dim: int, bias: bool = True) -> nn.Module:
     if kind == "rmsnorm":
         return RMSNorm(dim)
     return nn.LayerNorm(dim, bias=bias)
+
+
+def make_dropout(p: float) -> nn.Module:
+    """Dropout of rate ``p``; none at all when p is 0: even in eval mode a Dropout layer is a
+    call per use, and a generated character makes thirteen of them on nano."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 class RMSNorm(nn.Module):
@@ -129,24 +139,52 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LayerCache:
-    """One layer's keys and values for the positions seen so far: (B, G, block_size, hd)
-    buffers filled up to ``length``. With RoPE the keys are stored already rotated."""
+    """One layer's keys and values, (B, G, block_size, hd) buffers of a fixed shape: a forward
+    pass writes its new positions' keys and values in place and attends over the whole buffer,
+    masking every key after its query (those not yet written among them). Fixed shapes let one
+    compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
 
     def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0
+        # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.arange(0, device=device)  # (T,): where this pass's tokens go
+        self.visible = torch.ones(0, config.block_size, dtype=torch.bool, device=device)  # (T, block_size)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions' k, v (B, G, T, hd); return all keys and values so far."""
-        start, end = self.length, self.length + k.size(2)
-        if end > self.keys.size(2):
-            raise ValueError(f"the KV cache holds {self.keys.size(2)} positions; {end} were asked for")
-        self.keys[:, :, start:end] = k
-        self.values[:, :, start:end] = v
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, G, end, hd)
+        """Store the new positions' k, v (B, G, T, hd); return every key and value buffer."""
+        self.keys.index_copy_(2, self.positions, k)
+        self.values.index_copy_(2, self.positions, v)
+        return self.keys, self.values  # (B, G, block_size, hd)
+
+
+class KVCache:
+    """Every layer's LayerCache, and how many positions they hold (``length``)."""
+
+    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        self.layers = [LayerCache(batch, config, dtype, device) for _ in range(config.layers)]
+        self.key_positions = torch.arange(config.block_size, device=device)  # (block_size,)
+        self.positions = self.key_positions[:0]  # (T,): the positions of the tokens being added
+        self.length = 0
+
+    def advance(self, tokens: int) -> Tensor:
+        """The positions (T,) of ``tokens`` new tokens; each layer will store them there."""
+        start, end = self.length, self.length + tokens
+        block_size = self.key_positions.size(0)
+        if end > block_size:
+            raise ValueError(f"the KV cache holds {block_size} positions; {end} were asked for")
+        # A new tensor, not a slice of key_positions: a compiled step sees the same input each time.
+        positions = torch.arange(start, end, device=self.key_positions.device)  # (T,)
+        visible = self.key_positions <= positions[:, None]  # (T, block_size): keys up to the query's own
+        for layer in self.layers:
+            layer.positions, layer.visible = positions, visible
+        self.positions, self.length = positions, end
+        return positions
+
+    def clear(self) -> None:
+        """Start again at position 0 (the buffers are overwritten as positions are stored)."""
+        self.length = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -164,7 +202,7 @@ class CausalSelfAttention(nn.Module):
         qkv_width = (config.heads + 2 * config.kv_heads) * config.head_dim  # 3·d when G = H
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.bias)  # Q, K, V at once
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)  # mixes the heads
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = make_dropout(config.dropout)
         # QK-norm fixes the scale of each query and key, so scores cannot grow just because the
         # vectors do (a cause of loss spikes in large models); it keeps only their directions and a gain.
         self.q_norm = make_norm(config.norm, config.head_dim, config.bias) if config.qk_norm else None
@@ -175,30 +213,26 @@ class CausalSelfAttention(nn.Module):
         """``rope``: the cos and sin (T, hd/2) of the positions of x, when model.position=rope."""
         B, T, d = x.shape
         H, G, hd = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([H * hd, G * hd, G * hd], dim=2)  # (B, T, d), 2 × (B, T, G·hd)
-        # Split into heads, then move heads next to batch: each head attends on its own.
-        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, G, hd).transpose(1, 2)  # (B, G, T, hd)
-        v = v.view(B, T, G, hd).transpose(1, 2)  # (B, G, T, hd)
+        # Q, K and V of every head side by side: H + 2G heads of width hd. Move heads next to
+        # batch, so that each head attends on its own, then take Q, K and V apart.
+        heads = self.qkv(x).view(B, T, H + 2 * G, hd).transpose(1, 2)  # (B, H + 2G, T, hd)
+        q, k, v = heads.split([H, G, G], dim=1)  # (B, H, T, hd), 2 × (B, G, T, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # each head's vectors normalised over hd
         if rope is not None:  # turn each query and key by its own position's angles
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # attend over the cached positions too
-            k, v = cache.append(k, v)  # (B, G, Tk, hd), Tk = cached + T
+            k, v = cache.append(k, v)  # (B, G, block_size, hd), written up to the last new position
         if G != H:  # each key/value head serves H / G query heads in a row: copy it to each
             k = k.repeat_interleave(H // G, dim=1)  # (B, H, Tk, hd)
             v = v.repeat_interleave(H // G, dim=1)  # (B, H, Tk, hd)
         dropout = self.dropout if self.training else 0.0
+        visible = cache.visible if cache is not None else None  # (T, block_size), or causal
         if self.explicit or need_weights:
-            y, weights = causal_attention(q, k, v, dropout)  # the teaching path
+            y, weights = causal_attention(q, k, v, dropout, visible)  # the teaching path
         else:  # the fast path: one fused kernel, same maths, no weights materialised
-            q_len, k_len = q.size(2), k.size(2)
-            # One new query is the last position and may see every key: no mask at all.
-            mask = None if q_len in (1, k_len) else causal_mask(q_len, k_len, x.device)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=q_len == k_len > 1
-            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout,
+                                               is_causal=visible is None and T > 1)
             weights = None
         y = y.transpose(1, 2).reshape(B, T, d)  # (B, T, d): heads side by side again
         return self.resid_dropout(self.proj(y)), weights
@@ -217,7 +251,7 @@ class MLP(nn.Module):
         fc_width = 2 * config.mlp_hidden if self.swiglu else config.mlp_hidden
         self.fc = nn.Linear(config.d_model, fc_width, bias=config.bias)
         self.proj = nn.Linear(config.mlp_hidden, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = make_dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc(x)  # (B, T, hidden), or (B, T, 2·hidden) for SwiGLU
@@ -270,12 +304,13 @@ class TransformerLM(nn.Module):
             cos, sin = rope_angles(config.block_size, config.head_dim)  # 2 × (block_size, hd/2)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = make_dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = make_norm(config.norm, config.d_model, config.bias)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # weight tying: one (V, d) tensor
+        self._decode_step: Callable[[Tensor, KVCache], Tensor] | None = None  # decode_step's, once compiled
         self.apply(_init_weights)
         # GPT-2 / nanoGPT: each block adds two projections to the residual stream, so scale
         # their initial weights by 1/√(2·layers) to keep its variance independent of depth.
@@ -289,7 +324,7 @@ class TransformerLM(nn.Module):
                 else:
                     nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * config.layers))
 
-    def forward(self, idx: Tensor, return_attention: bool = False, cache: list[LayerCache] | None = None
+    def forward(self, idx: Tensor, return_attention: bool = False, cache: KVCache | None = None
                 ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits (B, T, V) for token ids ``idx`` (B, T); with ``return_attention`` also each
         layer's attention weights (B, H, T, T), computed on the explicit path.
@@ -297,22 +332,40 @@ class TransformerLM(nn.Module):
         With a ``cache`` (from ``new_cache``), ``idx`` continues the cached positions: only the
         new tokens are computed, attending over the cached keys and values as well.
         """
-        start = cache[0].length if cache else 0  # positions already in the cache
+        self.place(idx, cache)
+        return self.logits(idx, cache, return_attention)
+
+    def place(self, idx: Tensor, cache: KVCache | None) -> None:
+        """Check that ``idx`` (B, T) fits in the context after what ``cache`` holds, and give
+        its tokens their positions in the cache."""
+        start = cache.length if cache is not None else 0  # positions already in the cache
         end = start + idx.size(1)
         if end > self.config.block_size:  # there is no position (or cache room) beyond block_size
             raise ValueError(
                 f"a sequence of {end} tokens is longer than model.block_size={self.config.block_size}"
             )
+        if cache is not None:
+            cache.advance(idx.size(1))
+
+    def logits(self, idx: Tensor, cache: KVCache | None = None, return_attention: bool = False
+               ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``forward`` once ``place`` has checked ``idx`` and placed it in ``cache``: this part
+        has the same shapes at every position, so a compiled one-token step (``decode_step``)
+        runs all of them without recompiling."""
+        T = idx.size(1)
+        positions = cache.positions if cache is not None else None  # (T,), or 0 .. T-1
         x = self.token_embedding(idx)  # (B, T, d)
         if self.position_embedding is not None:
-            x = x + self.position_embedding.weight[start:end]  # + (T, d): rows start..end-1, no lookup
+            table = self.position_embedding.weight  # (block_size, d)
+            x = x + (table[:T] if positions is None else table[positions])  # + (T, d)
         x = self.dropout(x)
         rope = None
-        if self.config.position == "rope":  # RoPE acts inside attention: angles of positions start..end-1
-            rope = (self.rope_cos[start:end], self.rope_sin[start:end])  # 2 × (T, hd/2)
+        if self.config.position == "rope":  # RoPE acts inside attention: the angles of these positions
+            cos, sin = self.rope_cos, self.rope_sin  # 2 × (block_size, hd/2)
+            rope = (cos[:T], sin[:T]) if positions is None else (cos[positions], sin[positions])
         attention_maps = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, return_attention, cache[i] if cache else None, rope)
+            x, weights = block(x, return_attention, cache.layers[i] if cache is not None else None, rope)
             attention_maps.append(weights)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if self.config.logit_softcap is not None:  # squash into (-cap, cap), smoothly
@@ -320,15 +373,24 @@ class TransformerLM(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return (logits, attention_maps) if return_attention else logits
 
-    def new_cache(self, batch: int) -> list[LayerCache]:
-        """An empty KV cache, one LayerCache per block, for ``batch`` sequences."""
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty KV cache for ``batch`` sequences: a LayerCache per block."""
         weight = self.token_embedding.weight
-        return [LayerCache(batch, self.config, weight.dtype, weight.device) for _ in self.blocks]
+        return KVCache(batch, self.config, weight.dtype, weight.device)
+
+    def decode_step(self) -> Callable[[Tensor, KVCache], Tensor]:
+        """``logits`` compiled (torch.compile) for one new token (B, 1) and a cache: fewer,
+        fused kernels per character. The first call compiles (seconds; docs/sampling.md says
+        when that pays back); later calls, at any position, reuse it."""
+        if self._decode_step is None:
+            options = {"cpp_wrapper": True} if self.token_embedding.weight.device.type == "cpu" else {}
+            self._decode_step = torch.compile(self.logits, fullgraph=True, dynamic=False, options=options)
+        return self._decode_step
 
     @torch.inference_mode()
     def stream(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-               generator: torch.Generator | None = None) -> Iterator[Tensor]:
+               generator: torch.Generator | None = None, compile: bool = False) -> Iterator[Tensor]:
         """Yield ``max_new_tokens`` next tokens (B, 1), each sampled given ``idx`` and those before.
 
         The context is a window of at most block_size tokens. When it is full it slides forward
@@ -336,7 +398,8 @@ class TransformerLM(nn.Module):
         With ``use_cache`` each other token costs one query position; without, the window is
         recomputed every step. Both follow the same windows and give the same tokens. (Positions
         count from the window's start: with RoPE the cached keys were rotated for their place in
-        the window, and a slide re-encodes the kept tokens at their new places.)
+        the window, and a slide re-encodes the kept tokens at their new places.) ``compile``:
+        the one-token steps run ``decode_step``, the same maths compiled.
         Call ``model.eval()`` first: in training mode dropout stays on.
         """
         check_sampling(max_new_tokens, temperature, top_k, top_p)
@@ -344,31 +407,35 @@ class TransformerLM(nn.Module):
             raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
         block = self.config.block_size
         use_cache = use_cache and all(getattr(b.attn, "supports_cache", True) for b in self.blocks)
+        step = self.decode_step() if compile and use_cache else self.logits
         start = max(0, idx.size(1) - block)  # the window is idx[:, start:]
-        cache = None
+        cache = self.new_cache(idx.size(0)) if use_cache else None
+        filled = False  # whether the cache holds the window
+        next_token = idx[:, -1:]  # (B, 1): the newest token
         for _ in range(max_new_tokens):
             if idx.size(1) - start > block:  # full: slide, keeping the newest half block
-                start, cache = idx.size(1) - max(1, block // 2), None
-            if not use_cache:
+                start, filled = idx.size(1) - max(1, block // 2), False
+            if cache is None:
                 logits = self(idx[:, start:])
-            elif cache is None:  # encode the whole window once, filling the cache
-                cache = self.new_cache(idx.size(0))
-                logits = self(idx[:, start:], cache=cache)
+            elif not filled:  # encode the whole window once, filling the cache
+                cache.clear()
+                logits, filled = self(idx[:, start:], cache=cache), True
             else:  # only the newest token is new
-                logits = self(idx[:, -1:], cache=cache)
+                self.place(next_token, cache)
+                logits = step(next_token, cache)
             next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat([idx, next_token], dim=1)
             yield next_token
 
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, compile: bool = False) -> Tensor:
         """``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens: (B, T + max_new_tokens).
 
         temperature 0 is greedy decoding; top_k keeps the k likeliest tokens; top_p keeps the
         smallest set of likeliest tokens whose probabilities sum to at least top_p. See ``stream``.
         """
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, compile))
         return torch.cat([idx, *new], dim=1)
 
     def num_parameters(self) -> int:

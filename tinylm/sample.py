@@ -57,7 +57,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     if config.stream:  # the first sample streams; the others follow when it is done
         write(prompt)
     tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
-                          config.top_p, config.use_cache, generator)
+                          config.top_p, config.use_cache, generator, compile=compiles(config, device))
     for token in tokens:  # (num_samples, 1)
         for row, t in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(t)
@@ -72,6 +72,37 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
             write(text)
     write("\n")
     return texts
+
+
+# Compiling the one-token step costs seconds, once per process; each step then saves a
+# fraction of a millisecond on a CPU. compile=auto compiles from this many new tokens on,
+# where the saving has paid for the compile (docs/performance.md#compiling-the-decode-step).
+COMPILE_PAYS_BACK_AFTER = 50_000
+
+
+def compiles(config: SampleConfig, device: str) -> bool:
+    """Whether ``config.compile`` (auto, true or false) compiles the one-token step here.
+    compile=true with no compiler that torch.compile needs is an error; auto then does not compile."""
+    import importlib.util
+    import os
+    import shutil
+
+    setting = str(config.compile).lower()
+    if setting == "false" or not config.use_cache:
+        return False
+    if setting == "auto" and config.max_new_tokens < COMPILE_PAYS_BACK_AFTER:
+        return False
+    if device.startswith("cuda"):
+        missing = None if importlib.util.find_spec("triton") else "the triton package (pip install triton)"
+    else:
+        compiler = os.environ.get("CXX", "g++")  # what torch.compile runs to build CPU kernels
+        missing = None if shutil.which(compiler) else f"a C++ compiler ({compiler}; set CXX to use another)"
+    if missing is None:
+        return True
+    if setting == "true":
+        raise ConfigError(f"compile: torch.compile needs {missing}; install it, or pass compile=false")
+    print(f"not compiling the decode step: torch.compile needs {missing}", file=sys.stderr)
+    return False
 
 
 def run(config: SampleConfig) -> None:
