@@ -70,3 +70,21 @@ def test_a_class_that_sees_the_future_is_refused_before_training(small_text: Pat
     assert result.stderr.startswith(f"error: model.attention: {no_mask}:MultiHeadAttention is refused")
     assert "no causal mask" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_learner_run_resumes_with_its_class_and_only_with_it(two_runs: dict[str, Path], small_text: Path,
+                                                               tmp_path: Path) -> None:
+    last = two_runs["learner"] / "checkpoints" / "last.ckpt"
+    learner = f"model.attention={CORRECT}:MultiHeadAttention"
+    resumed = run_script("train.py", *quick_overrides(small_text, tmp_path / "resumed", f"ckpt_path={last}",
+                                                      learner, "trainer.max_steps=60", script=True))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [step for step, _ in scalars(tmp_path / "resumed")["val/loss"]] == [60]  # on from step 40
+
+    without = run_script("train.py", *quick_overrides(small_text, tmp_path / "without", f"ckpt_path={last}",
+                                                      "trainer.max_steps=60", script=True))
+    assert without.returncode == 2 and len(without.stderr.strip().splitlines()) <= 2, without.stderr[-3000:]
+    assert without.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt_path: the checkpoint was trained with model.attention={CORRECT}:MultiHeadAttention, "
+        f"this run uses model.attention=sdpa; resume with model.attention={CORRECT}:MultiHeadAttention")
+    assert not (tmp_path / "without").exists()

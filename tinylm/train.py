@@ -344,6 +344,13 @@ def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
             f"ckpt_path: the checkpoint's model differs from this run's ({'; '.join(differences)}); "
             f"pass the same model overrides as the run that wrote it"
         )
+    # sdpa and explicit share their parameters; a learner's class has parameters of its own.
+    saved_class, this_class = (c.learner_attention and c.learner_attention[1] for c in (saved, config.model))
+    if saved_class != this_class:
+        raise ConfigError(
+            f"ckpt_path: the checkpoint was trained with model.attention={saved.attention}, this run "
+            f"uses model.attention={config.model.attention}; resume with model.attention={saved.attention}"
+        )
     saved_kind = checkpoint["hyper_parameters"].get("tokenizer", "char")
     if saved_kind != tokenizer["tokenizer"]:
         raise ConfigError(
