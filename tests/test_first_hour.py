@@ -5,6 +5,8 @@ within seconds; and what a run now says and writes."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -267,11 +269,46 @@ def stalling_hub():
         yield port
 
 
-def test_a_hub_that_answers_the_probe_then_stalls_fails_fast(stalling_hub: int, workdir) -> None:
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{stalling_hub}"}
+@pytest.fixture
+def trickling_hub():
+    """A server on 127.0.0.1 that answers the probe, then answers every request with a body of
+    a megabyte sent one byte every half second: each read comes well inside any read timeout."""
+
+    def trickle(connection) -> None:
+        try:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 1048576\r\n\r\n")
+            for _ in range(240):  # two minutes at most
+                connection.sendall(b" ")
+                time.sleep(0.5)
+        except OSError:
+            pass  # the client gave up
+        connection.close()
+
+    def answer_slowly(connection) -> bool:
+        connection.settimeout(5)
+        try:
+            request = connection.recv(65536)
+        except OSError:
+            request = b""
+        if request.startswith(b"HEAD / "):
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            connection.close()
+        else:
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+        return False
+
+    with local_server(answer_slowly) as port:
+        yield port
+
+
+@pytest.mark.parametrize("hub", ["stalling_hub", "trickling_hub"])
+def test_a_hub_that_answers_the_probe_then_stalls_fails_fast(hub: str, workdir, request) -> None:
+    port = request.getfixturevalue(hub)
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
     result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=env)
     assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare': the Hub at "
-                          f"http://127.0.0.1:{stalling_hub} stopped answering", "HF_HUB_OFFLINE=1")
+                          f"http://127.0.0.1:{port} stopped answering", "HF_HUB_OFFLINE=1")
     assert seconds < 45, f"{seconds:.0f} s"  # datasets' own retries took 409 s
 
 

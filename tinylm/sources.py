@@ -359,7 +359,10 @@ def _probe(endpoint: str) -> None:
 
 
 HUB_REQUEST_TIMEOUT_S = 8.0  # connect, and each read: a request that stalls fails after this
-HUB_STALL_S = 10.0  # no answer and no byte from the Hub this long (retries and all): give up
+HUB_STALL_S = 10.0  # no answer and no progress from the Hub this long (retries and all): give up
+# A download moves when this much more of it has come in: a Hub that trickles a byte now and
+# then, each read inside the timeout, would otherwise hold the load open for hours.
+HUB_PROGRESS_BYTES = 16 * 1024
 
 
 class HubStalled(DataError):
@@ -368,23 +371,26 @@ class HubStalled(DataError):
 
 def _watched(source: str, load):
     """``load()``, which talks to the Hub, under watch: every request is bounded in time, and when
-    nothing at all comes back (no answer, no byte of a download) for HUB_STALL_S, the load is
-    abandoned with a DataError, instead of waiting out the libraries' rounds of retries."""
+    nothing comes back (no answer, and no HUB_PROGRESS_BYTES more of a download) for HUB_STALL_S,
+    the load is abandoned with a DataError, instead of waiting out the libraries' retries."""
     import httpx2
     from huggingface_hub import constants, get_session
 
     last = [time.monotonic()]
+    unseen = [0]  # bytes come in since the last progress
 
     def touch(*_: object) -> None:
-        last[0] = time.monotonic()
+        last[0], unseen[0] = time.monotonic(), 0
 
-    class Touching(httpx2.SyncByteStream):  # a download's body: each chunk counts as progress
+    class Touching(httpx2.SyncByteStream):  # a download's body: HUB_PROGRESS_BYTES more is progress
         def __init__(self, stream) -> None:
             self.stream = stream
 
         def __iter__(self):
             for chunk in self.stream:
-                touch()
+                unseen[0] += len(chunk)
+                if unseen[0] >= HUB_PROGRESS_BYTES:
+                    touch()
                 yield chunk
 
         def close(self) -> None:
@@ -412,9 +418,10 @@ def _watched(source: str, load):
         worker.join(timeout=0.5)
         if worker.is_alive() and time.monotonic() - last[0] > HUB_STALL_S:
             raise HubStalled(
-                f"data.source={source!r}: the Hub at {constants.ENDPOINT} stopped answering (nothing "
-                f"came back for {HUB_STALL_S:.0f} s); try again later, or use {OFFLINE_HINT}; or, if "
-                f"the dataset is already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
+                f"data.source={source!r}: the Hub at {constants.ENDPOINT} stopped answering (nothing, "
+                f"or next to nothing, came back for {HUB_STALL_S:.0f} s); try again later, or use "
+                f"{OFFLINE_HINT}; or, if the dataset is already in your Hugging Face cache, set "
+                f"HF_HUB_OFFLINE=1"
             )
     if "error" in result:
         raise result["error"]
