@@ -82,10 +82,12 @@ COMPILE_PAYS_BACK_AFTER = 50_000
 
 def compiles(config: SampleConfig, device: str) -> bool:
     """Whether ``config.compile`` (auto, true or false) compiles the one-token step here.
-    compile=true with no compiler that torch.compile needs is an error; auto then does not compile."""
+    compile=true without what torch.compile needs (a C++ compiler and Python's headers on a CPU,
+    triton on a GPU) is an error; auto then does not compile."""
     import importlib.util
     import os
     import shutil
+    import sysconfig
 
     setting = str(config.compile).lower()
     if setting == "false" or not config.use_cache:
@@ -94,9 +96,12 @@ def compiles(config: SampleConfig, device: str) -> bool:
         return False
     if device.startswith("cuda"):
         missing = None if importlib.util.find_spec("triton") else "the triton package (pip install triton)"
-    else:
-        compiler = os.environ.get("CXX", "g++")  # what torch.compile runs to build CPU kernels
-        missing = None if shutil.which(compiler) else f"a C++ compiler ({compiler}; set CXX to use another)"
+    else:  # it builds C++ kernels against Python's headers
+        compiler = os.environ.get("CXX", "g++")
+        headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+        missing = (f"a C++ compiler ({compiler}; set CXX to use another)" if not shutil.which(compiler)
+                   else f"Python's C headers ({headers}; e.g. apt-get install python3-dev)"
+                   if not headers.is_file() else None)
     if missing is None:
         return True
     if setting == "true":
