@@ -118,8 +118,8 @@ def test_a_resumed_run_replaces_the_records_it_repeats(tmp_path) -> None:
     path = tmp_path / "attention.npz"
     maps = np.full((1, 2, 3, 3), 0.5)
     for step in (0, 10, 20, 10, 20):  # the run resumed from its step-10 checkpoint
-        append_history(path, step, "abc", maps * (step / 20), {"entropy": np.full((1, 2), step)})
+        append_history(path, step, list("abc"), maps * (step / 20), {"entropy": np.full((1, 2), step)})
     history = load_history(path)
     assert history.steps.tolist() == [0, 10, 20]
     assert history.scores["entropy"][:, 0, 0].tolist() == [0, 10, 20]
-    assert history.weights(2).max() == pytest.approx(0.5, abs=1 / 255) and history.probe == "abc"
+    assert history.weights(2).max() == pytest.approx(0.5, abs=1 / 255) and history.labels == ["a", "b", "c"]

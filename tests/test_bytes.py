@@ -82,3 +82,18 @@ def test_byte_level_training_on_cjk_then_sample_and_attention(tmp_path: Path) ->
     report = render_attention(AttentionScriptConfig(ckpt=str(checkpoint), prompt="春眠不覺曉",
                                                     out=str(tmp_path / "attn.png")))
     assert (tmp_path / "attn.png").is_file() and "on 15 characters" in report
+
+    # The explorer labels every byte, as the pictures do: for the prompt, and for the run's probe.
+    render_attention(AttentionScriptConfig(ckpt=str(checkpoint), prompt="春眠", out=str(tmp_path / "a.html")))
+    assert explorer_data(tmp_path / "a.html")["chars"] == ["春", "98", "a5", "眠", "9c", "a0"]
+    render_attention(AttentionScriptConfig(ckpt=str(run_dir), out=str(tmp_path / "run.html")))
+    run_page = explorer_data(tmp_path / "run.html")
+    assert len(run_page["chars"]) == run_page["n"] and {"98", "a5"} <= set(run_page["chars"])
+
+
+def explorer_data(page: Path) -> dict:
+    """The data an explorer page embeds (its ``const DATA = {...};`` line)."""
+    import json
+
+    line = next(line for line in page.read_text().splitlines() if line.startswith("const DATA = "))
+    return json.loads(line.removeprefix("const DATA = ").removesuffix(";"))

@@ -111,7 +111,7 @@ def test_the_run_keeps_its_attention_beside_the_checkpoints(run) -> None:
     history = load_history(run_dir / "checkpoints" / "attention.npz")
     assert history.steps.tolist() == [0, 10, 20]
     assert history.maps.shape == (3, LAYERS, HEADS, BLOCK, BLOCK) and history.maps.dtype.name == "uint8"
-    assert len(history.probe) == BLOCK
+    assert len(history.labels) == BLOCK
     assert set(history.scores) == {*SCORES, "ablation"}
     logged_prev = [e.value for e in logged.Scalars("heads/prev_token/layer_1_head_2")]
     assert history.scores["prev_token"][:, 1, 2].tolist() == pytest.approx(logged_prev, abs=1e-6)

@@ -28,17 +28,17 @@ def viridis_stops(count: int = 9) -> list[list[int]]:
     return [[round(255 * c) for c in mpl.colormaps["viridis"](x)[:3]] for x in np.linspace(0, 1, count)]
 
 
-def explorer_html(probe: str, steps: Sequence[int], maps: np.ndarray, scores: dict[str, np.ndarray],
-                  title: str = "attention") -> str:
-    """The page for ``maps`` (S, L, H, n, n) uint8 (weights ×255) at ``steps`` (S,) on the
-    probe's n characters, with ``scores`` name → (S, L, H)."""
+def explorer_html(labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
+                  scores: dict[str, np.ndarray], title: str = "attention") -> str:
+    """The page for ``maps`` (S, L, H, n, n) uint8 (weights ×255) at ``steps`` (S,) on the n
+    tokens ``labels`` names (``Tokenizer.labels``), with ``scores`` name → (S, L, H)."""
     maps = np.ascontiguousarray(maps, dtype=np.uint8)
     S, L, H, n, _ = maps.shape
-    if len(steps) != S or len(probe) != n:
-        raise ValueError(f"{len(steps)} steps and {len(probe)} characters for maps of shape {maps.shape}")
+    if len(steps) != S or len(labels) != n:
+        raise ValueError(f"{len(steps)} steps and {len(labels)} labels for maps of shape {maps.shape}")
     data = {
         "title": title,
-        "chars": [visible_char(c) for c in probe],
+        "chars": [visible_char(label) for label in labels],
         "steps": [int(s) for s in steps],
         "layers": L, "heads": H, "n": n,
         # Each step's maps as base64 of their (L, H, n, n) bytes: a third of the JSON numbers' size.
@@ -51,11 +51,11 @@ def explorer_html(probe: str, steps: Sequence[int], maps: np.ndarray, scores: di
     return PAGE.replace("/*DATA*/", payload).replace("<!--TITLE-->", _escape(title))
 
 
-def write_explorer(path: str | Path, probe: str, steps: Sequence[int], maps: np.ndarray,
+def write_explorer(path: str | Path, labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
                    scores: dict[str, np.ndarray], title: str = "attention") -> Path:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(explorer_html(probe, steps, maps, scores, title), encoding="utf-8")
+    path.write_text(explorer_html(labels, steps, maps, scores, title), encoding="utf-8")
     return path
 
 

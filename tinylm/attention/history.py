@@ -4,9 +4,10 @@ through.
 
 One ``numpy.savez_compressed`` archive, read without pickle:
 
-- ``probe``: the characters shown, (n,) unicode;
+- ``probe``: the labels of the tokens shown, (n,) unicode: the probe's characters, or with
+  byte tokens one label per byte (``Tokenizer.labels``);
 - ``steps``: (S,) the optimizer step of each record, increasing;
-- ``maps``: (S, L, H, n, n) uint8, the weights on the probe's first n characters, ×255 and
+- ``maps``: (S, L, H, n, n) uint8, the weights on the probe's first n tokens, ×255 and
   rounded (a picture's precision; float16 would double the file for nothing visible);
 - one (S, L, H) float32 array per head score (``entropy``, ``prev_token`` …, ``ablation``).
 
@@ -17,6 +18,7 @@ drops the records at and after its first step before adding its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ FILENAME = "attention.npz"
 
 @dataclass
 class History:
-    probe: str
+    labels: list[str]  # (n,): one per token shown
     steps: np.ndarray  # (S,) int64
     maps: np.ndarray  # (S, L, H, n, n) uint8
     scores: dict[str, np.ndarray]  # name → (S, L, H) float32
@@ -40,31 +42,33 @@ class History:
 def load_history(path: str | Path) -> History:
     with np.load(path, allow_pickle=False) as archive:
         names = [name for name in archive.files if name not in ("probe", "steps", "maps")]
-        return History(probe="".join(archive["probe"].tolist()), steps=archive["steps"],
+        return History(labels=archive["probe"].tolist(), steps=archive["steps"],
                        maps=archive["maps"], scores={name: archive[name] for name in names})
 
 
-def append_history(path: str | Path, step: int, probe: str, weights: np.ndarray,
+def append_history(path: str | Path, step: int, labels: Sequence[str], weights: np.ndarray,
                    scores: dict[str, np.ndarray]) -> History:
-    """Add the record of ``step`` (weights (L, H, n, n) in [0, 1], scores name → (L, H)) to
-    the archive at ``path``, creating it; returns what the archive now holds."""
+    """Add the record of ``step`` (weights (L, H, n, n) in [0, 1] on the n tokens ``labels``
+    name, scores name → (L, H)) to the archive at ``path``, creating it; returns what the
+    archive now holds."""
+    labels = list(labels)
     path = Path(path)
     record = np.rint(np.clip(weights, 0.0, 1.0) * 255).astype(np.uint8)[None]  # (1, L, H, n, n)
     new = {name: np.asarray(values, np.float32)[None] for name, values in scores.items()}
-    history = History(probe, np.array([step], np.int64), record, new)
+    history = History(labels, np.array([step], np.int64), record, new)
     if path.is_file():
         old = load_history(path)
         keep = old.steps < step
-        if old.probe == probe and old.maps.shape[1:] == record.shape[1:] and set(old.scores) == set(new):
+        if old.labels == labels and old.maps.shape[1:] == record.shape[1:] and set(old.scores) == set(new):
             history = History(
-                probe, np.concatenate([old.steps[keep], history.steps]),
+                labels, np.concatenate([old.steps[keep], history.steps]),
                 np.concatenate([old.maps[keep], record]),
                 {name: np.concatenate([old.scores[name][keep], new[name]]) for name in new},
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as file:
-        np.savez_compressed(file, probe=np.array(list(probe)), steps=history.steps, maps=history.maps,
+        np.savez_compressed(file, probe=np.array(labels), steps=history.steps, maps=history.maps,
                             **history.scores)
     os.replace(partial, path)
     return history

@@ -56,7 +56,7 @@ def render_attention(config: AttentionScriptConfig) -> str:
 
         picked = {name: values[layers][:, heads].numpy()[None] for name, values in scores.items()}
         weights = (shown * 255).round().astype("uint8")[None]  # (1, L, H, n, n)
-        write_explorer(out, config.prompt[:n], [checkpoint_step(config.ckpt)], weights, picked,
+        write_explorer(out, labels[:n], [checkpoint_step(config.ckpt)], weights, picked,
                        title=f"attention of {config.ckpt}")
     else:
         figure = AttentionFigure(labels[:n], rows=len(layers), cols=len(heads))
@@ -92,7 +92,7 @@ def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     layers, heads = pick(config.layer, L, "layer", "layers"), pick(config.head, H, "head", "heads")
     maps = history.maps[:, layers][:, :, heads]  # (S, layers, heads, n, n)
     scores = {name: values[:, layers][:, :, heads] for name, values in history.scores.items()}
-    out = write_explorer(config.out, history.probe, history.steps.tolist(), maps, scores,
+    out = write_explorer(config.out, history.labels, history.steps.tolist(), maps, scores,
                          title=f"attention of {config.ckpt} over training")
     import torch
 

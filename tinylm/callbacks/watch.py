@@ -105,7 +105,7 @@ class AttentionMaps(Periodic):
         n = self.shown
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
         if self.history is not None:
-            append_history(self.history, step, self.probe[:n], shown,
+            append_history(self.history, step, self.labels[:n], shown,
                            {name: values.numpy() for name, values in scores.items()})
         layers, heads = shown.shape[:2]
         if self.figure is None:
