@@ -144,43 +144,43 @@ class LayerCache:
     masking every key after its query (those not yet written among them). Fixed shapes let one
     compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
 
-    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cache: KVCache, batch: int, config: ModelConfig, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.cache = cache  # it says where this pass's tokens go
         shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
         # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.positions = torch.arange(0, device=device)  # (T,): where this pass's tokens go
-        self.visible = torch.ones(0, config.block_size, dtype=torch.bool, device=device)  # (T, block_size)
+
+    @property
+    def visible(self) -> Tensor:
+        """(T, block_size): which keys each of this pass's queries may see."""
+        return self.cache.visible
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new positions' k, v (B, G, T, hd); return every key and value buffer."""
-        self.keys.index_copy_(2, self.positions, k)
-        self.values.index_copy_(2, self.positions, v)
+        self.keys.index_copy_(2, self.cache.positions, k)
+        self.values.index_copy_(2, self.cache.positions, v)
         return self.keys, self.values  # (B, G, block_size, hd)
 
 
 class KVCache:
-    """Every layer's LayerCache, and how many positions they hold (``length``)."""
+    """Every layer's LayerCache; how many positions they hold (``length``); and the positions
+    of the tokens being added, with the keys each of them may see."""
 
     def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
-        self.layers = [LayerCache(batch, config, dtype, device) for _ in range(config.layers)]
+        self.layers = [LayerCache(self, batch, config, dtype, device) for _ in range(config.layers)]
         self.key_positions = torch.arange(config.block_size, device=device)  # (block_size,)
-        self.positions = self.key_positions[:0]  # (T,): the positions of the tokens being added
         self.length = 0
+        self.advance(0)
 
-    def advance(self, tokens: int) -> Tensor:
-        """The positions (T,) of ``tokens`` new tokens; each layer will store them there."""
-        start, end = self.length, self.length + tokens
-        block_size = self.key_positions.size(0)
-        if end > block_size:
-            raise ValueError(f"the KV cache holds {block_size} positions; {end} were asked for")
+    def advance(self, tokens: int) -> None:
+        """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
+        that they fit)."""
+        start, self.length = self.length, self.length + tokens
         # A new tensor, not a slice of key_positions: a compiled step sees the same input each time.
-        positions = torch.arange(start, end, device=self.key_positions.device)  # (T,)
-        visible = self.key_positions <= positions[:, None]  # (T, block_size): keys up to the query's own
-        for layer in self.layers:
-            layer.positions, layer.visible = positions, visible
-        self.positions, self.length = positions, end
-        return positions
+        self.positions = torch.arange(start, self.length, device=self.key_positions.device)  # (T,)
+        self.visible = self.key_positions <= self.positions[:, None]  # (T, block_size): up to its own
 
     def clear(self) -> None:
         """Start again at position 0 (the buffers are overwritten as positions are stored)."""
