@@ -248,22 +248,28 @@ def test_a_second_ctrl_c_stops_a_run_blocked_in_a_native_kernel(small_text: Path
 # ---------------------------------------------------------------- a Hub that stalls
 
 
+def answered_the_probe(connection) -> bool:
+    """Read a request; if it is tinylm's reachability probe (HEAD /), answer it, close the
+    connection and return True."""
+    connection.settimeout(5)
+    try:
+        request = connection.recv(65536)
+    except OSError:
+        request = b""
+    if not request.startswith(b"HEAD / "):
+        return False
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    connection.close()
+    return True
+
+
 @pytest.fixture
 def stalling_hub():
     """A server on 127.0.0.1 that answers tinylm's reachability probe (HEAD /) and then never
     answers anything else: the connection stays open, silent."""
 
     def answer_the_probe_only(connection) -> bool:
-        connection.settimeout(5)
-        try:
-            request = connection.recv(65536)
-        except OSError:
-            request = b""
-        if not request.startswith(b"HEAD / "):
-            return True  # never answered
-        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        connection.close()
-        return False
+        return not answered_the_probe(connection)  # anything else is never answered
 
     with local_server(answer_the_probe_only) as port:
         yield port
@@ -286,15 +292,7 @@ def trickling_hub():
         connection.close()
 
     def answer_slowly(connection) -> bool:
-        connection.settimeout(5)
-        try:
-            request = connection.recv(65536)
-        except OSError:
-            request = b""
-        if request.startswith(b"HEAD / "):
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            connection.close()
-        else:
+        if not answered_the_probe(connection):
             threading.Thread(target=trickle, args=(connection,), daemon=True).start()
         return False
 
