@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose, run_script
+from torch._dynamo.utils import counters
 
 import tinylm
 from tinylm.config import ConfigError, ModelConfig, TrainConfig
@@ -124,6 +125,26 @@ def test_cached_generation_equals_uncached(variant: str, path: str, new_tokens: 
     )
     assert cached.shape == (2, 5 + new_tokens)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.slow
+@variants
+def test_compiled_generation_equals_eager(variant: str) -> None:
+    """The compiled one-token step (explicit attention, inductor's own loops for its matrix
+    products, guards skipped after the first step) samples the eager step's tokens, past a slide."""
+    model = make_model(variant)
+    with torch.no_grad():
+        model.token_embedding.weight.mul_(20)
+    idx = tokens(batch=2, length=5)
+    torch._dynamo.reset()  # each variant compiles from scratch, within Dynamo's recompile limit
+    counters.clear()
+    eager, compiled = (
+        model.generate(idx, 40, temperature=1.0, top_k=10, compile=compile,
+                       generator=torch.Generator().manual_seed(7))
+        for compile in (False, True)
+    )
+    assert counters["stats"]["unique_graphs"] == 1  # compiled, as one graph: no graph break
+    assert torch.equal(compiled, eager)
 
 
 # --- RoPE -----------------------------------------------------------------------------------------

@@ -30,9 +30,10 @@ hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +171,7 @@ class KVCache:
 
     def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
         self.layers = [LayerCache(self, batch, config, dtype, device) for _ in range(config.layers)]
-        self.key_positions = torch.arange(config.block_size, device=device)  # (block_size,)
+        self.key_positions = torch.arange(config.block_size, device=device)[None]  # (1, block_size)
         self.length = 0
         self.advance(0)
 
@@ -178,6 +179,10 @@ class KVCache:
         """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
         that they fit)."""
         start, self.length = self.length, self.length + tokens
+        if tokens == 1 and self.positions.numel() == 1:  # one more token: two small writes in place
+            self.positions.fill_(start)
+            torch.le(self.key_positions, start, out=self.visible)
+            return
         # A new tensor, not a slice of key_positions: a compiled step sees the same input each time.
         self.positions = torch.arange(start, self.length, device=self.key_positions.device)  # (T,)
         self.visible = self.key_positions <= self.positions[:, None]  # (T, block_size): up to its own
@@ -310,7 +315,6 @@ class TransformerLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # weight tying: one (V, d) tensor
-        self._decode_step: Callable[[Tensor, KVCache], Tensor] | None = None  # decode_step's, once compiled
         self.apply(_init_weights)
         # GPT-2 / nanoGPT: each block adds two projections to the residual stream, so scale
         # their initial weights by 1/√(2·layers) to keep its variance independent of depth.
@@ -378,14 +382,13 @@ class TransformerLM(nn.Module):
         weight = self.token_embedding.weight
         return KVCache(batch, self.config, weight.dtype, weight.device)
 
-    def decode_step(self) -> Callable[[Tensor, KVCache], Tensor]:
-        """``logits`` compiled (torch.compile) for one new token (B, 1) and a cache: fewer,
-        fused kernels per character. The first call compiles (seconds; docs/sampling.md says
-        when that pays back); later calls, at any position, reuse it."""
-        if self._decode_step is None:
-            options = {"cpp_wrapper": True} if self.token_embedding.weight.device.type == "cpu" else {}
-            self._decode_step = torch.compile(self.logits, fullgraph=True, dynamic=False, options=options)
-        return self._decode_step
+    def decode_step(self) -> Callable[..., Tensor]:
+        """``next_token`` compiled (torch.compile, ``compiled_next_token``) for this model: one
+        new token (B, 1), its cache and its noise in, the token after it out. The first call
+        compiles (seconds; docs/sampling.md says when that pays back); later calls, at any
+        position, reuse it, as do other models of the same shape."""
+        device_type = self.token_embedding.weight.device.type
+        return functools.partial(compiled_next_token(device_type), self, explicit=device_type == "cpu")
 
     @torch.inference_mode()
     def stream(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -405,27 +408,38 @@ class TransformerLM(nn.Module):
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
-        block = self.config.block_size
+        block, (batch, length) = self.config.block_size, idx.shape
         use_cache = use_cache and all(getattr(b.attn, "supports_cache", True) for b in self.blocks)
-        step = self.decode_step() if compile and use_cache else self.logits
-        start = max(0, idx.size(1) - block)  # the window is idx[:, start:]
-        cache = self.new_cache(idx.size(0)) if use_cache else None
+        encode = functools.partial(next_token, self)
+        step = self.decode_step() if compile and use_cache else encode  # for one new token
+        tokens = idx.new_empty(batch, length + max_new_tokens)  # the prompt, then each new token
+        tokens[:, :length] = idx
+        start = max(0, length - block)  # the window is tokens[:, start:length]
+        cache = self.new_cache(batch) if use_cache else None
         filled = False  # whether the cache holds the window
-        next_token = idx[:, -1:]  # (B, 1): the newest token
+        steps = 0  # one-token steps taken
         for _ in range(max_new_tokens):
-            if idx.size(1) - start > block:  # full: slide, keeping the newest half block
-                start, filled = idx.size(1) - max(1, block // 2), False
-            if cache is None:
-                logits = self(idx[:, start:])
-            elif not filled:  # encode the whole window once, filling the cache
-                cache.clear()
-                logits, filled = self(idx[:, start:], cache=cache), True
-            else:  # only the newest token is new
-                self.place(next_token, cache)
-                logits = step(next_token, cache)
-            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat([idx, next_token], dim=1)
-            yield next_token
+            if length - start > block:  # full: slide, keeping the newest half block
+                start, filled = length - max(1, block // 2), False
+            noise = sampling_noise(batch, self.vocab_size, temperature, generator, idx.device)
+            if filled:  # only the newest token is new
+                new = tokens[:, length - 1 : length]
+                self.place(new, cache)
+                with skipping_guards(compile and steps > 0):  # the first step checks the guards
+                    token = step(new, cache, noise, temperature, top_k, top_p)
+                steps += 1
+            else:  # the whole window: at each step without the cache, or to fill it
+                window = tokens[:, start:length]
+                if cache is not None:
+                    cache.clear()
+                    filled = True
+                self.place(window, cache)
+                # A slide's window has one length, so it compiles once; a prompt can have any.
+                encoder = step if cache is not None and start > 0 else encode
+                token = encoder(window, cache, noise, temperature, top_k, top_p)
+            tokens[:, length : length + 1] = token
+            length += 1
+            yield token
 
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
@@ -443,6 +457,38 @@ class TransformerLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def next_token(model: TransformerLM, idx: Tensor, cache: KVCache | None, noise: Tensor | None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               explicit: bool = False) -> Tensor:
+    """The token (B, 1) after ``idx`` (B, T), which continues ``cache``: the model's logits at
+    the last position, and the choice ``choose_next`` makes from them with ``noise``.
+    ``model.place`` has placed ``idx`` in ``cache`` (outside, since a compiled step would
+    otherwise specialise on each position). ``explicit`` takes the explicit attention path, for
+    the compiled step (``compiled_next_token``)."""
+    logits = model.logits(idx, cache, return_attention=explicit)
+    if explicit:  # the weights, unused, compile away
+        logits = logits[0]
+    return choose_next(logits[:, -1], noise, temperature, top_k, top_p)  # (B, 1)
+
+
+@functools.cache
+def compiled_next_token(device_type: str) -> Callable[..., Tensor]:
+    """``next_token`` compiled for one-token steps on ``device_type``: the logits and the choice
+    of the token in one compiled call. It takes the model as an argument, so Dynamo guards on
+    its parameters' shapes, not on which model it is: every model of a shape shares one
+    compiled step instead of using up Dynamo's recompile limit (8 a function; past it, or with
+    more than 8 settings of temperature, top_k and top_p, a step runs eagerly, with torch's
+    warning).
+
+    On a CPU the step is compiled from the explicit attention path (``explicit=True``), and
+    inductor writes its one-row matrix products as loops of its own (``decompose_mm_pass``): for
+    a single query that is a few fused C++ loops in place of 21 calls into the matmul and SDPA
+    kernels, about a third less time a character (docs/performance.md#compiling-the-decode-step).
+    """
+    options = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
+    return torch.compile(next_token, dynamic=False, options=options if device_type == "cpu" else None)
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ValueError, naming the argument, for settings that do not define a distribution."""
     if max_new_tokens < 0:
@@ -458,7 +504,30 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """One token id per row of ``logits`` (B, V): (B, 1)."""
+    noise = sampling_noise(logits.size(0), logits.size(-1), temperature, generator, logits.device)
+    return choose_next(logits, noise, temperature, top_k, top_p)
+
+
+def sampling_noise(batch: int, vocab_size: int, temperature: float,
+                   generator: torch.Generator | None = None, device: torch.device | None = None
+                   ) -> Tensor | None:
+    """What ``choose_next`` draws with: E ~ Exp(1) for each row and token, or None for greedy
+    decoding (temperature 0), which draws nothing."""
     if temperature == 0:
+        return None
+    return torch.empty(batch, vocab_size, device=device).exponential_(generator=generator)  # (B, V)
+
+
+def choose_next(logits: Tensor, noise: Tensor | None, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """One token id per row of ``logits`` (B, V): (B, 1), the likeliest if ``noise`` is None.
+
+    Otherwise a draw from p = softmax(logits / temperature), cut to top_k and top_p, by the
+    exponential race: with Eᵢ ~ Exp(1), Eᵢ / pᵢ ~ Exp(pᵢ), and the first of those to arrive is
+    token i with probability pᵢ, so argmax pᵢ / Eᵢ is a draw from p. It is a handful of
+    whole-row operations that compile into the decode step, where torch.multinomial cannot.
+    """
+    if noise is None:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() if temperature == 1 else logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
@@ -470,7 +539,9 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         # Drop a token when the likelier ones already reach top_p; the likeliest always stays.
         drop = probs.cumsum(dim=-1) - probs >= top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)  # (B, 1)
+    # A draw of exactly 0 would make 0 / 0 for a token cut away (pᵢ = 0): keep E above 0.
+    arrival = noise.clamp_min(torch.finfo(noise.dtype).tiny)
+    return (logits.softmax(dim=-1) / arrival).argmax(dim=-1, keepdim=True)  # (B, 1)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -480,6 +551,13 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+
+
+def skipping_guards(skip: bool) -> AbstractContextManager:
+    """Inside, with ``skip``, compiled code runs without Dynamo's guard checks (a tenth of a
+    compiled one-token step). Safe only where the guards are known to pass: from the second
+    step of a generation on, whose inputs have the shapes, dtypes and devices of the first."""
+    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip else nullcontext()
 
 
 @contextmanager
