@@ -30,10 +30,9 @@ hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning,
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -145,13 +144,9 @@ class LayerCache:
     masking every key after its query (those not yet written among them). Fixed shapes let one
     compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
 
-    def __init__(self, cache: KVCache, batch: int, config: ModelConfig, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor) -> None:
         self.cache = cache  # it says where this pass's tokens go
-        shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
-        # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys, self.values = keys, values
 
     @property
     def visible(self) -> Tensor:
@@ -170,10 +165,25 @@ class KVCache:
     of the tokens being added, with the keys each of them may see."""
 
     def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
-        self.layers = [LayerCache(self, batch, config, dtype, device) for _ in range(config.layers)]
+        shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
+        # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
+        self.layers = [
+            LayerCache(self, torch.zeros(shape, dtype=dtype, device=device),
+                       torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(config.layers)
+        ]
         self.key_positions = torch.arange(config.block_size, device=device)[None]  # (1, block_size)
         self.length = 0
         self.advance(0)
+
+    @classmethod
+    def holding(cls, keys: list[Tensor], values: list[Tensor], positions: Tensor, visible: Tensor) -> KVCache:
+        """A cache over given buffers, its pass placed at ``positions`` with mask ``visible``:
+        the view of it that an exported step (tinylm.decode), given only tensors, works on."""
+        cache = cls.__new__(cls)
+        cache.layers = [LayerCache(cache, k, v) for k, v in zip(keys, values, strict=True)]
+        cache.positions, cache.visible = positions, visible
+        return cache
 
     def advance(self, tokens: int) -> None:
         """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
@@ -382,14 +392,6 @@ class TransformerLM(nn.Module):
         weight = self.token_embedding.weight
         return KVCache(batch, self.config, weight.dtype, weight.device)
 
-    def decode_step(self) -> Callable[..., Tensor]:
-        """``next_token`` compiled (torch.compile, ``compiled_next_token``) for this model: one
-        new token (B, 1), its cache and its noise in, the token after it out. The first call
-        compiles (seconds; docs/sampling.md says when that pays back); later calls, at any
-        position, reuse it, as do other models of the same shape."""
-        device_type = self.token_embedding.weight.device.type
-        return functools.partial(compiled_next_token(device_type), self, explicit=device_type == "cpu")
-
     @torch.inference_mode()
     def stream(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
@@ -402,7 +404,7 @@ class TransformerLM(nn.Module):
         recomputed every step. Both follow the same windows and give the same tokens. (Positions
         count from the window's start: with RoPE the cached keys were rotated for their place in
         the window, and a slide re-encodes the kept tokens at their new places.) ``compile``:
-        the one-token steps run ``decode_step``, the same maths compiled.
+        the one-token steps run the same maths compiled ahead of time (tinylm.decode).
         Call ``model.eval()`` first: in training mode dropout stays on.
         """
         check_sampling(max_new_tokens, temperature, top_k, top_p)
@@ -410,14 +412,16 @@ class TransformerLM(nn.Module):
             raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
         block, (batch, length) = self.config.block_size, idx.shape
         use_cache = use_cache and all(getattr(b.attn, "supports_cache", True) for b in self.blocks)
-        encode = functools.partial(next_token, self)
-        step = self.decode_step() if compile and use_cache else encode  # for one new token
         tokens = idx.new_empty(batch, length + max_new_tokens)  # the prompt, then each new token
         tokens[:, :length] = idx
         start = max(0, length - block)  # the window is tokens[:, start:length]
         cache = self.new_cache(batch) if use_cache else None
+        step = None  # the compiled one-token step
+        if compile and cache is not None:
+            from tinylm.decode import compiled_step
+
+            step = compiled_step(self, cache, temperature, top_k, top_p)
         filled = False  # whether the cache holds the window
-        steps = 0  # one-token steps taken
         for _ in range(max_new_tokens):
             if length - start > block:  # full: slide, keeping the newest half block
                 start, filled = length - max(1, block // 2), False
@@ -425,18 +429,17 @@ class TransformerLM(nn.Module):
             if filled:  # only the newest token is new
                 new = tokens[:, length - 1 : length]
                 self.place(new, cache)
-                with skipping_guards(compile and steps > 0):  # the first step checks the guards
-                    token = step(new, cache, noise, temperature, top_k, top_p)
-                steps += 1
+                if step is not None:
+                    token = step(new, noise)
+                else:
+                    token = next_token(self, new, cache, noise, temperature, top_k, top_p)
             else:  # the whole window: at each step without the cache, or to fill it
                 window = tokens[:, start:length]
                 if cache is not None:
                     cache.clear()
                     filled = True
                 self.place(window, cache)
-                # A slide's window has one length, so it compiles once; a prompt can have any.
-                encoder = step if cache is not None and start > 0 else encode
-                token = encoder(window, cache, noise, temperature, top_k, top_p)
+                token = next_token(self, window, cache, noise, temperature, top_k, top_p)
             tokens[:, length : length + 1] = token
             length += 1
             yield token
@@ -462,31 +465,12 @@ def next_token(model: TransformerLM, idx: Tensor, cache: KVCache | None, noise: 
                explicit: bool = False) -> Tensor:
     """The token (B, 1) after ``idx`` (B, T), which continues ``cache``: the model's logits at
     the last position, and the choice ``choose_next`` makes from them with ``noise``.
-    ``model.place`` has placed ``idx`` in ``cache`` (outside, since a compiled step would
-    otherwise specialise on each position). ``explicit`` takes the explicit attention path, for
-    the compiled step (``compiled_next_token``)."""
+    ``model.place`` has placed ``idx`` in ``cache`` (outside: it checks Python numbers, which a
+    compiled step cannot). ``explicit`` takes the explicit attention path (tinylm.decode)."""
     logits = model.logits(idx, cache, return_attention=explicit)
     if explicit:  # the weights, unused, compile away
         logits = logits[0]
     return choose_next(logits[:, -1], noise, temperature, top_k, top_p)  # (B, 1)
-
-
-@functools.cache
-def compiled_next_token(device_type: str) -> Callable[..., Tensor]:
-    """``next_token`` compiled for one-token steps on ``device_type``: the logits and the choice
-    of the token in one compiled call. It takes the model as an argument, so Dynamo guards on
-    its parameters' shapes, not on which model it is: every model of a shape shares one
-    compiled step instead of using up Dynamo's recompile limit (8 a function; past it, or with
-    more than 8 settings of temperature, top_k and top_p, a step runs eagerly, with torch's
-    warning).
-
-    On a CPU the step is compiled from the explicit attention path (``explicit=True``), and
-    inductor writes its one-row matrix products as loops of its own (``decompose_mm_pass``): for
-    a single query that is a few fused C++ loops in place of 21 calls into the matmul and SDPA
-    kernels, about a third less time a character (docs/performance.md#compiling-the-decode-step).
-    """
-    options = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
-    return torch.compile(next_token, dynamic=False, options=options if device_type == "cpu" else None)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -551,13 +535,6 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
-
-
-def skipping_guards(skip: bool) -> AbstractContextManager:
-    """Inside, with ``skip``, compiled code runs without Dynamo's guard checks (a tenth of a
-    compiled one-token step). Safe only where the guards are known to pass: from the second
-    step of a generation on, whose inputs have the shapes, dtypes and devices of the first."""
-    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if skip else nullcontext()
 
 
 @contextmanager
