@@ -80,6 +80,16 @@ def test_low_temperature_approaches_greedy() -> None:
     assert share_of_argmax[-1] > 0.99
 
 
+def test_draws_follow_the_softmax() -> None:
+    """The exponential race draws token i with probability pᵢ: frequencies of 40,000 draws are
+    within 4 standard deviations of p, and a token of probability 0 is never drawn."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    draws = sample_next(p.log().expand(40_000, 5), generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws[:, 0], minlength=5) / 40_000
+    assert torch.all((frequencies - p).abs() <= 4 * (p * (1 - p) / 40_000).sqrt())
+    assert frequencies[4] == 0
+
+
 def test_top_k_and_top_p_only_sample_the_allowed_tokens() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)

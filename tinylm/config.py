@@ -668,7 +668,7 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
-    # torch.compile the one-token step: true, false, or auto: when the generation is long enough
+    # compile the one-token step (tinylm.decode): true, false, or auto: when the generation is long enough
     # to pay the compile back (docs/sampling.md#compiling-the-decode-step)
     compile: str = "auto"
 

@@ -82,7 +82,7 @@ COMPILE_PAYS_BACK_AFTER = 50_000
 
 def compiles(config: SampleConfig, device: str) -> bool:
     """Whether ``config.compile`` (auto, true or false) compiles the one-token step here.
-    compile=true without what torch.compile needs on ``device`` is an error; auto then does not
+    compile=true without what the compile needs on ``device`` is an error; auto then does not
     compile."""
     setting = str(config.compile).lower()
     if setting == "false" or not config.use_cache:
@@ -93,27 +93,24 @@ def compiles(config: SampleConfig, device: str) -> bool:
     if missing is None:
         return True
     if setting == "true":
-        raise ConfigError(f"compile: torch.compile needs {missing}; install it, or pass compile=false")
-    print(f"not compiling the decode step: torch.compile needs {missing}", file=sys.stderr)
+        raise ConfigError(f"compile: compiling the decode step needs {missing}; install it, or pass "
+                          "compile=false")
+    print(f"not compiling the decode step: it needs {missing}", file=sys.stderr)
     return False
 
 
 def compile_needs(device: str) -> str | None:
-    """What torch.compile needs on ``device`` and this machine lacks, or None: triton on a GPU; on
-    a CPU a C++ compiler and Python's C headers, which its kernels are built against."""
+    """What compiling the decode step (AOTInductor, tinylm.decode) needs on ``device`` and this
+    machine lacks, or None: triton on a GPU, a C++ compiler to build its library on either."""
     import importlib.util
     import os
     import shutil
-    import sysconfig
 
-    if device.startswith("cuda"):
-        return None if importlib.util.find_spec("triton") else "the triton package (pip install triton)"
+    if device.startswith("cuda") and not importlib.util.find_spec("triton"):
+        return "the triton package (pip install triton)"
     compiler = os.environ.get("CXX", "g++")
     if not shutil.which(compiler):
         return f"a C++ compiler ({compiler}; set CXX to use another)"
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if not headers.is_file():
-        return f"Python's C headers ({headers}; e.g. apt-get install python3-dev)"
     return None
 
 
