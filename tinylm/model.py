@@ -508,8 +508,9 @@ def choose_next(logits: Tensor, noise: Tensor | None, temperature: float = 1.0,
 
     Otherwise a draw from p = softmax(logits / temperature), cut to top_k and top_p, by the
     exponential race: with Eᵢ ~ Exp(1), Eᵢ / pᵢ ~ Exp(pᵢ), and the first of those to arrive is
-    token i with probability pᵢ, so argmax pᵢ / Eᵢ is a draw from p. It is a handful of
-    whole-row operations that compile into the decode step, where torch.multinomial cannot.
+    token i with probability pᵢ, so argmax pᵢ / Eᵢ is a draw from p. Given the noise, the choice
+    is a handful of whole-row operations: they compile into the decode step (tinylm.decode),
+    which then makes the eager step's choices, where torch.multinomial would draw inside it.
     """
     if noise is None:
         return logits.argmax(dim=-1, keepdim=True)
