@@ -132,3 +132,25 @@ def test_compile_without_a_compiler_is_an_error_or_for_auto_a_note(
         compiles(SampleConfig(ckpt="x.ckpt", compile="true"), "cpu")
     assert not compiles(SampleConfig(ckpt="x.ckpt", max_new_tokens=COMPILE_PAYS_BACK_AFTER), "cpu")
     assert "not compiling the decode step: it needs a C++ compiler" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["true", "auto"])
+def test_a_compile_that_fails_is_an_error_or_for_auto_a_note(checkpoint: Path, tmp_path: Path,
+                                                             setting: str) -> None:
+    """A C++ compiler that exists but fails (CXX=/bin/false) gets past the check and fails in
+    torch: compile=true says so in one line and writes no text; auto, at a length it compiles
+    for, notes it and writes the uncompiled text."""
+    env = {"CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # no cached build
+    args = [f"ckpt={checkpoint}", "prompt=ROMEO:", f"max_new_tokens={COMPILE_PAYS_BACK_AFTER}",
+            "stream=false", "seed=3"]
+    result = run_script("sample.py", *args, f"compile={setting}", env=env)
+    reason = "compiling the decode step failed: InvalidCxxCompiler: No working C++ compiler found"
+    if setting == "true":
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith(f"error: compile: {reason}")
+        assert result.stderr.rstrip().endswith("; pass compile=false")
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"{reason}" in result.stderr and "; sampling uncompiled" in result.stderr
+        assert result.stdout == run_script("sample.py", *args, "compile=false").stdout

@@ -23,12 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tinylm.config import TinyLMError
 from tinylm.model import KVCache, TransformerLM, next_token
 
 # One compiled library per shape and sampling setting, for as long as the process lives, and
 # the step whose model's tensors each library reads now.
 _LIBRARIES: dict[tuple, Any] = {}
 _LINKED: dict[tuple, Callable] = {}
+
+
+class DecodeCompileError(TinyLMError):
+    """The decode step could not be compiled (say, a C++ compiler that does not work); the
+    message gives torch's reason in one line. Generation can go on uncompiled."""
 
 
 class OneTokenStep(nn.Module):
@@ -109,7 +115,11 @@ def _compile(step: OneTokenStep, cache: KVCache) -> Any:
             [torch.zeros_like(layer.keys) for layer in cache.layers],
             [torch.zeros_like(layer.values) for layer in cache.layers],
         )
-        program = torch.export.export(step, example, strict=False)
-        package = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(Path(directory) / "step.pt2"), inductor_configs=options)
-        return torch._inductor.aoti_load_package(package)
+        try:
+            program = torch.export.export(step, example, strict=False)
+            package = torch._inductor.aoti_compile_and_package(
+                program, package_path=str(Path(directory) / "step.pt2"), inductor_configs=options)
+            return torch._inductor.aoti_load_package(package)
+        except Exception as error:  # torch's reasons are many and deep; its first line says which
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DecodeCompileError(f"compiling the decode step failed: {reason}") from error

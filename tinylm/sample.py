@@ -5,9 +5,10 @@ Needs nothing but the checkpoint: the vocabulary and the model's shape are insid
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
     if config.stream:  # the first sample streams; the others follow when it is done
         write(prompt)
-    tokens = model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
-                          config.top_p, config.use_cache, generator, compile=compiles(config, device))
+    tokens = generation(model, context, config, generator, compiles(config, device))
     for token in tokens:  # (num_samples, 1)
         for row, t in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(t)
@@ -72,6 +72,29 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
             write(text)
     write("\n")
     return texts
+
+
+def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
+               compile: bool) -> Iterator[Any]:
+    """``model.stream`` of ``context`` with ``config``'s settings, compiled if ``compile``. A
+    compile that fails is an error for compile=true; for auto a note, and the text is sampled
+    uncompiled (the same text: nothing was drawn from ``generator`` yet)."""
+    from tinylm.decode import DecodeCompileError
+
+    def stream(compile: bool) -> Iterator[Any]:
+        return model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
+                            config.top_p, config.use_cache, generator, compile=compile)
+
+    tokens = stream(compile)
+    try:
+        first = list(itertools.islice(tokens, 1))  # the step is compiled before the first token
+    except DecodeCompileError as error:
+        if str(config.compile).lower() == "true":
+            raise ConfigError(f"compile: {error}; pass compile=false") from error
+        print(f"{error}; sampling uncompiled", file=sys.stderr)
+        tokens = stream(False)
+        first = list(itertools.islice(tokens, 1))
+    return itertools.chain(first, tokens)
 
 
 # Compiling the one-token step costs seconds, once per process; each step then saves a
