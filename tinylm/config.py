@@ -677,6 +677,7 @@ class SampleConfig(SamplingConfig):
         require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
         require(str(self.compile).lower() in ("auto", "true", "false"), "compile",
                 f"must be auto, true or false, got {self.compile!r}")
+        object.__setattr__(self, "compile", str(self.compile).lower())  # a YAML true is a bool
         require(bool(self.prompt), "prompt", "must hold at least one character")
         require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
 

@@ -121,5 +121,6 @@ def _compile(step: OneTokenStep, cache: KVCache) -> Any:
                 program, package_path=str(Path(directory) / "step.pt2"), inductor_configs=options)
             return torch._inductor.aoti_load_package(package)
         except Exception as error:  # torch's reasons are many and deep; its first line says which
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            lines = str(error).strip().splitlines()
+            reason = lines[0] if lines else type(error).__name__
             raise DecodeCompileError(f"compiling the decode step failed: {reason}") from error

@@ -426,20 +426,19 @@ class TransformerLM(nn.Module):
             if length - start > block:  # full: slide, keeping the newest half block
                 start, filled = length - max(1, block // 2), False
             noise = sampling_noise(batch, self.vocab_size, temperature, generator, idx.device)
-            if filled:  # only the newest token is new
+            one_token = filled  # the cache holds the window: only the newest token is new
+            if one_token:
                 new = tokens[:, length - 1 : length]
-                self.place(new, cache)
-                if step is not None:
-                    token = step(new, noise)
-                else:
-                    token = next_token(self, new, cache, noise, temperature, top_k, top_p)
             else:  # the whole window: at each step without the cache, or to fill it
-                window = tokens[:, start:length]
+                new = tokens[:, start:length]
                 if cache is not None:
                     cache.clear()
                     filled = True
-                self.place(window, cache)
-                token = next_token(self, window, cache, noise, temperature, top_k, top_p)
+            self.place(new, cache)
+            if one_token and step is not None:
+                token = step(new, noise)
+            else:
+                token = next_token(self, new, cache, noise, temperature, top_k, top_p)
             tokens[:, length : length + 1] = token
             length += 1
             yield token

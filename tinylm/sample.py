@@ -89,7 +89,7 @@ def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
     try:
         first = list(itertools.islice(tokens, 1))  # the step is compiled before the first token
     except DecodeCompileError as error:
-        if str(config.compile).lower() == "true":
+        if config.compile == "true":
             raise ConfigError(f"compile: {error}; pass compile=false") from error
         print(f"{error}; sampling uncompiled", file=sys.stderr)
         tokens = stream(False)
@@ -107,15 +107,14 @@ def compiles(config: SampleConfig, device: str) -> bool:
     """Whether ``config.compile`` (auto, true or false) compiles the one-token step here.
     compile=true without what the compile needs on ``device`` is an error; auto then does not
     compile."""
-    setting = str(config.compile).lower()
-    if setting == "false" or not config.use_cache:
+    if config.compile == "false" or not config.use_cache:
         return False
-    if setting == "auto" and config.max_new_tokens < COMPILE_PAYS_BACK_AFTER:
+    if config.compile == "auto" and config.max_new_tokens < COMPILE_PAYS_BACK_AFTER:
         return False
     missing = compile_needs(device)
     if missing is None:
         return True
-    if setting == "true":
+    if config.compile == "true":
         raise ConfigError(f"compile: compiling the decode step needs {missing}; install it, or pass "
                           "compile=false")
     print(f"not compiling the decode step: it needs {missing}", file=sys.stderr)
