@@ -104,7 +104,8 @@ def test_the_ablation_column_and_title() -> None:
     ({"ablation_windows": 0}, "callbacks.attention.ablation_windows"),
 ])
 def test_bad_ablation_settings_name_their_key(settings: dict, key: str) -> None:
-    from tinylm.config import AttentionMapsConfig, ConfigError
+    from tinylm.config import AttentionMapsConfig
+    from tinylm.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"^{key}: "):
         AttentionMapsConfig(**settings)

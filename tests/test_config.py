@@ -8,7 +8,8 @@ import sys
 import pytest
 from conftest import CONFIGS, REPO, compose
 
-from tinylm.config import ConfigError, ModelConfig, TrainConfig
+from tinylm.config import ModelConfig, TrainConfig
+from tinylm.errors import ConfigError
 
 PRESET_GROUPS = ["model", "experiment", "data", "debug", "optim", "trainer", "logger"]
 PRESETS = [

@@ -170,7 +170,8 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_torch(overrides, star
 def test_the_largest_value_that_fits_does_fit() -> None:
     from conftest import compose
 
-    from tinylm.config import ConfigError, TrainConfig
+    from tinylm.config import TrainConfig
+    from tinylm.errors import ConfigError
     from tinylm.memory import check_fits, numbers, total
 
     config = TrainConfig.from_dict(compose("model.block_size=100000", "paths.output_dir=."))
@@ -375,7 +376,8 @@ def test_without_a_font_the_package_to_install_is_named_once(monkeypatch, capsys
 def test_the_key_named_is_the_one_the_command_line_set() -> None:
     from conftest import compose
 
-    from tinylm.config import ConfigError, TrainConfig
+    from tinylm.config import TrainConfig
+    from tinylm.errors import ConfigError
     from tinylm.memory import check_fits
 
     config = TrainConfig.from_dict(compose("model.layers=10000", "paths.output_dir=."))

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import tinylm.model
 from tinylm.attention.scores import SCORES
-from tinylm.config import ConfigError, TinyLMError, TrainConfig
+from tinylm.config import TrainConfig
+from tinylm.errors import ConfigError, TinyLMError
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from conftest import compose, quick_overrides
 
-from tinylm.config import ConfigError, ModelConfig, OptimConfig, TrainConfig
+from tinylm.config import ModelConfig, OptimConfig, TrainConfig
+from tinylm.errors import ConfigError
 from tinylm.model import TransformerLM
 from tinylm.optim import MuonWithAdamW, build_optimizer
 from tinylm.train import fit

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tinylm.attention.maps import attention_maps, encode_probe, head_scores, induction_tokens
-from tinylm.config import ModelConfig, TinyLMError
+from tinylm.config import ModelConfig
+from tinylm.errors import TinyLMError
 from tinylm.model import TransformerLM
 from tinylm.tokenizer import CharTokenizer
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import compose, run_script
 
-from tinylm.config import ConfigError, SampleConfig, TrainConfig
+from tinylm.config import SampleConfig, TrainConfig
+from tinylm.errors import ConfigError
 from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles, quote_prompt
 from tinylm.train import fit
 

@@ -11,7 +11,8 @@ import pytest
 from conftest import compose
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.config import ConfigError, DataConfig, TrainConfig
+from tinylm.config import DataConfig, TrainConfig
+from tinylm.errors import ConfigError
 from tinylm.train import fit
 
 

@@ -10,7 +10,8 @@ from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from tinylm.config import ConfigError, ModelConfig
+from tinylm.config import ModelConfig
+from tinylm.errors import ConfigError
 from tinylm.model import TransformerLM
 from tinylm.tensorboard import HP_METRICS
 from tinylm.train import check_sweep_strategy

@@ -9,7 +9,8 @@ import torch
 from conftest import compose, quick_overrides, run_script, scalars
 
 import tinylm
-from tinylm.config import ConfigError, TrainConfig
+from tinylm.config import TrainConfig
+from tinylm.errors import ConfigError
 from tinylm.train import fit, train
 
 

@@ -14,7 +14,8 @@ from conftest import compose, run_script
 
 import tinylm
 from tinylm import decode
-from tinylm.config import ConfigError, ModelConfig, TrainConfig
+from tinylm.config import ModelConfig, TrainConfig
+from tinylm.errors import ConfigError
 from tinylm.model import TransformerLM, apply_rope, causal_attention, make_norm, rope_angles
 from tinylm.train import _check_resumable, fit
 

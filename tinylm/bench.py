@@ -23,7 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import BenchConfig, BenchRunConfig, ConfigError, ModelConfig, PathsConfig, TrainConfig
+from tinylm.config import BenchConfig, BenchRunConfig, ModelConfig, PathsConfig, TrainConfig
+from tinylm.errors import ConfigError
 
 # --------------------------------------------------------------------------- measures
 

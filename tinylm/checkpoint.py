@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from tinylm.config import ModelConfig, TinyLMError, build
+from tinylm.config import ModelConfig, build
+from tinylm.errors import TinyLMError
 from tinylm.model import TransformerLM
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 

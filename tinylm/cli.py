@@ -30,15 +30,14 @@ from hydra.experimental.callback import Callback as HydraCallback
 from tinylm.config import (
     AttentionScriptConfig,
     BenchRunConfig,
-    ConfigError,
     SampleConfig,
     SoakRunConfig,
-    TinyLMError,
     TrainConfig,
     build,
     config_error,
     schema,
 )
+from tinylm.errors import ConfigError, TinyLMError
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"

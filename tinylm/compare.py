@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import TinyLMError
+from tinylm.errors import TinyLMError
 from tinylm.runs import Run, find_runs
 
 # Hyperparameters that differ between runs without saying anything about them.

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tinylm.config import TinyLMError
+from tinylm.errors import TinyLMError
 from tinylm.model import KVCache, TransformerLM, next_token
 
 # One compiled library per shape and sampling setting, for as long as the process lives, and

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tinylm.config import ConfigError
+from tinylm.errors import ConfigError
 
 if TYPE_CHECKING:
     from tinylm.config import TrainConfig

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from tinylm.config import TinyLMError
+from tinylm.errors import TinyLMError
 
 EVENT_FILES = "events.out.tfevents.*"
 

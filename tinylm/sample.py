@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import ConfigError, SampleConfig
+from tinylm.config import SampleConfig
+from tinylm.errors import ConfigError
 from tinylm.tokenizer import describe_char
 
 SEPARATOR = "\n" + "-" * 40 + "\n"

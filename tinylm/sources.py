@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tinylm.config import DataConfig, TinyLMError
+from tinylm.config import DataConfig
+from tinylm.errors import TinyLMError
 
 BUILTIN_PREFIX = "builtin:"
 OFFLINE_HINT = ("offline alternatives: the default data.source=builtin:tiny_shakespeare, data=pydocs, "

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from tinylm.config import TOKENIZERS, TinyLMError
+from tinylm.config import TOKENIZERS
+from tinylm.errors import TinyLMError
 
 
 class UnknownCharacterError(TinyLMError, ValueError):

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tinylm.config import ConfigError, TrainConfig
+from tinylm.config import TrainConfig
+from tinylm.errors import ConfigError
 
 if TYPE_CHECKING:
     from lightning import Callback, Trainer

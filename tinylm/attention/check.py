@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import TinyLMError
+from tinylm.errors import TinyLMError
 
 WIDTH_NAMES = ("d_model", "hidden_size", "embed_dim", "input_dim", "d_feat", "n_embd", "dim", "d")
 HEAD_NAMES = ("num_heads", "n_head", "n_heads", "heads", "h", "nhead", "num_head")

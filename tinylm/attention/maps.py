@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from tinylm.attention.scores import HeadScores
-from tinylm.config import TinyLMError
+from tinylm.errors import TinyLMError
 from tinylm.model import TransformerLM, evaluating
 from tinylm.tokenizer import Tokenizer
 

@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from tinylm.attention.history import FILENAME as HISTORY
-from tinylm.config import AttentionScriptConfig, ConfigError
+from tinylm.config import AttentionScriptConfig
+from tinylm.errors import ConfigError
 
 
 def pick(index: int | None, count: int, key: str, what: str) -> list[int]:

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tinylm.callbacks.checkpoints import LastCheckpoint
-from tinylm.config import TinyLMError
 from tinylm.data import derived_seed
+from tinylm.errors import TinyLMError
 
 # Added to the key of the dropout seeds, so they are not the data order's seeds.
 DROPOUT_STREAM = 1
