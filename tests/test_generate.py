@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinylm import TransformerLM
 from tinylm.config import ModelConfig
-from tinylm.model import TransformerLM, sample_next
+from tinylm.generation.cache import new_cache
+from tinylm.generation.sampling import sample_next
 
 VOCAB = 29
 
@@ -50,7 +52,7 @@ def test_cached_forward_equals_full_forward(model) -> None:
     idx = prompt(length=12)
     with torch.no_grad():
         full = model(idx)
-        cache = model.new_cache(2)
+        cache = new_cache(model, 2)
         pieces = [model(idx[:, :5], cache=cache)]  # a prompt, then one token at a time
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
@@ -101,10 +103,10 @@ def test_top_k_and_top_p_only_sample_the_allowed_tokens() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(temperature=-1), "temperature must be 0"),
-        (dict(top_k=0), "top_k must be at least 1"),
-        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(temperature=-1), "temperature: must be 0"),
+        (dict(top_k=0), "top_k: must be at least 1"),
+        (dict(top_p=0.0), r"top_p: must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p: must be in \(0, 1\]"),
     ],
 )
 def test_bad_sampling_settings_are_refused(model, options: dict, message: str) -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import compose, run_script
 
+from tinylm.cli import quote_prompt
 from tinylm.config import SampleConfig, TrainConfig
 from tinylm.errors import ConfigError
-from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles, quote_prompt
+from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles
 from tinylm.train import fit
 
 

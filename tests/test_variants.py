@@ -13,10 +13,12 @@ import torch
 from conftest import compose, run_script
 
 import tinylm
-from tinylm import decode
+from tinylm import TransformerLM
 from tinylm.config import ModelConfig, TrainConfig
 from tinylm.errors import ConfigError
-from tinylm.model import TransformerLM, apply_rope, causal_attention, make_norm, rope_angles
+from tinylm.generation import decode
+from tinylm.generation.cache import new_cache
+from tinylm.model import apply_rope, causal_attention, make_norm, rope_angles
 from tinylm.train import _check_resumable, fit
 
 VOCAB = 23
@@ -103,7 +105,7 @@ def test_cached_forward_equals_full_forward(variant: str) -> None:
     idx = tokens(length=12)
     with torch.no_grad():
         full = model(idx)
-        cache = model.new_cache(3)
+        cache = new_cache(model, 3)
         pieces = [model(idx[:, :5], cache=cache)]  # a prompt, then one token at a time
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
     assert cache.layers[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached

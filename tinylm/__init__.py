@@ -5,23 +5,24 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["ByteTokenizer", "CharTokenizer", "ModelConfig", "TransformerLM", "load_checkpoint"]
 
+# name -> (module, attribute). tinylm.TransformerLM is the network with its sampling methods.
 _LAZY = {
-    "ByteTokenizer": "tinylm.tokenizer",
-    "CharTokenizer": "tinylm.tokenizer",
-    "ModelConfig": "tinylm.config",
-    "TransformerLM": "tinylm.model",
-    "load_checkpoint": "tinylm.checkpoint",
+    "ByteTokenizer": ("tinylm.tokenizer", "ByteTokenizer"),
+    "CharTokenizer": ("tinylm.tokenizer", "CharTokenizer"),
+    "ModelConfig": ("tinylm.config", "ModelConfig"),
+    "TransformerLM": ("tinylm.generation.stream", "GenerativeLM"),
+    "load_checkpoint": ("tinylm.checkpoint", "load_checkpoint"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'tinylm' has no attribute {name!r}")

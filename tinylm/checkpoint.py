@@ -17,7 +17,7 @@ import torch
 
 from tinylm.config import ModelConfig, build
 from tinylm.errors import TinyLMError
-from tinylm.model import TransformerLM
+from tinylm.generation.stream import GenerativeLM
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 
 FORMAT_VERSION = 1
@@ -88,7 +88,7 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
-                    attention_file: str | None = None) -> tuple[TransformerLM, Tokenizer]:
+                    attention_file: str | None = None) -> tuple[GenerativeLM, Tokenizer]:
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
     trained with a learner's attention class also needs ``attention_file``, that class's file."""
@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     tokenizer = tokenizer_of(checkpoint)
     config = with_attention_file(model_config_of(checkpoint), attention_file)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
-    model = TransformerLM(dataclasses.replace(config, dropout=0.0), tokenizer.vocab_size)
+    config = dataclasses.replace(config, dropout=0.0)
+    model = GenerativeLM(config, tokenizer.vocab_size)
     state = {
         name.removeprefix("model."): tensor
         for name, tensor in checkpoint["state_dict"].items()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -152,8 +153,6 @@ def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
     """``arguments`` as Hydra can parse them: a prompt quoted whatever it holds, and a checkpoint
     path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
     as well; a path without "=" is left as it is (``ckpt_path=a,b`` may be a sweep)."""
-    from tinylm.sample import quote_prompt
-
     quoted = []
     for argument in arguments:
         key, _, value = argument.partition("=")
@@ -163,6 +162,17 @@ def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
             argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
         quoted.append(argument)
     return quoted
+
+
+def quote_prompt(arg: str) -> str:
+    """Quote a ``prompt=`` override for Hydra, whose grammar rejects unquoted text with
+    characters such as €, ', = or a trailing colon-space; already quoted values pass as they are."""
+    key, sep, value = arg.partition("=")
+    if key != "prompt" or not sep or (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
+        return arg
+    # Hydra's quoted strings: escape the quote, and double backslashes before a quote or the end.
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"prompt='{escaped}'"
 
 
 def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -> T:

@@ -652,8 +652,8 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
-    # compile the one-token step (tinylm.decode): true, false, or auto: when the generation is long enough
-    # to pay the compile back (docs/sampling.md#compiling-the-decode-step)
+    # compile the one-token step (tinylm.generation.decode): true, false, or auto: when the
+    # generation is long enough to pay the compile back (docs/sampling.md#compiling-the-decode-step)
     compile: str = "auto"
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from tinylm.attention.learner import attention_for
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig, as_plain, build
 from tinylm.model import TransformerLM
@@ -51,7 +52,8 @@ class LitLM(L.LightningModule):
                                    "vocab": None if vocab is None else list(vocab), "max_steps": max_steps,
                                    "tokenizer": tokenizer}, logger=False)
         self.tokenizer = tokenizer_from(tokenizer, vocab)
-        self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size)
+        self.model = TransformerLM(self.model_config, self.tokenizer.vocab_size,
+                                   attention=attention_for(self.model_config))
         self.decay_steps = self.optim_config.decay_steps or max_steps
         self.val_loss = MeanMetric()  # token-weighted, and synced across processes
         self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run remembers it

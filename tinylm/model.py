@@ -21,8 +21,9 @@ That is nanoGPT's (GPT-2's) architecture, the default. Each later refinement is 
     model.tie_embeddings=false   the output head is a matrix of its own, not Eᵀ
     model.logit_softcap=c   logits = c · tanh(logits / c): bounded, however large the weights grow
 
-Generation appends one token at a time. A KV cache keeps each layer's keys and values of the
-positions already seen, so a new token costs one query position instead of a whole forward pass.
+Generation (tinylm.generation) appends one token at a time. A KV cache keeps each layer's keys
+and values of the positions already seen, so a new token costs one query position instead of a
+whole forward pass; the model reads a cache through the two small interfaces below.
 
 Shapes: B batch, T positions, d = d_model, H heads, G = kv_heads key/value heads,
 hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning, no Hydra.
@@ -31,14 +32,37 @@ hd = head_dim = d / H, V vocabulary. This module is plain PyTorch: no Lightning,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinylm.config import ModelConfig
+
+
+class LayerCache(Protocol):
+    """One layer's keys and values (tinylm.generation.cache): what attention reads of a cache."""
+
+    visible: Tensor  # (T, Tk): which cached keys each new query may see
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions' k, v (B, G, T, hd); return every key and value (B, G, Tk, hd)."""
+        ...
+
+
+class KVCache(Protocol):
+    """Every layer's cache, and where this pass's tokens go: what the model reads of a cache."""
+
+    length: int  # positions held, this pass's included once placed
+    positions: Tensor  # (T,): this pass's positions
+    layers: Sequence[LayerCache]
+
+    def advance(self, tokens: int) -> None:
+        """Place ``tokens`` new tokens after those held."""
+        ...
 
 
 def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
@@ -138,70 +162,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.to(x.dtype)
 
 
-class LayerCache:
-    """One layer's keys and values, (B, G, block_size, hd) buffers of a fixed shape: a forward
-    pass writes its new positions' keys and values in place and attends over the whole buffer,
-    masking every key after its query (those not yet written among them). Fixed shapes let one
-    compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
-
-    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor) -> None:
-        self.cache = cache  # it says where this pass's tokens go
-        self.keys, self.values = keys, values
-
-    @property
-    def visible(self) -> Tensor:
-        """(T, block_size): which keys each of this pass's queries may see."""
-        return self.cache.visible
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions' k, v (B, G, T, hd); return every key and value buffer."""
-        self.keys.index_copy_(2, self.cache.positions, k)
-        self.values.index_copy_(2, self.cache.positions, v)
-        return self.keys, self.values  # (B, G, block_size, hd)
-
-
-class KVCache:
-    """Every layer's LayerCache; how many positions they hold (``length``); and the positions
-    of the tokens being added, with the keys each of them may see."""
-
-    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
-        # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
-        self.layers = [
-            LayerCache(self, torch.zeros(shape, dtype=dtype, device=device),
-                       torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(config.layers)
-        ]
-        self.key_positions = torch.arange(config.block_size, device=device)[None]  # (1, block_size)
-        self.length = 0
-        self.advance(0)
-
-    @classmethod
-    def holding(cls, keys: list[Tensor], values: list[Tensor], positions: Tensor, visible: Tensor) -> KVCache:
-        """A cache over given buffers, its pass placed at ``positions`` with mask ``visible``:
-        the view of it that an exported step (tinylm.decode), given only tensors, works on."""
-        cache = cls.__new__(cls)
-        cache.layers = [LayerCache(cache, k, v) for k, v in zip(keys, values, strict=True)]
-        cache.positions, cache.visible = positions, visible
-        return cache
-
-    def advance(self, tokens: int) -> None:
-        """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
-        that they fit)."""
-        start, self.length = self.length, self.length + tokens
-        if tokens == 1 and self.positions.numel() == 1:  # one more token: two small writes in place
-            self.positions.fill_(start)
-            torch.le(self.key_positions, start, out=self.visible)
-            return
-        # A new tensor, not a slice of key_positions: a compiled step sees the same input each time.
-        self.positions = torch.arange(start, self.length, device=self.key_positions.device)  # (T,)
-        self.visible = self.key_positions <= self.positions[:, None]  # (T, block_size): up to its own
-
-    def clear(self) -> None:
-        """Start again at position 0 (the buffers are overwritten as positions are stored)."""
-        self.length = 0
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: H heads of width hd, side by side in d = H·hd.
 
@@ -253,6 +213,11 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y)), weights
 
 
+# What builds a block's attention from the config: a module called as
+# ``attn(x, need_weights, cache, rope) -> (y (B, T, d), weights (B, H, T, T) or None)``.
+AttentionFactory = Callable[[ModelConfig], nn.Module]
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: d → hidden → d with a GELU between.
 
@@ -283,15 +248,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A pre-norm Transformer block: normalise, transform, add back to the residual stream."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, attention: AttentionFactory = CausalSelfAttention) -> None:
         super().__init__()
         self.ln_1 = make_norm(config.norm, config.d_model, config.bias)
-        if config.learner_attention is not None:  # model.attention=file.py:Class: the attention is theirs
-            from tinylm.attention.learner import LearnerAttention
-
-            self.attn = LearnerAttention(config)
-        else:
-            self.attn = CausalSelfAttention(config)
+        self.attn = attention(config)
         self.ln_2 = make_norm(config.norm, config.d_model, config.bias)
         self.mlp = MLP(config)
 
@@ -304,12 +264,20 @@ class Block(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """Embeddings → pre-norm blocks → final norm → logits over the vocabulary."""
+    """Embeddings → pre-norm blocks → final norm → logits over the vocabulary.
 
-    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+    ``attention`` builds each block's attention from the config: tinylm's own by default, a
+    learner's class (``model.attention=file.py:Class``) through ``tinylm.attention.learner``.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int,
+                 attention: AttentionFactory = CausalSelfAttention) -> None:
         super().__init__()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
+        if config.learner_attention is not None and attention is CausalSelfAttention:
+            raise ValueError(f"model.attention={config.attention} names a learner's class: build the "
+                             f"model with attention=tinylm.attention.learner.attention_for(config)")
         self.config, self.vocab_size = config, vocab_size
         self.token_embedding = nn.Embedding(vocab_size, config.d_model)
         self.position_embedding = (
@@ -320,7 +288,7 @@ class TransformerLM(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = make_dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(Block(config, attention) for _ in range(config.layers))
         self.ln_f = make_norm(config.norm, config.d_model, config.bias)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         if config.tie_embeddings:
@@ -343,8 +311,8 @@ class TransformerLM(nn.Module):
         """Logits (B, T, V) for token ids ``idx`` (B, T); with ``return_attention`` also each
         layer's attention weights (B, H, T, T), computed on the explicit path.
 
-        With a ``cache`` (from ``new_cache``), ``idx`` continues the cached positions: only the
-        new tokens are computed, attending over the cached keys and values as well.
+        With a ``cache`` (``tinylm.generation.cache.new_cache``), ``idx`` continues the cached
+        positions: only the new tokens are computed, attending over the cached keys and values too.
         """
         self.place(idx, cache)
         return self.logits(idx, cache, return_attention)
@@ -387,145 +355,9 @@ class TransformerLM(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return (logits, attention_maps) if return_attention else logits
 
-    def new_cache(self, batch: int) -> KVCache:
-        """An empty KV cache for ``batch`` sequences: a LayerCache per block."""
-        weight = self.token_embedding.weight
-        return KVCache(batch, self.config, weight.dtype, weight.device)
-
-    @torch.inference_mode()
-    def stream(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-               generator: torch.Generator | None = None, compile: bool = False) -> Iterator[Tensor]:
-        """Yield ``max_new_tokens`` next tokens (B, 1), each sampled given ``idx`` and those before.
-
-        The context is a window of at most block_size tokens. When it is full it slides forward
-        by half a block: the newest block_size // 2 tokens are re-encoded and generation goes on.
-        With ``use_cache`` each other token costs one query position; without, the window is
-        recomputed every step. Both follow the same windows and give the same tokens. (Positions
-        count from the window's start: with RoPE the cached keys were rotated for their place in
-        the window, and a slide re-encodes the kept tokens at their new places.) ``compile``:
-        the one-token steps run the same maths compiled ahead of time (tinylm.decode).
-        Call ``model.eval()`` first: in training mode dropout stays on.
-        """
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be (batch, tokens) with at least one token, got {tuple(idx.shape)}")
-        block, (batch, length) = self.config.block_size, idx.shape
-        use_cache = use_cache and all(getattr(b.attn, "supports_cache", True) for b in self.blocks)
-        tokens = idx.new_empty(batch, length + max_new_tokens)  # the prompt, then each new token
-        tokens[:, :length] = idx
-        start = max(0, length - block)  # the window is tokens[:, start:length]
-        cache = self.new_cache(batch) if use_cache else None
-        step = None  # the compiled one-token step
-        if compile and cache is not None:
-            from tinylm.decode import compiled_step
-
-            step = compiled_step(self, cache, temperature, top_k, top_p)
-        filled = False  # whether the cache holds the window
-        for _ in range(max_new_tokens):
-            if length - start > block:  # full: slide, keeping the newest half block
-                start, filled = length - max(1, block // 2), False
-            noise = sampling_noise(batch, self.vocab_size, temperature, generator, idx.device)
-            one_token = filled  # the cache holds the window: only the newest token is new
-            if one_token:
-                new = tokens[:, length - 1 : length]
-            else:  # the whole window: at each step without the cache, or to fill it
-                new = tokens[:, start:length]
-                if cache is not None:
-                    cache.clear()
-                    filled = True
-            self.place(new, cache)
-            if one_token and step is not None:
-                token = step(new, noise)
-            else:
-                token = next_token(self, new, cache, noise, temperature, top_k, top_p)
-            tokens[:, length : length + 1] = token
-            length += 1
-            yield token
-
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, compile: bool = False) -> Tensor:
-        """``idx`` (B, T) followed by ``max_new_tokens`` sampled tokens: (B, T + max_new_tokens).
-
-        temperature 0 is greedy decoding; top_k keeps the k likeliest tokens; top_p keeps the
-        smallest set of likeliest tokens whose probabilities sum to at least top_p. See ``stream``.
-        """
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, compile))
-        return torch.cat([idx, *new], dim=1)
-
     def num_parameters(self) -> int:
         """Trainable parameters, a tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
-
-
-def next_token(model: TransformerLM, idx: Tensor, cache: KVCache | None, noise: Tensor | None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               explicit: bool = False) -> Tensor:
-    """The token (B, 1) after ``idx`` (B, T), which continues ``cache``: the model's logits at
-    the last position, and the choice ``choose_next`` makes from them with ``noise``.
-    ``model.place`` has placed ``idx`` in ``cache`` (outside: it checks Python numbers, which a
-    compiled step cannot). ``explicit`` takes the explicit attention path (tinylm.decode)."""
-    logits = model.logits(idx, cache, return_attention=explicit)
-    if explicit:  # the weights, unused, compile away
-        logits = logits[0]
-    return choose_next(logits[:, -1], noise, temperature, top_k, top_p)  # (B, 1)
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError, naming the argument, for settings that do not define a distribution."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p}")
-
-
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """One token id per row of ``logits`` (B, V): (B, 1)."""
-    noise = sampling_noise(logits.size(0), logits.size(-1), temperature, generator, logits.device)
-    return choose_next(logits, noise, temperature, top_k, top_p)
-
-
-def sampling_noise(batch: int, vocab_size: int, temperature: float,
-                   generator: torch.Generator | None = None, device: torch.device | None = None
-                   ) -> Tensor | None:
-    """What ``choose_next`` draws with: E ~ Exp(1) for each row and token, or None for greedy
-    decoding (temperature 0), which draws nothing."""
-    if temperature == 0:
-        return None
-    return torch.empty(batch, vocab_size, device=device).exponential_(generator=generator)  # (B, V)
-
-
-def choose_next(logits: Tensor, noise: Tensor | None, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None) -> Tensor:
-    """One token id per row of ``logits`` (B, V): (B, 1), the likeliest if ``noise`` is None.
-
-    Otherwise a draw from p = softmax(logits / temperature), cut to top_k and top_p, by the
-    exponential race: with Eᵢ ~ Exp(1), Eᵢ / pᵢ ~ Exp(pᵢ), and the first of those to arrive is
-    token i with probability pᵢ, so argmax pᵢ / Eᵢ is a draw from p. Given the noise, the choice
-    is a handful of whole-row operations: they compile into the decode step (tinylm.decode),
-    which then makes the eager step's choices, where torch.multinomial would draw inside it.
-    """
-    if noise is None:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() if temperature == 1 else logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the likelier ones already reach top_p; the likeliest always stays.
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    # A draw of exactly 0 would make 0 / 0 for a token cut away (pᵢ = 0): keep E above 0.
-    arrival = noise.clamp_min(torch.finfo(noise.dtype).tiny)
-    return (logits.softmax(dim=-1) / arrival).argmax(dim=-1, keepdim=True)  # (B, 1)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -6,23 +6,16 @@ Needs nothing but the checkpoint: the vocabulary and the model's shape are insid
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from tinylm.config import SampleConfig
 from tinylm.errors import ConfigError
+from tinylm.rundir import checkpoint_path
 from tinylm.tokenizer import describe_char
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
-
-
-def checkpoint_path(ckpt: str) -> Path:
-    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
-    path = Path(ckpt).expanduser()
-    return path / "checkpoints" / "last.ckpt" if path.is_dir() else path
 
 
 def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write) -> list[str]:
@@ -80,7 +73,7 @@ def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
     """``model.stream`` of ``context`` with ``config``'s settings, compiled if ``compile``. A
     compile that fails is an error for compile=true; for auto a note, and the text is sampled
     uncompiled (the same text: nothing was drawn from ``generator`` yet)."""
-    from tinylm.decode import DecodeCompileError
+    from tinylm.generation.decode import DecodeCompileError
 
     def stream(compile: bool) -> Iterator[Any]:
         return model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
@@ -140,14 +133,3 @@ def compile_needs(device: str) -> str | None:
 def run(config: SampleConfig) -> None:
     """``tinylm sample``."""
     sample(config)
-
-
-def quote_prompt(arg: str) -> str:
-    """Quote a ``prompt=`` override for Hydra, whose grammar rejects unquoted text with
-    characters such as €, ', = or a trailing colon-space; already quoted values pass as they are."""
-    key, sep, value = arg.partition("=")
-    if key != "prompt" or not sep or (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
-        return arg
-    # Hydra's quoted strings: escape the quote, and double backslashes before a quote or the end.
-    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
-    return f"prompt='{escaped}'"

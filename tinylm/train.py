@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.rundir import run_dir
 
 if TYPE_CHECKING:
     from lightning import Callback, Trainer
@@ -70,9 +71,9 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     """The few lines that end a run: where it is, how well it did, what to run next."""
     if trainer.fast_dev_run:
         return f"fast dev run: {trainer.global_step:,} steps, nothing written"
-    run_dir = _shown(Path(config.paths.output_dir))
+    shown = _shown(Path(config.paths.output_dir))
     metrics = trainer.callback_metrics
-    lines = [f"run: {run_dir} ({trainer.global_step:,} steps)"]
+    lines = [f"run: {shown} ({trainer.global_step:,} steps)"]
     best = trainer.checkpoint_callback.best_model_score
     if best is not None:
         last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
@@ -80,11 +81,10 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
                      f"last {last:.4f}")
     if "test/bpc" in metrics:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
-    checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if checkpoint.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt={_shell_quoted(_prompt(trainer))}")
+    if run_dir(config.paths.output_dir).last.is_file():
+        lines.append(f"sample:      tinylm sample ckpt={shown} prompt={_shell_quoted(_prompt(trainer))}")
     if config.logger.kind == "tensorboard":
-        lines.append(f"tensorboard: {tensorboard_command(run_dir, config)}")
+        lines.append(f"tensorboard: {tensorboard_command(shown, config)}")
     return "\n".join(lines)
 
 

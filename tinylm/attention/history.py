@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-FILENAME = "attention.npz"
-
 
 @dataclass
 class History:

@@ -29,6 +29,7 @@ from tinylm.attention.check import (
     read_result,
 )
 from tinylm.config import ModelConfig
+from tinylm.model import AttentionFactory, CausalSelfAttention, causal_mask
 
 
 @dataclass
@@ -84,8 +85,6 @@ class LearnerAttention(nn.Module):
 
     def reference_weights(self, x: Tensor) -> Tensor | None:
         """softmax(Q·Kᵀ/√hd + M) from the learner's own Q and K, or None if they are not found."""
-        from tinylm.model import causal_mask
-
         try:
             weights, _ = find_weights(self.inner, self.d_model)
         except LookupError:
@@ -111,3 +110,8 @@ def weights_source(config: ModelConfig) -> str | None:
         return None
     return "its own Q and K through tinylm's explicit path"
 
+
+def attention_for(config: ModelConfig) -> AttentionFactory:
+    """What builds the attention of ``config``'s blocks: the learner's class that model.attention
+    names, called through ``LearnerAttention``, or tinylm's own."""
+    return LearnerAttention if config.learner_attention is not None else CausalSelfAttention

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tinylm.attention.history import FILENAME as HISTORY
 from tinylm.config import AttentionScriptConfig
 from tinylm.errors import ConfigError
+from tinylm.rundir import checkpoint_path, run_dir
 
 
 def pick(index: int | None, count: int, key: str, what: str) -> list[int]:
@@ -28,14 +28,13 @@ def run(config: AttentionScriptConfig) -> None:
 def render_attention(config: AttentionScriptConfig) -> str:
     """Draw the maps ``config`` asks for to ``config.out`` (a PNG, or with ``.html`` the
     explorer page); return the diagnostics as a markdown table and a line saying what was drawn."""
-    run_history = Path(config.ckpt).expanduser() / "checkpoints" / HISTORY
+    run_history = run_dir(config.ckpt).attention_history
     if Path(config.out).suffix.lower() == ".html" and run_history.is_file():
         return explore_run(config, run_history)
     from tinylm.attention.ablation import ablation_scores, can_ablate
     from tinylm.attention.maps import attention_maps, encode_probe, head_scores
     from tinylm.attention.pictures import AttentionFigure
     from tinylm.checkpoint import load_checkpoint
-    from tinylm.sample import checkpoint_path
 
     model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file)
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)
@@ -77,7 +76,6 @@ def render_attention(config: AttentionScriptConfig) -> str:
 def checkpoint_step(ckpt: str) -> int:
     """The optimizer step at which ``ckpt`` (a file or a run directory) was saved."""
     from tinylm.checkpoint import read_checkpoint
-    from tinylm.sample import checkpoint_path
 
     return int(read_checkpoint(checkpoint_path(ckpt), key="ckpt").get("global_step", 0))
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from lightning.pytorch.callbacks import Callback
 
 from tinylm.attention.ablation import validation_windows
-from tinylm.attention.history import FILENAME
 from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
 from tinylm.config import as_plain
+from tinylm.rundir import run_dir
 from tinylm.tensorboard import flatten, overridden_keys
 
 if TYPE_CHECKING:
@@ -41,10 +41,10 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str |
     callbacks. The HPARAMS tab shows the config, the keys that ``overrides`` set first;
     ``data`` is the prepared data module.
     """
-    checkpoints = Path(output_dir) / "checkpoints"
-    last = LastCheckpoint(checkpoints, config.callbacks.checkpoint.every_n_steps)
+    paths = run_dir(output_dir)
+    last = LastCheckpoint(paths.last, config.callbacks.checkpoint.every_n_steps)
     callbacks: list[Callback] = [
-        best_checkpoint(checkpoints),
+        best_checkpoint(paths.best),
         last,
         StepSeed(config.seed),
         StopOnSignal(last),
@@ -58,15 +58,15 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str |
     if config.logger.kind == "tensorboard":
         params = flatten(as_plain(config))
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
-        callbacks.extend(watch_callbacks(config, data, checkpoints))
+        callbacks.extend(watch_callbacks(config, data, paths.attention_history))
     return callbacks
 
 
 def watch_callbacks(config: TrainConfig, data: CharDataModule,
-                    checkpoints: Path | None = None) -> list[Periodic]:
+                    history: Path | None = None) -> list[Periodic]:
     """The TensorBoard callbacks that show the model learning: attention maps and head scores
     on a probe, and text samples. ``data`` is the prepared data module; the attention of each
-    record is also kept in ``checkpoints``/attention.npz when that is given."""
+    record is also kept in ``history`` (a run's attention.npz) when that is given."""
     block_size, tokenizer = config.model.block_size, data.tokenizer
     callbacks: list[Periodic] = []
     attention = config.callbacks.attention
@@ -79,7 +79,7 @@ def watch_callbacks(config: TrainConfig, data: CharDataModule,
         callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
                                        every_n_steps=attention.every_n_steps, windows=windows,
                                        ablation=attention.ablation or "zero",
-                                       history=None if checkpoints is None else checkpoints / FILENAME))
+                                       history=history))
     samples = config.callbacks.samples
     if samples.enabled:
         prompt = samples.prompt

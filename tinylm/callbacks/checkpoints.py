@@ -12,15 +12,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from tinylm.model import evaluating
 
 
-def best_checkpoint(dirpath: str | Path) -> ModelCheckpoint:
-    """Lightning's ModelCheckpoint keeping ``<dirpath>/best.ckpt``: the lowest val/loss so far."""
-    return ModelCheckpoint(dirpath=dirpath, filename="best", monitor="val/loss", mode="min",
+def best_checkpoint(path: Path) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint keeping ``path`` (a run's best.ckpt): the lowest val/loss so far."""
+    return ModelCheckpoint(dirpath=path.parent, filename=path.stem, monitor="val/loss", mode="min",
                            save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False,
                            enable_version_counter=False)
 
 
 class LastCheckpoint(Callback):
-    """Keeps ``<dirpath>/last.ckpt`` current: after each validation, every ``every_n_steps``
+    """Keeps ``path`` (a run's last.ckpt) current: after each validation, every ``every_n_steps``
     optimizer steps if set, and when training ends, so a resume never repeats work.
 
     It only ever holds good weights: all finite, and giving a finite loss (the validation loss,
@@ -28,8 +28,8 @@ class LastCheckpoint(Callback):
     the file keeps the last state worth resuming from.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
+    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
+        self.path = path
         self.every_n_steps = every_n_steps
         self.saved_step: int | None = None  # the step of the last save in this run
 

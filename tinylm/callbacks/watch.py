@@ -22,6 +22,7 @@ from tinylm.attention.history import append_history
 from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
+from tinylm.generation.stream import generate
 from tinylm.model import evaluating
 from tinylm.tensorboard import add_image, add_text, tensorboard_writer
 from tinylm.tokenizer import Tokenizer
@@ -153,7 +154,7 @@ class TextSamples(Periodic):
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         with evaluating(model):
-            ids = model.generate(self.ids.to(device), generator=generator, **self.options)  # (1, P + N)
+            ids = generate(model, self.ids.to(device), generator=generator, **self.options)  # (1, P + N)
         add_text(writer, "samples", self.tokenizer.decode(ids[0].tolist()), trainer.global_step)
 
 

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from tinylm.errors import TinyLMError
-from tinylm.model import KVCache, TransformerLM, next_token
+from tinylm.generation.cache import KVCache
+from tinylm.generation.sampling import next_token
+from tinylm.model import TransformerLM
 
 # One compiled library per shape and sampling setting, for as long as the process lives, and
 # the step whose model's tensors each library reads now.

@@ -1,0 +1,85 @@
+"""The KV cache: each layer's keys and values of the positions already seen, so that a new token
+costs one query position instead of a whole forward pass.
+
+Shapes: B batch, G = kv_heads key/value heads, hd = head_dim; every buffer is (B, G, block_size, hd).
+The model reads a cache through two names only (``TransformerLM.place`` and the attention's
+``cache.append``/``cache.visible``), so it never imports this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tinylm.config import ModelConfig
+
+
+class LayerCache:
+    """One layer's keys and values, (B, G, block_size, hd) buffers of a fixed shape: a forward
+    pass writes its new positions' keys and values in place and attends over the whole buffer,
+    masking every key after its query (those not yet written among them). Fixed shapes let one
+    compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
+
+    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor) -> None:
+        self.cache = cache  # it says where this pass's tokens go
+        self.keys, self.values = keys, values
+
+    @property
+    def visible(self) -> Tensor:
+        """(T, block_size): which keys each of this pass's queries may see."""
+        return self.cache.visible
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions' k, v (B, G, T, hd); return every key and value buffer."""
+        self.keys.index_copy_(2, self.cache.positions, k)
+        self.values.index_copy_(2, self.cache.positions, v)
+        return self.keys, self.values  # (B, G, block_size, hd)
+
+
+class KVCache:
+    """Every layer's LayerCache; how many positions they hold (``length``); and the positions
+    of the tokens being added, with the keys each of them may see."""
+
+    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
+        # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
+        self.layers = [
+            LayerCache(self, torch.zeros(shape, dtype=dtype, device=device),
+                       torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(config.layers)
+        ]
+        self.key_positions = torch.arange(config.block_size, device=device)[None]  # (1, block_size)
+        self.length = 0
+        self.advance(0)
+
+    @classmethod
+    def holding(cls, keys: list[Tensor], values: list[Tensor], positions: Tensor, visible: Tensor) -> KVCache:
+        """A cache over given buffers, its pass placed at ``positions`` with mask ``visible``:
+        the view of it that an exported step (tinylm.decode), given only tensors, works on."""
+        cache = cls.__new__(cls)
+        cache.layers = [LayerCache(cache, k, v) for k, v in zip(keys, values, strict=True)]
+        cache.positions, cache.visible = positions, visible
+        return cache
+
+    def advance(self, tokens: int) -> None:
+        """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
+        that they fit)."""
+        start, self.length = self.length, self.length + tokens
+        if tokens == 1 and self.positions.numel() == 1:  # one more token: two small writes in place
+            self.positions.fill_(start)
+            torch.le(self.key_positions, start, out=self.visible)
+            return
+        # A new tensor, not a slice of key_positions: a compiled step sees the same input each time.
+        self.positions = torch.arange(start, self.length, device=self.key_positions.device)  # (T,)
+        self.visible = self.key_positions <= self.positions[:, None]  # (T, block_size): up to its own
+
+    def clear(self) -> None:
+        """Start again at position 0 (the buffers are overwritten as positions are stored)."""
+        self.length = 0
+
+
+def new_cache(model: torch.nn.Module, batch: int) -> KVCache:
+    """An empty KV cache for ``batch`` sequences of ``model`` (a TransformerLM), in its dtype and
+    on its device: a LayerCache per block."""
+    weight = model.token_embedding.weight
+    return KVCache(batch, model.config, weight.dtype, weight.device)

@@ -1,0 +1,54 @@
+"""What a run directory holds, spelled once for every reader and writer:
+
+    <run>/.hydra/                      the composed config (Hydra)
+    <run>/tb/                          the TensorBoard run (logger.subdir)
+    <run>/checkpoints/last.ckpt        the latest good state, to resume or sample
+    <run>/checkpoints/best.ckpt        the lowest val/loss
+    <run>/checkpoints/attention.npz    the probe's attention at every record (the explorer's slider)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BEST = "best"  # the stem Lightning's ModelCheckpoint is given
+LAST = "last"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths inside one run directory ``root``."""
+
+    root: Path
+    tensorboard_subdir: str = "tb"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / f"{LAST}.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / f"{BEST}.ckpt"
+
+    @property
+    def attention_history(self) -> Path:
+        return self.checkpoints / "attention.npz"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / self.tensorboard_subdir
+
+
+def run_dir(path: str | Path, tensorboard_subdir: str = "tb") -> RunDir:
+    return RunDir(Path(path).expanduser(), tensorboard_subdir)
+
+
+def checkpoint_path(ckpt: str | Path) -> Path:
+    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
+    path = Path(ckpt).expanduser()
+    return run_dir(path).last if path.is_dir() else path
