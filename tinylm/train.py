@@ -83,7 +83,7 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     checkpoint = Path(config.paths.output_dir) / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         lines.append(f"sample:      tinylm sample ckpt={run_dir} prompt={_shell_quoted(_prompt(trainer))}")
-    if config.logger.kind == "tensorboard":
+    if config.logger == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(run_dir, config)}")
     return "\n".join(lines)
 
@@ -166,8 +166,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
-    if config.logger.kind == "tensorboard":
-        logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
+    if config.logger == "tensorboard":
+        logger = TensorBoardLogger(save_dir=output_dir, name="tb", version="",
                                    default_hp_metric=False)
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
