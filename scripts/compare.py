@@ -1,5 +1,5 @@
-"""Compare runs: ``python scripts/compare.py multirun/<date>/<time> [--sort val_bpc] [--csv]
-[--plot curves.png]``; the same as ``tinylm compare``. Reads the runs' TensorBoard event files
+"""Compare runs: ``python scripts/compare.py multirun/<date>/<time> [sort=val_bpc] [csv=true]
+[plot=curves.png]``; the same as ``tinylm compare``. Reads the runs' TensorBoard event files
 and prints a markdown table."""
 
 import sys

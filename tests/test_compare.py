@@ -1,17 +1,20 @@
-"""compare.py's table, sorting, CSV, plot and errors, on event files written here in a blink."""
+"""``tinylm compare``'s table, sorting, CSV, plot, grammar and errors, on event files written
+here in a blink."""
 
 from __future__ import annotations
 
 import csv
 import io
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import run_script
 from torch.utils.tensorboard import SummaryWriter
 
-from tinylm.compare import CompareError, main
-from tinylm.runs import RunsError, find_runs
+from tinylm.cli import main
+from tinylm.runs import find_runs
 from tinylm.tensorboard import session_start_summary
 
 
@@ -40,17 +43,55 @@ def sweep(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def table(*args: str) -> str:
-    lines: list[str] = []
-    main([*args], out=lines.append)
-    return "\n".join(lines)
+@pytest.fixture
+def compare(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+            ) -> Callable[..., tuple[str, str, int]]:
+    """``tinylm compare ARGS`` in this process: its stdout, its stderr and its exit status."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the CLI hands Hydra a command line there
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+
+    def run(*args: str) -> tuple[str, str, int]:
+        try:
+            main(["compare", *args])
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+        out, err = capsys.readouterr()
+        return out, err, status
+
+    return run
+
+
+@pytest.fixture
+def table(compare: Callable[..., tuple[str, str, int]]) -> Callable[..., str]:
+    """What ``tinylm compare ARGS`` prints, when it succeeds."""
+
+    def run(*args: str) -> str:
+        out, err, status = compare(*args)
+        assert status == 0, err
+        return out.rstrip("\n")
+
+    return run
+
+
+@pytest.fixture
+def error(compare: Callable[..., tuple[str, str, int]]) -> Callable[..., str]:
+    """The one line ``tinylm compare ARGS`` fails with (exit status 2)."""
+
+    def run(*args: str) -> str:
+        out, err, status = compare(*args)
+        assert (status, out) == (2, ""), err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err.removeprefix("error: ").rstrip("\n")
+
+    return run
 
 
 def rows_of(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()]
 
 
-def test_table_has_a_row_per_run_and_a_column_per_differing_hyperparameter(sweep: Path) -> None:
+def test_table_has_a_row_per_run_and_a_column_per_differing_hyperparameter(sweep: Path, table) -> None:
     header, _, *rows = rows_of(table(str(sweep)))
     assert header == ["run", "model.heads", "params", "steps", "val/loss", "best val/loss", "val/bpc",
                       "best val/bpc", "tokens/s", "wall time"]  # layers and bias are the same everywhere
@@ -63,7 +104,7 @@ def test_table_has_a_row_per_run_and_a_column_per_differing_hyperparameter(sweep
     assert eight["tokens/s"] == "4,000"
 
 
-def test_a_run_without_validation_is_listed_and_marked(sweep: Path) -> None:
+def test_a_run_without_validation_is_listed_and_marked(sweep: Path, table) -> None:
     header, _, *rows = rows_of(table(str(sweep)))
     row = dict(zip(header, rows[0], strict=True))
     assert row["run"] == "1_model.heads=2"
@@ -71,15 +112,15 @@ def test_a_run_without_validation_is_listed_and_marked(sweep: Path) -> None:
     assert row["steps"] == "20"
 
 
-def test_sort_by_a_metric_puts_runs_without_it_last(sweep: Path) -> None:
-    _, _, *rows = rows_of(table(str(sweep), "--sort", "val_bpc"))
+def test_sort_by_a_metric_puts_runs_without_it_last(sweep: Path, table) -> None:
+    _, _, *rows = rows_of(table(str(sweep), "sort=val_bpc"))
     assert [row[0] for row in rows] == ["2_model.heads=4", "10_model.heads=8", "1_model.heads=2"]
-    _, _, *rows = rows_of(table(str(sweep), "--sort", "model.heads"))
+    _, _, *rows = rows_of(table(str(sweep), "sort=model.heads"))
     assert [row[1] for row in rows] == ["2", "4", "8"]
 
 
-def test_csv_holds_plain_numbers(sweep: Path) -> None:
-    records = list(csv.DictReader(io.StringIO(table(str(sweep), "--csv"))))
+def test_csv_holds_plain_numbers(sweep: Path, table) -> None:
+    records = list(csv.DictReader(io.StringIO(table(str(sweep), "csv=true"))))
     assert [r["run"] for r in records] == ["1_model.heads=2", "2_model.heads=4", "10_model.heads=8"]
     assert records[0]["validated"] == "false" and records[0]["val_loss"] == ""
     assert float(records[2]["best_val_loss"]) == pytest.approx(2.6)
@@ -104,11 +145,12 @@ def test_a_resumed_run_reads_all_its_event_files(tmp_path: Path) -> None:
     assert run.hparams["model.heads"] == 4
 
 
-def test_plot_draws_a_png(sweep: Path, tmp_path: Path) -> None:
+def test_plot_draws_a_png(sweep: Path, tmp_path: Path, compare) -> None:
     import matplotlib.image
 
     png = tmp_path / "curves.png"
-    table(str(sweep), "--plot", str(png))
+    out, err, status = compare(str(sweep), f"plot={png}")
+    assert status == 0 and err == f"wrote {png}\n" and out.startswith("| run |")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(png).shape[:2] == (450, 800)
 
@@ -123,14 +165,44 @@ def a_file(d: Path) -> Path:
     (lambda d: d, "no TensorBoard event files"),
     (a_file, "not a directory"),
 ])
-def test_a_dir_without_runs_is_a_clear_error(tmp_path: Path, make, message: str) -> None:
-    with pytest.raises(RunsError, match=message):
-        table(str(make(tmp_path)))
+def test_a_dir_without_runs_is_a_clear_error(tmp_path: Path, make, message: str, error) -> None:
+    path = make(tmp_path)
+    assert error(str(path)).startswith(f"{path}: {message}")
 
 
-def test_unknown_sort_column_is_a_clear_error(sweep: Path) -> None:
-    with pytest.raises(CompareError, match=r"--sort: no column 'bpc'; use one of run, params"):
-        table(str(sweep), "--sort", "bpc")
+def test_unknown_sort_column_is_a_clear_error(sweep: Path, error) -> None:
+    assert error(str(sweep), "sort=bpc").startswith("sort: no column 'bpc'; use one of run, params")
+
+
+def test_dirs_given_as_a_key_or_as_plain_arguments_are_the_same(sweep: Path, table) -> None:
+    runs = [str(sweep / "2_model.heads=4"), str(sweep / "10_model.heads=8")]
+    plain = table(*runs, "sort=val_bpc")
+    assert plain == table(f"dirs=['{runs[0]}','{runs[1]}']", "sort=val_bpc")
+    assert [row[0] for row in rows_of(plain)[2:]] == ["2_model.heads=4", "10_model.heads=8"]
+    (single,) = rows_of(table(f"dirs='{sweep / '1_model.heads=2'}'"))[2:]
+    assert single[0] == "1_model.heads=2"
+
+
+@pytest.mark.parametrize("old, new", [
+    (["--sort", "val_bpc"], "--sort: tinylm takes key=value; write sort=val_bpc"),
+    (["--sort=val_bpc"], "--sort: tinylm takes key=value; write sort=val_bpc"),
+    (["--csv"], "--csv: tinylm takes key=value; write csv=true"),
+    (["--plot", "curves.png"], "--plot: tinylm takes key=value; write plot=curves.png"),
+    (["sortt=val_bpc"], "sortt: unknown key; did you mean sort? known keys are dirs, sort, csv, plot"),
+    (["dirs=[a]"], "dirs: given twice, as plain arguments and as dirs=; give one of them"),
+])
+def test_a_flag_or_key_it_does_not_take_names_the_right_spelling(sweep: Path, old: list[str], new: str,
+                                                                  error) -> None:
+    assert error(str(sweep), *old) == new
+
+
+def test_compare_writes_nothing_but_its_plot(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             table) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    table(str(sweep), "plot=curves.png")
+    assert sorted(p.name for p in cwd.iterdir()) == ["curves.png"]  # no outputs/, no .hydra/, no log
 
 
 def test_the_script_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:

@@ -8,13 +8,14 @@ import sys
 import pytest
 from conftest import CONFIGS, REPO, compose
 
-from tinylm.config import ModelConfig, TrainConfig
+from tinylm.cli import check_command
+from tinylm.config import LOGGERS, OPTIMIZERS, ModelConfig, TrainConfig
 from tinylm.errors import ConfigError
 
-PRESET_GROUPS = ["model", "experiment", "data", "debug", "optim", "trainer", "logger"]
+PRESET_GROUPS = ["model", "experiment", "data", "debug", "trainer"]
 PRESETS = [
     f"{group}={path.stem}" for group in PRESET_GROUPS for path in sorted((CONFIGS / group).glob("*.yaml"))
-]
+] + [f"logger={logger}" for logger in LOGGERS] + [f"optim.name={name}" for name in OPTIMIZERS]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -60,6 +61,8 @@ def test_command_line_overrides_win_over_presets(tmp_path) -> None:
         ("+seeed=1", "seeed: unknown key; did you mean seed?"),
         ("data.val_fraction=0", "data.val_fraction: must be in (0, 1)"),
         ("optim.lr=-1", "optim.lr: must be positive"),
+        ("optim.name=sgd", "optim.name: must be one of adamw, muon, got 'sgd'"),
+        ("logger=wandb", "logger: must be one of tensorboard, none, got 'wandb'"),
         ("optim.betas=[0.9]", "optim.betas: expected a list of 2"),
         ("trainer.max_steps=-1", "trainer.max_steps: must be set"),
         ("+trainer.gradient_clip_val=1", "trainer.gradient_clip_val: is set by tinylm; use optim.grad_clip"),
@@ -70,6 +73,18 @@ def test_bad_values_name_their_key(override: str, message: str, tmp_path) -> Non
         TrainConfig.from_dict(compose(override, f"paths.output_dir={tmp_path}"))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("logger.kind=none", "logger.kind: write logger=none"),
+    ("+logger.kind=tensorboard", "logger.kind: write logger=tensorboard"),
+    ("optim=muon", "optim: write optim.name=muon"),
+])
+@pytest.mark.parametrize("command", ["train", "bench", "soak"])
+def test_a_retired_spelling_names_the_one_setting(command: str, override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        check_command([command, "model.heads=2", override])
+    assert str(error.value) == message
 
 
 def test_numbers_from_yaml_are_coerced_sensibly() -> None:

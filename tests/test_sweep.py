@@ -1,4 +1,4 @@
-"""A real sweep (``train.py -m``): one named run per job, the HPARAMS tab, compare.py on it."""
+"""A real sweep (``train.py -m``): one named run per job, the HPARAMS tab, tinylm compare on it."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_hparams_plugin_data_holds_the_config_and_real_metrics(sweep: Path, text
 @pytest.mark.slow
 def test_compare_prints_both_runs_and_draws_their_curves(sweep: Path, tmp_path: Path) -> None:
     png = tmp_path / "curves.png"
-    result = run_script("compare.py", str(sweep), "--plot", str(png), timeout=120)
+    result = run_script("compare.py", str(sweep), f"plot={png}", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in
                         result.stdout.splitlines()]

@@ -21,8 +21,8 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from tinylm.config import (
     AttentionScriptConfig,
     BenchRunConfig,
+    CompareConfig,
     SampleConfig,
     SoakRunConfig,
     TrainConfig,
@@ -52,25 +53,33 @@ class Command:
     task: str  # "module:function" called with the arguments (argparse) or the checked config
     config: str | None = None  # the root config in tinylm/configs; None: not a Hydra command
     schema: type | None = None  # the typed config the task receives
+    positional: str | None = None  # the key that plain arguments (no key=) are gathered into, as a list
+    # Spellings the docs once showed, each with the one that replaced it ("{}": the value given).
+    retired: Mapping[str, str] = field(default_factory=dict)
+
+
+# One spelling per setting, a key each: logger=none (no group of presets), optim.name=muon.
+TRAINING_RETIRED = {"logger.kind": "logger={}", "optim": "optim.name={}"}
 
 
 COMMANDS = {
     command.name: command
     for command in [
         Command("train", "train a model: tinylm train model.heads=4", "tinylm.train:run",
-                "train", TrainConfig),
+                "train", TrainConfig, retired=TRAINING_RETIRED),
         Command("sample", "sample text from a checkpoint: tinylm sample ckpt=RUN_DIR prompt=ROMEO:",
                 "tinylm.sample:run", "sample", SampleConfig),
         Command("attention", "draw a checkpoint's attention: tinylm attention ckpt=RUN_DIR out=attn.png",
                 "tinylm.attention.render:run", "attention", AttentionScriptConfig),
-        Command("compare", "compare runs: tinylm compare multirun/DATE/TIME --sort val_bpc",
-                "tinylm.compare:main"),
+        Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
+                "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
+                retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.attention.check:main"),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
-                "bench", BenchRunConfig),
+                "bench", BenchRunConfig, retired=TRAINING_RETIRED),
         Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
-                SoakRunConfig),
+                SoakRunConfig, retired=TRAINING_RETIRED),
     ]
 }
 
@@ -139,11 +148,63 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
     def app(cfg: Any) -> Any:
         return exit_on_error(lambda: task(build(command.schema, cfg)), cleanup=discard_unused_run_dir)
 
-    arguments = quote_arguments(command, arguments)
+    arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     return exit_on_error(lambda: _translating(command, arguments, app))
+
+
+def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
+    """The command line ``arguments`` as Hydra overrides: a retired spelling refused, plain
+    arguments gathered into the command's positional key, values quoted where Hydra needs it."""
+    refuse_retired(command, arguments)
+    return quote_arguments(command, gather_positional(command, arguments))
+
+
+def refuse_retired(command: Command, arguments: Sequence[str]) -> None:
+    """Raise for a spelling the docs once showed, naming its replacement:
+    ``--plot curves.png`` is ``plot=curves.png``, ``logger.kind=none`` is ``logger=none``."""
+    for i, argument in enumerate(arguments):
+        old, sep, value = argument.partition("=")
+        new = command.retired.get(old.lstrip("+~"))
+        if new is None:
+            continue
+        if not old.startswith("-"):
+            raise ConfigError(f"{old.lstrip('+~')}: write {new.format(value or '...')}")
+        if not sep and "{}" in new:
+            following = arguments[i + 1] if i + 1 < len(arguments) else ""
+            value = following if following and not following.startswith("-") else "..."
+        raise ConfigError(f"{old}: tinylm takes key=value; write {new.format(value)}")
+
+
+# Hydra's flags that take the next argument as their value: never a plain argument.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp",
+                     "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def gather_positional(command: Command, arguments: Sequence[str]) -> list[str]:
+    """``arguments`` with the plain ones collected into ``<command.positional>=[...]``:
+    ``tinylm compare a b sort=val_bpc`` is ``tinylm compare dirs=[a,b] sort=val_bpc``. A path
+    holding "=" (a run directory named by its overrides) is plain too: before its "=" comes a
+    "/", or it exists."""
+    from tinylm.sample import quote_prompt  # moves with quote_arguments' import
+
+    key = command.positional
+    plain = [False] * len(arguments)
+    for i, argument in enumerate(arguments):
+        flag_value = i > 0 and arguments[i - 1] in HYDRA_VALUE_FLAGS
+        before, sep, _ = argument.partition("=")
+        plain[i] = key is not None and not flag_value and not argument.startswith(("-", "+", "~")) and (
+            not sep or "/" in before or Path(argument).exists())
+    if not any(plain):
+        return list(arguments)
+    rest = [a for a, p in zip(arguments, plain, strict=True) if not p]
+    if any(a.partition("=")[0] == key for a in rest):
+        raise ConfigError(f"{key}: given twice, as plain arguments and as {key}=; give one of them")
+    values = [quote_prompt(f"prompt={a}").removeprefix("prompt=")
+              for a, p in zip(arguments, plain, strict=True) if p]
+    return [f"{key}=[{','.join(values)}]", *rest]
 
 
 PATH_KEYS = ("ckpt", "ckpt_path")  # a run directory's name holds "=" and ",": quoted for Hydra
@@ -278,7 +339,7 @@ def check_command(argv: Sequence[str]) -> None:
     if command.config is None:
         _function(command.task.replace(":main", ":parse_args"))(arguments)
         return
-    arguments = quote_arguments(command, arguments)
+    arguments = hydra_arguments(command, arguments)
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     overrides = [a for a in arguments if not a.startswith("-")]
     if multirun:

@@ -1,6 +1,6 @@
 """Compare runs: one table row per TensorBoard run, and their loss curves on one figure.
 
-``python scripts/compare.py multirun/<date>/<time>`` prints a markdown table: each run's name,
+``tinylm compare multirun/<date>/<time>`` prints a markdown table: each run's name,
 the hyperparameters that differ between the runs, its size, how far it trained, its final and
 best validation loss and bits per character, its throughput and wall time. Everything is read
 from the runs' TensorBoard event files (``tinylm.runs``).
@@ -8,7 +8,6 @@ from the runs' TensorBoard event files (``tinylm.runs``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinylm.config import CompareConfig
 from tinylm.errors import TinyLMError
 from tinylm.runs import Run, find_runs
 
@@ -27,7 +27,7 @@ IGNORED_HPARAMS = ("paths.",)  # the run's own directory
 
 
 class CompareError(TinyLMError):
-    """A compare.py argument is wrong; the message names it."""
+    """A ``tinylm compare`` setting is wrong; the message names it."""
 
 
 @dataclass
@@ -108,7 +108,7 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
 
     choices = ["run", *METRICS, *sorted({k for row in rows for k in row.hparams})]
     if key not in choices:
-        raise CompareError(f"--sort: no column {key!r}; use one of {', '.join(choices[:len(METRICS) + 1])} "
+        raise CompareError(f"sort: no column {key!r}; use one of {', '.join(choices[:len(METRICS) + 1])} "
                            f"or a hyperparameter such as model.heads")
     return sorted(rows, key=order)
 
@@ -182,33 +182,19 @@ def plot_curves(runs: Sequence[Run], names: Sequence[str], path: str | Path) -> 
     plt.close(fig)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``tinylm compare``'s arguments (argparse exits with status 2 on a mistake)."""
-    parser = argparse.ArgumentParser(
-        prog="tinylm compare", description="Compare TensorBoard runs: a table of their settings and results.")
-    parser.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="a run dir, a sweep dir (multirun/<date>/<time>), outputs/ ...")
-    parser.add_argument("--sort", default="run", metavar="COLUMN",
-                        help=f"sort rows by run (default), {', '.join(METRICS)} or a hyperparameter")
-    parser.add_argument("--csv", action="store_true", help="print CSV instead of markdown")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the loss curves of all runs to this file")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> None:
+def run(config: CompareConfig, out: Callable[[str], None] = print) -> None:
     """``tinylm compare``; ``out`` receives the table."""
-    args = parse_args(argv)
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise CompareError(f"--plot: no directory {Path(args.plot).resolve().parent} to write into")
+    if config.plot and not Path(config.plot).resolve().parent.is_dir():
+        raise CompareError(f"plot: no directory {Path(config.plot).resolve().parent} to write into")
 
-    runs = find_runs(args.dirs)
-    rows = sort_rows([summarize(run) for run in runs], args.sort)
+    runs = find_runs(config.dirs)
+    rows = sort_rows([summarize(run) for run in runs], config.sort)
     keys = differing_hparams(rows)
-    out(csv_table(rows, keys).rstrip("\n") if args.csv else markdown(rows, keys))
-    if args.plot:
+    out(csv_table(rows, keys).rstrip("\n") if config.csv else markdown(rows, keys))
+    if config.plot:
         by_name = {run.name: run for run in runs}
-        plot_curves([by_name[row.run] for row in rows], labels(rows, keys), args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+        plot_curves([by_name[row.run] for row in rows], labels(rows, keys), config.plot)
+        print(f"wrote {config.plot}", file=sys.stderr)
 
 
 def _number(value: float | None, spec: str) -> str:

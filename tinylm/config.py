@@ -398,19 +398,6 @@ class CallbacksConfig:
 
 
 @dataclass(frozen=True)
-class LoggerConfig:
-    kind: str = "tensorboard"  # or "none"
-    subdir: str = "tb"  # the TensorBoard run lives in <run dir>/<subdir>
-
-    def __post_init__(self) -> None:
-        require(
-            self.kind in LOGGERS,
-            "logger.kind",
-            f"must be one of {', '.join(LOGGERS)}, got {self.kind!r}",
-        )
-
-
-@dataclass(frozen=True)
 class PathsConfig:
     output_dir: str = "outputs/run"  # this run's directory: Hydra's run dir (configs/paths/default.yaml)
 
@@ -436,7 +423,7 @@ class AttentionScriptConfig:
 
 # Trainer arguments that tinylm sets itself, with the key a user should change instead.
 TRAINER_KEYS_OWNED = {
-    "logger": "logger.kind",
+    "logger": "logger=tensorboard or logger=none",
     "callbacks": "callbacks.*",
     "default_root_dir": "hydra.run.dir",
     "gradient_clip_val": "optim.grad_clip",
@@ -454,13 +441,14 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: str = "tensorboard"  # one TensorBoard run per job, in <run dir>/tb; "none": no logger
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337
     ckpt_path: str | None = None  # resume from this checkpoint
 
     def __post_init__(self) -> None:
+        require(self.logger in LOGGERS, "logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         for key, instead in TRAINER_KEYS_OWNED.items():
             require(key not in self.trainer, f"trainer.{key}", f"is set by tinylm; use {instead}")
         max_steps = self.trainer.get("max_steps", -1)
@@ -724,3 +712,25 @@ class SoakRunConfig(TrainConfig):
     """Settings of ``tinylm soak``: every training key, plus ``soak.*``."""
 
     soak: SoakConfig = field(default_factory=SoakConfig)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of ``tinylm compare`` (configs/compare.yaml); the directories may also be given
+    as plain arguments: ``tinylm compare multirun/<date>/<time> sort=val_bpc``."""
+
+    # Run dirs, sweep dirs (multirun/<date>/<time>) or outputs/: one path or a list of them
+    # (typed Any, as data.source: the schema cannot say "a string or a list of strings").
+    dirs: Any = MISSING
+    sort: str = "run"  # a column: run, a metric (val_bpc, ...) or a hyperparameter (model.heads)
+    csv: bool = False  # CSV with plain numbers instead of a markdown table
+    plot: str | None = None  # also draw every run's loss curves into this PNG
+
+    def __post_init__(self) -> None:
+        dirs = [self.dirs] if isinstance(self.dirs, str) else self.dirs
+        require(isinstance(dirs, list | tuple) and bool(dirs) and all(isinstance(d, str) and d for d in dirs),
+                "dirs", f"give a run or sweep directory, or a list of them: dirs=[a,b]; got {self.dirs!r}")
+        object.__setattr__(self, "dirs", tuple(dirs))
+        require(bool(self.sort), "sort", "is empty; give a column such as sort=val_bpc")
+        require(self.plot is None or bool(self.plot), "plot",
+                "is empty; give a PNG path, e.g. plot=curves.png")

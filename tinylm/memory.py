@@ -61,7 +61,7 @@ def numbers(config: TrainConfig, vocab: int = NOMINAL_VOCAB) -> dict[str, float]
         "kv_heads": m.kv_heads, "learned_positions": m.position == "learned",
         "explicit": m.attention == "explicit", "vocab": vocab, "data.batch_size": config.data.batch_size,
         "data.val_batch_size": config.data.val_batch_size,
-        "maps": attention.enabled and config.logger.kind == "tensorboard"
+        "maps": attention.enabled and config.logger == "tensorboard"
         and not config.trainer.get("fast_dev_run"),
         "probe": len(attention.probe) if attention.probe else m.block_size,
         "validates": config.trainer.get("limit_val_batches", 1.0) != 0,

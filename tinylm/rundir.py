@@ -1,7 +1,7 @@
 """What a run directory holds, spelled once for every reader and writer:
 
     <run>/.hydra/                      the composed config (Hydra)
-    <run>/tb/                          the TensorBoard run (logger.subdir)
+    <run>/tb/                          the TensorBoard run
     <run>/checkpoints/last.ckpt        the latest good state, to resume or sample
     <run>/checkpoints/best.ckpt        the lowest val/loss
     <run>/checkpoints/attention.npz    the probe's attention at every record (the explorer's slider)
@@ -21,7 +21,6 @@ class RunDir:
     """The paths inside one run directory ``root``."""
 
     root: Path
-    tensorboard_subdir: str = "tb"
 
     @property
     def checkpoints(self) -> Path:
@@ -41,11 +40,11 @@ class RunDir:
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / self.tensorboard_subdir
+        return self.root / "tb"
 
 
-def run_dir(path: str | Path, tensorboard_subdir: str = "tb") -> RunDir:
-    return RunDir(Path(path).expanduser(), tensorboard_subdir)
+def run_dir(path: str | Path) -> RunDir:
+    return RunDir(Path(path).expanduser())
 
 
 def checkpoint_path(ckpt: str | Path) -> Path:

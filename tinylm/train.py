@@ -83,7 +83,7 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     if run_dir(config.paths.output_dir).last.is_file():
         lines.append(f"sample:      tinylm sample ckpt={shown} prompt={_shell_quoted(_prompt(trainer))}")
-    if config.logger.kind == "tensorboard":
+    if config.logger == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(shown, config)}")
     return "\n".join(lines)
 
@@ -166,8 +166,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
-    if config.logger.kind == "tensorboard":
-        logger = TensorBoardLogger(save_dir=output_dir, name=config.logger.subdir, version="",
+    if config.logger == "tensorboard":
+        logger = TensorBoardLogger(save_dir=output_dir, name=run_dir(output_dir).tensorboard.name, version="",
                                    default_hp_metric=False)
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],

@@ -55,7 +55,7 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str |
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     if refresh_rate > 0:
         callbacks.append(ProgressBar(refresh_rate=refresh_rate))
-    if config.logger.kind == "tensorboard":
+    if config.logger == "tensorboard":
         params = flatten(as_plain(config))
         callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
         callbacks.extend(watch_callbacks(config, data, paths.attention_history))
