@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_script
-
 from tinylm.attention.check import CheckError, LearnerError, check_target
 
 EXAMPLES = REPO / "docs" / "attention-examples"

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from tinylm.config import (
     AttentionScriptConfig,
     BenchRunConfig,
+    CheckAttentionConfig,
     SampleConfig,
     SoakRunConfig,
     TrainConfig,
@@ -51,6 +52,7 @@ class Command:
     task: str  # "module:function" called with the arguments (argparse) or the checked config
     config: str | None = None  # the root config in tinylm/configs; None: not a Hydra command
     schema: type | None = None  # the typed config the task receives
+    arguments: str | None = None  # "module:function" giving the command line as overrides (other forms)
 
 
 COMMANDS = {
@@ -65,7 +67,8 @@ COMMANDS = {
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME --sort val_bpc",
                 "tinylm.compare:main"),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
-                "tinylm.attention.check:main"),
+                "tinylm.attention.checker.command:run", "check_attention", CheckAttentionConfig,
+                "tinylm.attention.checker.arguments:overrides"),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
                 "bench", BenchRunConfig),
         Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
@@ -132,13 +135,13 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
     import hydra
 
     register_configs()
+    arguments = exit_on_error(lambda: quote_arguments(command, arguments))  # before the task's imports
     task = _function(command.task)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
     def app(cfg: Any) -> Any:
         return exit_on_error(lambda: task(build(command.schema, cfg)), cleanup=discard_unused_run_dir)
 
-    arguments = quote_arguments(command, arguments)
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -154,6 +157,8 @@ def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
     as well; a path without "=" is left as it is (``ckpt_path=a,b`` may be a sweep)."""
     from tinylm.sample import quote_prompt
 
+    if command.arguments is not None:
+        arguments = _function(command.arguments)(arguments)
     quoted = []
     for argument in arguments:
         key, _, value = argument.partition("=")
