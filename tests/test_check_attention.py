@@ -1,5 +1,6 @@
 """tinylm check-attention: each classic mistake is named, a right class passes whatever its
-names, signature and return form, and the learner's own errors come back as one line."""
+names, signature and return form, the learner's own errors come back as one line, and the
+command takes key=value like every other."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_script
 
-from tinylm.attention.check import CheckError, LearnerError, check_target
+from tinylm.attention.adapter import CheckError, LearnerError
+from tinylm.attention.checker.checklist import check_target
+from tinylm.cli import check_command
+from tinylm.errors import ConfigError
 
 EXAMPLES = REPO / "docs" / "attention-examples"
 # example file → the mistake its verdict must name (None: it must pass)
@@ -235,11 +239,11 @@ def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
     assert len(lines) == 6 and lines[3].startswith("✗ attention:")
     assert sum(line.startswith("✓") for line in lines) == 4
     right = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention",
-                       "--d-model", "32", "--heads", "2")
+                       "d_model=32", "heads=2")
     assert right.returncode == 0 and "Traceback" not in right.stderr, right.stderr
     missing = run_script("check_attention.py", "no/such.py:MultiHeadAttention")
     assert missing.returncode == 2
-    assert missing.stderr.startswith("error: class: no file ") and len(missing.stderr.splitlines()) == 1
+    assert missing.stderr.startswith("error: attention: no file ") and len(missing.stderr.splitlines()) == 1
 
 
 def test_the_readme_shows_the_checker_s_real_output() -> None:
@@ -249,3 +253,73 @@ def test_the_readme_shows_the_checker_s_real_output() -> None:
     argv = readme[start].removeprefix("$ python scripts/check_attention.py ").split()
     result = run_script("check_attention.py", *argv)
     assert result.stdout.splitlines() == readme[start + 1:end]
+
+
+def test_a_class_that_sees_the_future_phrases_its_own_refusal() -> None:
+    target = f"{EXAMPLES / 'no_mask.py'}:MultiHeadAttention"
+    report, _ = check_target(target)
+    refusal = report.refusal(target)
+    assert refusal.startswith(f"{target} is refused, a model that sees the future learns nothing useful; "
+                              f"causal: output ")
+    assert "no causal mask: hide future keys before the softmax" in refusal and "\n" not in refusal
+    assert "the attention line says why" in report.verdict("causal")  # the next line names it
+    assert check_target(f"{EXAMPLES / 'correct.py'}:MultiHeadAttention")[0].refusal(target) is None
+
+
+# A class whose projections have names tinylm does not guess, and a constructor argument it needs.
+ODD_NAMES = """
+import torch
+from torch import nn
+
+class Odd(nn.Module):
+    def __init__(self, d_model, num_heads, scale):
+        super().__init__()
+        self.num_heads, self.scale = num_heads, scale
+        self.alpha, self.beta = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+        self.gamma, self.delta = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        B, T, d = x.shape
+        q, k, v = (f(x).view(B, T, self.num_heads, -1).transpose(1, 2)
+                   for f in (self.alpha, self.beta, self.gamma))
+        scores = (q @ k.transpose(-2, -1)) / (q.size(-1) ** 0.5) * self.scale
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        return self.delta((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, d))
+"""
+
+
+def test_the_command_takes_key_value_for_kwargs_and_the_layer_map(tmp_path: Path) -> None:
+    path = learner_file(tmp_path, ODD_NAMES)
+    result = run_script("check_attention.py", f"attention={path}:Odd", "kwargs.scale=1.0", "d_model=32",
+                        "heads=2", "map.q=alpha", "map.k=beta", "map.v=gamma", "map.o=delta")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Odd(scale=1.0, d_model=32, num_heads=2)" in result.stdout
+    assert "(its weights: alpha, beta, gamma, O: delta)" in result.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--d-model", "64"], "--d-model: tinylm takes key=value; write d_model=64"),
+    (["--heads=8"], "--heads: tinylm takes key=value; write heads=8"),
+    (["--kwargs", "d_feat=48", "dropout_p=0.0"],
+     "--kwargs: tinylm takes key=value; write kwargs.d_feat=48 kwargs.dropout_p=0.0"),
+    (["--map", "q=W_Q,k=W_K"], "--map: tinylm takes key=value; write map.q=W_Q map.k=W_K"),
+    (["map.qvk=c_attn"], "map.qvk: unknown key; did you mean map.qkv? known keys are q, k, v, o, qkv"),
+    (["head=8"], "head: unknown key; did you mean heads? known keys are attention, d_model, heads, kwargs, "
+                 "map"),
+    (["heads=5"], "heads: 5 heads do not divide d_model=48; choose a divisor of d_model"),
+    (["docs/x.py:Other"], "attention: given twice ('attention=docs/x.py:Mine' and 'docs/x.py:Other'); "
+                          "name one class"),
+])
+def test_old_flags_and_unknown_keys_are_one_line_naming_the_key(arguments: list[str], message: str
+                                                                ) -> None:
+    with pytest.raises(ConfigError) as error:
+        check_command(["check-attention", "docs/x.py:Mine", *arguments])
+    assert str(error.value) == message
+
+
+def test_an_old_flag_exits_2_with_its_new_spelling() -> None:
+    result = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention",
+                        "--kwargs", "dropout_p=0.0")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --kwargs: tinylm takes key=value; write kwargs.dropout_p=0.0"]

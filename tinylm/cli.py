@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from tinylm.config import (
     AttentionScriptConfig,
     BenchRunConfig,
+    CheckAttentionConfig,
     CompareConfig,
     SampleConfig,
     SoakRunConfig,
@@ -56,6 +57,7 @@ class Command:
     positional: str | None = None  # the key that plain arguments (no key=) are gathered into, as a list
     # Spellings the docs once showed, each with the one that replaced it ("{}": the value given).
     retired: Mapping[str, str] = field(default_factory=dict)
+    arguments: str | None = None  # "module:function" giving the command line as overrides (other forms)
 
 
 # One spelling per setting, a key each: logger=none (no group of presets), optim.name=muon.
@@ -75,7 +77,8 @@ COMMANDS = {
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
-                "tinylm.attention.check:main"),
+                "tinylm.attention.checker.command:run", "check_attention", CheckAttentionConfig,
+                arguments="tinylm.attention.checker.arguments:overrides"),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
                 "bench", BenchRunConfig, retired=TRAINING_RETIRED),
         Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
@@ -142,6 +145,7 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
     import hydra
 
     register_configs()
+    arguments = exit_on_error(lambda: quote_arguments(command, arguments))  # before the task's imports
     task = _function(command.task)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
@@ -158,6 +162,8 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
     """The command line ``arguments`` as Hydra overrides: a retired spelling refused, plain
     arguments gathered into the command's positional key, values quoted where Hydra needs it."""
+    if command.arguments is not None:  # the command's own forms (check-attention's FILE:Class)
+        arguments = _function(command.arguments)(arguments)
     refuse_retired(command, arguments)
     return quote_arguments(command, gather_positional(command, arguments))
 
@@ -188,8 +194,6 @@ def gather_positional(command: Command, arguments: Sequence[str]) -> list[str]:
     ``tinylm compare a b sort=val_bpc`` is ``tinylm compare dirs=[a,b] sort=val_bpc``. A path
     holding "=" (a run directory named by its overrides) is plain too: before its "=" comes a
     "/", or it exists."""
-    from tinylm.sample import quote_prompt  # moves with quote_arguments' import
-
     key = command.positional
     plain = [False] * len(arguments)
     for i, argument in enumerate(arguments):

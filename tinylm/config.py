@@ -519,6 +519,8 @@ def schema(cls: type) -> Any:
             for f in dataclasses.fields(section):
                 if f.default is not dataclasses.MISSING and f.default is not MISSING:
                     node[f.name] = f.default
+                if f.metadata.get("open"):  # a free-form section: key=value adds a key, no + needed
+                    OmegaConf.set_struct(node[f.name], False)
         for key in node:
             child = node._get_node(key)
             if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
@@ -734,3 +736,34 @@ class CompareConfig:
         require(bool(self.sort), "sort", "is empty; give a column such as sort=val_bpc")
         require(self.plot is None or bool(self.plot), "plot",
                 "is empty; give a PNG path, e.g. plot=curves.png")
+
+
+class LayerNames:
+    """``map.*``: which of a learner's Linear layers are its Q, K, V and O projections, when their
+    names are unusual (``map.q=W_Q map.k=W_K map.v=W_V map.o=W_O``, or ``map.qkv=c_attn``); a
+    ``+`` joins several in order (one Linear per head: ``map.q=heads.0.query+heads.1.query``)."""
+
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    o: str | None = None
+    qkv: str | None = None  # Q, K and V fused, of width 3·d_model
+
+
+@dataclass(frozen=True)
+class CheckAttentionConfig:
+    """Settings of ``tinylm check-attention`` (configs/check_attention.yaml)."""
+
+    attention: str = MISSING  # path/to/file.py:ClassName; also accepted as the first argument, without key
+    d_model: int = 48  # the width it is built with, unless kwargs names its width argument
+    heads: int = 4  # the heads it is built with, unless kwargs names its head argument
+    # its constructor's arguments as given (kwargs.dropout_p=0.0): free-form, no + needed
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
+    map: LayerNames = field(default_factory=LayerNames)
+
+    def __post_init__(self) -> None:
+        require(bool(self.attention), "attention",
+                "is required: tinylm check-attention path/to/file.py:ClassName")
+        require(self.d_model >= 1, "d_model", f"must be at least 1, got {self.d_model}")
+        require(self.heads >= 1 and self.d_model % self.heads == 0, "heads",
+                f"{self.heads} heads do not divide d_model={self.d_model}; choose a divisor of d_model")

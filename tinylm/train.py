@@ -187,18 +187,13 @@ def check_learner_attention(config: TrainConfig) -> None:
     """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
     heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
     next character from the future)."""
-    from tinylm.attention.check import MISTAKES
-    from tinylm.attention.learner import calling
+    from tinylm.attention.checker.checklist import check_target  # torch: not before the config is checked
 
-    report = calling(config.model).report
-    if not report.causal:
-        line = report.verdict("causal") or report.lines[0].text
-        if report.mistakes:  # the attention line's diagnosis instead of a pointer to it
-            line = line.replace("the attention line says why", "; ".join(
-                f"{MISTAKES[m].name}: {MISTAKES[m].fix}" for m in report.mistakes))
-        raise ConfigError(f"model.attention: {config.model.attention} is refused, a model that sees the "
-                          f"future learns nothing useful; {line}")
-    print(f"model.attention={config.model.attention}: {report}")
+    target = config.model.attention
+    report, _ = check_target(target, config.model.d_model, config.model.heads, key="model.attention")
+    if (refusal := report.refusal(target)) is not None:
+        raise ConfigError(f"model.attention: {refusal}")
+    print(f"model.attention={target}: {report}")
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:

@@ -1,7 +1,7 @@
 """A learner's own attention class inside tinylm's pre-norm blocks (``model.attention=file.py:Class``).
 
 tinylm keeps the block, the norms, the MLP and the residuals; only the attention is theirs.
-``LearnerAttention`` calls their module the way ``tinylm.attention.check`` found that works
+``LearnerAttention`` calls their module the way ``tinylm.attention.calling`` found that works
 (its forward signature, its return form, the mask convention that made it causal) and gives
 back what tinylm's own attention gives: the output (B, T, d) and, when asked, the weights
 (B, H, T, T) — the ones it returns, or else those of its own Q and K through the explicit
@@ -14,46 +14,25 @@ model.attention; ``sample`` and ``attention`` need ``attention_file=`` (tinylm.c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from tinylm.attention.check import (
-    MaskConvention,
-    Signature,
-    build_module,
-    check,
-    find_weights,
-    load_class,
-    read_result,
-)
+from tinylm.attention.adapter import build_module, load_class, read_result
+from tinylm.attention.calling import Calling, find_calling
+from tinylm.attention.reference import find_weights
 from tinylm.config import ModelConfig
 from tinylm.model import AttentionFactory, CausalSelfAttention, causal_mask
-
-
-@dataclass
-class Calling:
-    """How to call a learner's class, found once per (file, class, shape)."""
-
-    cls: type
-    signature: Signature
-    convention: MaskConvention | None
-    returns_weights: bool
-    report: Any
-
 
 _FOUND: dict[tuple[str, int, int], Calling] = {}
 
 
 def calling(config: ModelConfig) -> Calling:
-    """Load and check the class ``config.attention`` names (once per process and shape)."""
+    """How to call the class ``config.attention`` names (found once per process and shape)."""
     key = (config.attention, config.d_model, config.heads)
     if key not in _FOUND:
         cls = load_class(config.attention, key="model.attention")
-        built = build_module(cls, config.d_model, config.heads)
-        report = check(built)
-        _FOUND[key] = Calling(cls, report.signature, report.convention, report.returns_weights, report)
+        _FOUND[key] = find_calling(build_module(cls, config.d_model, config.heads, key="model.attention"))
     return _FOUND[key]
 
 

@@ -1,0 +1,124 @@
+"""tinylm's reference attention with a learner's own weights in it.
+
+``find_weights``: the learner's Q, K, V and O projections, found among its ``nn.Linear`` layers
+by their usual names and laid out as tinylm's explicit attention holds them;
+``reference_output``: that explicit attention (``CausalSelfAttention``, attention="explicit")
+with those weights copied in. The checklist compares the learner's output with it, the
+adapter picks the mask convention that agrees with it, and training draws attention maps
+from the learner's own Q and K."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from tinylm.config import ModelConfig
+from tinylm.model import CausalSelfAttention
+
+TOLERANCE = 1e-5  # outputs this close are the same attention
+
+ROLES = {
+    "q": ("q", "query", "queries", "wq"),
+    "k": ("k", "key", "keys", "wk"),
+    "v": ("v", "value", "values", "wv"),
+    "o": ("o", "out", "output", "proj", "projection", "dense", "wo", "fc", "c_proj"),
+}
+FUSED = ("qkv", "in", "c_attn", "wqkv", "attn")
+
+
+def _tokens(name: str) -> list[str]:
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
+    return [t for t in re.split(r"[^a-zA-Z0-9]+", name.lower()) if t]
+
+
+def find_weights(module: Any, d: int, mapping: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
+    """The learner's Q, K, V and O projections as tinylm's reference holds them, from its
+    Linear layers found by their usual names (or by ``mapping``: role → layer name).
+
+    Returns {"qkv": (weight (3d, d), bias (3d,)), "o": (weight, bias) or None} and what was used.
+    Raises LookupError saying what is missing."""
+    linears = {name: m for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    found: dict[str, list[str]] = {"q": [], "k": [], "v": [], "o": [], "qkv": []}
+    if mapping:
+        for role, names in mapping.items():
+            for name in names.split("+"):
+                if name not in linears:
+                    raise LookupError(
+                        f"map.{role}={name}: no Linear layer {name!r}; it has {', '.join(linears)}"
+                    )
+                found[role].append(name)
+    else:
+        for name, linear in linears.items():
+            tokens = _tokens(name.rsplit(".", 1)[-1])
+            if (
+                any(t in FUSED or "qkv" in t for t in tokens)
+                and linear.out_features == 3 * linear.in_features
+            ):
+                found["qkv"].append(name)
+                continue
+            role = next((r for r in "qkvo" if any(t in ROLES[r] for t in tokens)), None)
+            if role is not None:
+                found[role].append(name)
+
+    def stacked(names: list[str]) -> tuple[Any, Any]:
+        weight = torch.cat([linears[n].weight for n in names], dim=0)
+        bias = torch.cat(
+            [
+                linears[n].bias if linears[n].bias is not None else torch.zeros(linears[n].out_features)
+                for n in names
+            ]
+        )
+        return weight, bias
+
+    if found["qkv"]:
+        weight, bias = stacked(found["qkv"])
+        used = f"{'+'.join(found['qkv'])} (Q, K, V fused)"
+    else:
+        missing = [r.upper() for r in "qkv" if not found[r]]
+        if missing:
+            raise LookupError(
+                f"found no {'/'.join(missing)} projection among its Linear layers "
+                f"({', '.join(linears) or 'none'}); name them, e.g. map.q=W_Q map.k=W_K map.v=W_V map.o=W_O"
+            )
+        parts = [stacked(found[r]) for r in "qkv"]
+        weight, bias = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        used = ", ".join("+".join(found[r]) for r in "qkv")
+    if tuple(weight.shape) != (3 * d, d):
+        raise LookupError(
+            f"its Q/K/V projections ({used}) are {tuple(weight.shape)}, not (3·{d}, {d}): "
+            f"tinylm's reference has Q, K, V of width d_model"
+        )
+    out = None
+    if found["o"]:
+        out = stacked(found["o"][-1:])
+        if tuple(out[0].shape) != (d, d):
+            raise LookupError(
+                f"its output projection {found['o'][-1]} is {tuple(out[0].shape)}, not ({d}, {d})"
+            )
+        used += f", O: {found['o'][-1]}"
+    else:
+        used += ", no O (the reference uses none)"
+    return {
+        "qkv": (weight.detach(), bias.detach()),
+        "o": None if out is None else (out[0].detach(), out[1].detach()),
+    }, used
+
+
+def reference_output(weights: dict[str, Any], x: Any, heads: int) -> Any:
+    """tinylm's own explicit attention (CausalSelfAttention, attention="explicit") with the
+    learner's weights copied in."""
+    d = x.size(-1)
+    config = ModelConfig(d_model=d, heads=heads, attention="explicit", bias=True, block_size=x.size(1))
+    reference = CausalSelfAttention(config).to(x.dtype).eval()
+    with torch.no_grad():
+        reference.qkv.weight.copy_(weights["qkv"][0])
+        reference.qkv.bias.copy_(weights["qkv"][1])
+        if weights["o"] is None:
+            reference.proj.weight.copy_(torch.eye(d))
+            reference.proj.bias.zero_()
+        else:
+            reference.proj.weight.copy_(weights["o"][0])
+            reference.proj.bias.copy_(weights["o"][1])
+        return reference(x)[0]
