@@ -10,7 +10,8 @@ from PIL import Image
 
 from tinylm.attention.maps import ProbeError
 from tinylm.attention.render import render_attention
-from tinylm.config import AttentionScriptConfig, TrainConfig
+from tinylm.command_configs import AttentionScriptConfig
+from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.train import fit
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import compose
 
-from tinylm.config import AttentionScriptConfig, DataConfig, SampleConfig, TrainConfig
+from tinylm.command_configs import AttentionScriptConfig, SampleConfig
+from tinylm.config import DataConfig, TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.tokenizer import ByteTokenizer
 

@@ -12,7 +12,7 @@ import pytest
 from browser import Browser, chromium_binary
 
 from tinylm.attention.render import render_attention
-from tinylm.config import AttentionScriptConfig
+from tinylm.command_configs import AttentionScriptConfig
 
 LAYERS, HEADS = 2, 4  # the `trained` run of conftest
 

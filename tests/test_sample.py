@@ -9,7 +9,8 @@ import torch
 from conftest import compose, run_script
 
 from tinylm.cli import quote_prompt
-from tinylm.config import SampleConfig, TrainConfig
+from tinylm.command_configs import SampleConfig
+from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles
 from tinylm.train import fit

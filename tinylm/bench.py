@@ -23,7 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import BenchConfig, BenchRunConfig, ModelConfig, PathsConfig, TrainConfig
+from tinylm.command_configs import BenchConfig, BenchRunConfig
+from tinylm.config import ModelConfig, PathsConfig, TrainConfig
 from tinylm.errors import ConfigError
 
 # --------------------------------------------------------------------------- measures
@@ -220,7 +221,8 @@ def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
 _DATA_CHILD = """
 import json, resource, sys, time
 from dataclasses import replace
-from tinylm.config import BenchRunConfig, PathsConfig
+from tinylm.config import PathsConfig
+from tinylm.command_configs import BenchRunConfig
 config = BenchRunConfig.from_dict(json.loads(sys.argv[1]))
 train_dir = sys.argv[2]
 from tinylm.data import CharDataModule
@@ -245,7 +247,7 @@ def bench_data(config: BenchRunConfig) -> dict[str, Any]:
     """Preparing ``data.source`` with an empty ``datasets`` cache, then with it full, each in a
     fresh process (seconds and peak RSS), then the peak RSS of a ``bench.steps``-step training
     run on the cached data; the cached preparation of the embedded tiny shakespeare beside it."""
-    from tinylm.config import as_plain
+    from tinylm.schema import as_plain
 
     def child(run_config: BenchRunConfig, cache: str, train_dir: str = "") -> dict[str, Any]:
         env = {**os.environ, "HF_DATASETS_CACHE": cache}

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from tinylm.config import ModelConfig, build
+from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
+from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 
 FORMAT_VERSION = 1

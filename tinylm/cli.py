@@ -28,19 +28,17 @@ from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback as HydraCallback
 
-from tinylm.config import (
+from tinylm.command_configs import (
     AttentionScriptConfig,
     BenchRunConfig,
     CheckAttentionConfig,
     CompareConfig,
     SampleConfig,
     SoakRunConfig,
-    TrainConfig,
-    build,
-    config_error,
-    schema,
 )
+from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
+from tinylm.schema import build, config_error, schema
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"

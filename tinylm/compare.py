@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylm.config import CompareConfig
+from tinylm.command_configs import CompareConfig
 from tinylm.errors import TinyLMError
 from tinylm.runs import Run, find_runs
 

@@ -1,29 +1,21 @@
-"""Typed, validated configuration.
+"""The settings of a training run, typed and checked: one frozen dataclass per section.
 
-Hydra composes plain values from ``configs/``; this module turns each section into a
-frozen dataclass and checks it, so a bad value stops the run with one line that names
-the key and the fix, before torch is imported, data is loaded or a model is built.
-It imports nothing heavy on purpose: config errors must come back in well under a second.
+Each field's type and default are said here once; each ``__post_init__`` checks its values, so
+a bad value stops the run with one line that names the key and the fix, before torch is
+imported, data is loaded or a model is built. The other commands' settings are in
+``tinylm.command_configs``; how Hydra composes against these classes is ``tinylm.schema``.
 """
 
 from __future__ import annotations
 
 import codecs
-import dataclasses
-import difflib
 import math
-import types
-import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
-
-from omegaconf import MISSING
+from typing import Any, ClassVar
 
 from tinylm.errors import ConfigError, require
-
-T = TypeVar("T")
-
+from tinylm.schema import build, check_trainer_settings
 
 ATTENTION_PATHS = ("sdpa", "explicit")
 POSITIONS = ("learned", "rope", "none")
@@ -305,7 +297,7 @@ def _check_every_n_steps(value: int | None, key: str) -> None:
 ABLATIONS = ("zero", "mean")
 
 
-def _check_ablation(value: str | None, key: str) -> None:
+def check_ablation(value: str | None, key: str) -> None:
     require(value is None or value in ABLATIONS, key,
             f"must be one of {', '.join(ABLATIONS)} (or null: off), got {value!r}")
 
@@ -326,7 +318,7 @@ class AttentionMapsConfig:
 
     def __post_init__(self) -> None:
         _check_every_n_steps(self.every_n_steps, "callbacks.attention.every_n_steps")
-        _check_ablation(self.ablation, "callbacks.attention.ablation")
+        check_ablation(self.ablation, "callbacks.attention.ablation")
         require(self.ablation_windows >= 1, "callbacks.attention.ablation_windows",
                 f"must be at least 1, got {self.ablation_windows}")
         require(
@@ -403,37 +395,6 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
-class AttentionScriptConfig:
-    """Settings of ``tinylm attention`` (configs/attention.yaml)."""
-
-    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
-    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
-    out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
-    layer: int | None = None  # null: every layer; -1: the last
-    head: int | None = None  # null: every head
-    max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
-    ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
-    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
-
-    def __post_init__(self) -> None:
-        require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
-        _check_ablation(self.ablation, "ablation")
-        require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
-
-
-# Trainer arguments that tinylm sets itself, with the key a user should change instead.
-TRAINER_KEYS_OWNED = {
-    "logger": "logger=tensorboard or logger=none",
-    "callbacks": "callbacks.*",
-    "default_root_dir": "hydra.run.dir",
-    "gradient_clip_val": "optim.grad_clip",
-    "gradient_clip_algorithm": "optim.grad_clip",
-    "enable_checkpointing": "callbacks.checkpoint.*",
-    "plugins": "the defaults (tinylm's plugin writes checkpoints atomically)",
-}
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """Everything ``scripts/train.py`` needs, checked."""
 
@@ -449,27 +410,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.logger in LOGGERS, "logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
-        for key, instead in TRAINER_KEYS_OWNED.items():
-            require(key not in self.trainer, f"trainer.{key}", f"is set by tinylm; use {instead}")
-        max_steps = self.trainer.get("max_steps", -1)
-        require(
-            isinstance(max_steps, int) and not isinstance(max_steps, bool),
-            "trainer.max_steps",
-            f"must be an integer, got {max_steps!r}",
-        )
-        require(
-            max_steps > 0 or self.optim.decay_steps is not None,
-            "trainer.max_steps",
-            "must be set (the learning-rate schedule decays over it), "
-            "or set optim.decay_steps for open-ended training",
-        )
-        interval = self.trainer.get("val_check_interval")
-        require(
-            interval is None
-            or (isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0),
-            "trainer.val_check_interval",
-            f"must be a positive number of steps, got {interval!r}",
-        )
+        check_trainer_settings(self.trainer, open_ended=self.optim.decay_steps is not None)
 
     @property
     def max_steps(self) -> int:
@@ -479,291 +420,3 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build and check from plain values, e.g. a composed config as a nested dict."""
         return build(cls, values)
-
-
-def as_plain(config: Any) -> dict[str, Any]:
-    """A config dataclass as plain dicts and lists (for checkpoints and YAML)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
-# --------------------------------------------------------------------------- the schema
-#
-# Each dataclass above is also the schema Hydra composes against: registered in Hydra's
-# ConfigStore, it gives every key its type and its default, so the YAML files in configs/
-# hold only choices (presets, experiments), Hydra itself refuses an unknown key or a value
-# of the wrong type, and ``OmegaConf.to_object`` turns the composed config into these
-# dataclasses, running their checks. ``build`` does the same for plain values.
-
-
-def schema(cls: type) -> Any:
-    """``cls`` as an OmegaConf structured config that Hydra may merge overrides into.
-
-    A frozen dataclass makes a read-only node; the schema must take overrides, and the
-    objects ``OmegaConf.to_object`` builds from it are frozen all the same. A nested section
-    is built by its default factory, whose checks may have resolved a value (ModelConfig's
-    kv_heads: null becomes heads); the schema keeps the field's own default instead."""
-    from omegaconf import DictConfig, OmegaConf
-
-    def writable(node: Any) -> None:
-        OmegaConf.set_readonly(node, False)
-        section = OmegaConf.get_type(node)
-        if dataclasses.is_dataclass(section):
-            for f in dataclasses.fields(section):
-                if f.default is not dataclasses.MISSING and f.default is not MISSING:
-                    node[f.name] = f.default
-                if f.metadata.get("open"):  # a free-form section: key=value adds a key, no + needed
-                    OmegaConf.set_struct(node[f.name], False)
-        for key in node:
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-                writable(child)
-
-    cfg = OmegaConf.structured(cls)
-    writable(cfg)
-    return cfg
-
-
-def build(cls: type[T], values: Any = None, prefix: str = "") -> T:
-    """A checked ``cls`` from ``values`` (a mapping, or a config Hydra composed): every key
-    checked for existence and type by OmegaConf, every value by ``cls`` itself. Raises a
-    ConfigError naming the key."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        cfg = values if isinstance(values, DictConfig) else OmegaConf.merge(schema(cls), values or {})
-        _check_keys(cfg, cls)  # a key added with + (Hydra lets it through) is still unknown
-        built = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as error:
-        raise config_error(error, cls, prefix) from None
-    if not isinstance(built, cls):
-        raise ConfigError(f"{prefix or 'config'}: expected the settings of {cls.__name__}, got {values!r}")
-    return built
-
-
-def config_error(error: Exception, root: type, prefix: str = "") -> ConfigError:
-    """An OmegaConf error (from composing or building ``root``) as one line naming the key."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
-
-    key = _join(prefix, str(getattr(error, "full_key", "") or ""))
-    if isinstance(error, MissingMandatoryValue):
-        return ConfigError(f"{key}: is required; set it on the command line: {key}=...")
-    if isinstance(error, ConfigKeyError | ConfigAttributeError):
-        parent = getattr(error, "parent_node", None)
-        keys = [str(k) for k in parent] if parent is not None else []
-        return unknown_key(key.removeprefix(f"{prefix}.") if prefix else key, root, prefix, keys)
-    if isinstance(error, ValidationError):
-        hint = _field_type(root, key.removeprefix(f"{prefix}.") if prefix else key)
-        if hint is not None:
-            return ConfigError(f"{key}: expected {_type_words(hint)}, got {error.value!r}")
-    problem = str(error).splitlines()[0]
-    return ConfigError(f"{key or 'config'}: {problem}; fix the value")
-
-
-def _check_keys(cfg: Any, root: type, section: type | None = None, path: str = "") -> None:
-    """Raise for a key of ``cfg`` that its dataclass section does not have."""
-    from omegaconf import DictConfig
-
-    section = root if section is None else section
-    if not dataclasses.is_dataclass(section):
-        return
-    hints = typing.get_type_hints(section)
-    for key in cfg:
-        dotted = _join(path, str(key))
-        if key not in hints:
-            raise unknown_key(dotted, root)
-        child = cfg._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-            _check_keys(child, root, hints[key], dotted)
-
-
-def unknown_key(dotted: str, root: type, prefix: str = "", known_keys: Iterable[str] = ()) -> ConfigError:
-    """``dotted`` is not a key of ``root``: name the nearest known one."""
-    parent, _, leaf = dotted.rpartition(".")
-    section = _field_type(root, parent) if parent else root
-    if typing.get_origin(section) is dict:  # a free-form group: Lightning's Trainer arguments
-        close = difflib.get_close_matches(leaf, list(known_keys), n=1)
-        hint = f"did you mean {_join(prefix, _join(parent, close[0]))}? " if close else ""
-        return ConfigError(f"{_join(prefix, dotted)}: unknown key; {hint}to pass a key the configs "
-                           f"do not set, write +{_join(prefix, dotted)}=...")
-    known = [f.name for f in dataclasses.fields(section)] if dataclasses.is_dataclass(section) else []
-    close = difflib.get_close_matches(leaf, known, n=1)
-    hint = f"did you mean {_join(prefix, _join(parent, close[0]))}? " if close else ""
-    listed = f"known keys are {', '.join(known)}" if known else "it is not a setting of tinylm"
-    return ConfigError(f"{_join(prefix, dotted)}: unknown key; {hint}{listed}")
-
-
-def _field_type(root: type, dotted: str) -> Any:
-    """The type hint of the field at ``dotted`` below dataclass ``root``, or None."""
-    hint: Any = root
-    for part in filter(None, dotted.split(".")):
-        if not dataclasses.is_dataclass(hint):
-            return None
-        hints = typing.get_type_hints(hint)
-        if part not in hints:
-            return None
-        hint = hints[part]
-    return hint
-
-
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _type_words(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return f"{_type_words(args[0])} or null"
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {len(typing.get_args(hint))}"
-    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix and key else prefix or str(key)
-
-
-@dataclass(frozen=True)
-class SampleConfig(SamplingConfig):
-    """Settings of ``tinylm sample`` (configs/sample.yaml)."""
-
-    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
-    prompt: str = "\n"
-    num_samples: int = 1
-    stream: bool = True  # print characters as they are generated
-    use_cache: bool = True  # the KV cache: the same text, faster
-    drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
-    device: str = "auto"  # auto: cuda when available, else cpu
-    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
-    # compile the one-token step (tinylm.generation.decode): true, false, or auto: when the
-    # generation is long enough to pay the compile back (docs/sampling.md#compiling-the-decode-step)
-    compile: str = "auto"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
-        require(str(self.compile).lower() in ("auto", "true", "false"), "compile",
-                f"must be auto, true or false, got {self.compile!r}")
-        object.__setattr__(self, "compile", str(self.compile).lower())  # a YAML true is a bool
-        require(bool(self.prompt), "prompt", "must hold at least one character")
-        require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
-
-    # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
-    # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
-    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run
-    task: str = "train"
-    steps: int = 200  # timed training steps (data: the steps of the training run)
-    warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
-    bare: bool = True  # also time the same model and data in a bare PyTorch loop
-    data_prep: bool = True  # also time data preparation, cold and cached (two subprocesses)
-    new_tokens: int = 500  # sample: tokens generated per timing
-    repeats: int = 3  # sample, speedrun: timings per setting; the median is reported
-    vocab_size: int = 65  # sample: the model is untrained; speed does not depend on weights
-    num_samples: int = 1  # sample: rows generated together, in one batch
-    top_k: int | None = 200  # sample: as tinylm sample's default; null: no limit
-    compile: bool = False  # sample: also the compiled decode step (its compile time, then its speed)
-
-    def __post_init__(self) -> None:
-        require(self.task in BENCH_TASKS, "bench.task",
-                f"must be one of {', '.join(BENCH_TASKS)}, got {self.task!r}")
-        require(self.top_k is None or self.top_k >= 1, "bench.top_k",
-                f"must be at least 1 (or null for no limit), got {self.top_k}")
-        for key in ("steps", "new_tokens", "repeats", "vocab_size", "num_samples"):
-            require(getattr(self, key) >= 1, f"bench.{key}", f"must be at least 1, got {getattr(self, key)}")
-        require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
-
-
-BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun")
-
-
-@dataclass(frozen=True)
-class BenchRunConfig(TrainConfig):
-    """Settings of ``tinylm bench``: every training key, plus ``bench.*``."""
-
-    bench: BenchConfig = field(default_factory=BenchConfig)
-
-
-@dataclass(frozen=True)
-class SoakConfig:
-    """``soak.*``: the memory windows of ``tinylm soak`` (tinylm.soak)."""
-
-    warmup: int = 100  # steps before the first window
-    window: int = 300  # steps per window: each holds at least one validation and checkpoint
-    tolerance_mb: float = 20.0  # growth of the peak beyond this fails the soak
-
-    def __post_init__(self) -> None:
-        require(self.warmup >= 0, "soak.warmup", f"must be 0 or more, got {self.warmup}")
-        require(self.window >= 1, "soak.window", f"must be at least 1, got {self.window}")
-        require(self.tolerance_mb >= 0, "soak.tolerance_mb", f"must be 0 or more, got {self.tolerance_mb}")
-
-
-@dataclass(frozen=True)
-class SoakRunConfig(TrainConfig):
-    """Settings of ``tinylm soak``: every training key, plus ``soak.*``."""
-
-    soak: SoakConfig = field(default_factory=SoakConfig)
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """Settings of ``tinylm compare`` (configs/compare.yaml); the directories may also be given
-    as plain arguments: ``tinylm compare multirun/<date>/<time> sort=val_bpc``."""
-
-    # Run dirs, sweep dirs (multirun/<date>/<time>) or outputs/: one path or a list of them
-    # (typed Any, as data.source: the schema cannot say "a string or a list of strings").
-    dirs: Any = MISSING
-    sort: str = "run"  # a column: run, a metric (val_bpc, ...) or a hyperparameter (model.heads)
-    csv: bool = False  # CSV with plain numbers instead of a markdown table
-    plot: str | None = None  # also draw every run's loss curves into this PNG
-
-    def __post_init__(self) -> None:
-        dirs = [self.dirs] if isinstance(self.dirs, str) else self.dirs
-        require(isinstance(dirs, list | tuple) and bool(dirs) and all(isinstance(d, str) and d for d in dirs),
-                "dirs", f"give a run or sweep directory, or a list of them: dirs=[a,b]; got {self.dirs!r}")
-        object.__setattr__(self, "dirs", tuple(dirs))
-        require(bool(self.sort), "sort", "is empty; give a column such as sort=val_bpc")
-        require(self.plot is None or bool(self.plot), "plot",
-                "is empty; give a PNG path, e.g. plot=curves.png")
-
-
-class LayerNames:
-    """``map.*``: which of a learner's Linear layers are its Q, K, V and O projections, when their
-    names are unusual (``map.q=W_Q map.k=W_K map.v=W_V map.o=W_O``, or ``map.qkv=c_attn``); a
-    ``+`` joins several in order (one Linear per head: ``map.q=heads.0.query+heads.1.query``)."""
-
-    q: str | None = None
-    k: str | None = None
-    v: str | None = None
-    o: str | None = None
-    qkv: str | None = None  # Q, K and V fused, of width 3·d_model
-
-
-@dataclass(frozen=True)
-class CheckAttentionConfig:
-    """Settings of ``tinylm check-attention`` (configs/check_attention.yaml)."""
-
-    attention: str = MISSING  # path/to/file.py:ClassName; also accepted as the first argument, without key
-    d_model: int = 48  # the width it is built with, unless kwargs names its width argument
-    heads: int = 4  # the heads it is built with, unless kwargs names its head argument
-    # its constructor's arguments as given (kwargs.dropout_p=0.0): free-form, no + needed
-    kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
-    map: LayerNames = field(default_factory=LayerNames)
-
-    def __post_init__(self) -> None:
-        require(bool(self.attention), "attention",
-                "is required: tinylm check-attention path/to/file.py:ClassName")
-        require(self.d_model >= 1, "d_model", f"must be at least 1, got {self.d_model}")
-        require(self.heads >= 1 and self.d_model % self.heads == 0, "heads",
-                f"{self.heads} heads do not divide d_model={self.d_model}; choose a divisor of d_model")

@@ -18,9 +18,10 @@ from torchmetrics import MeanMetric
 
 from tinylm.attention.learner import attention_for
 from tinylm.checkpoint import FORMAT_VERSION
-from tinylm.config import ModelConfig, OptimConfig, as_plain, build
+from tinylm.config import ModelConfig, OptimConfig
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
+from tinylm.schema import as_plain, build
 from tinylm.tokenizer import tokenizer_from
 
 LN2 = math.log(2)

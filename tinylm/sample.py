@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tinylm.config import SampleConfig
+from tinylm.command_configs import SampleConfig
 from tinylm.errors import ConfigError
 from tinylm.rundir import checkpoint_path
 from tinylm.tokenizer import describe_char

@@ -17,7 +17,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from tinylm.config import SoakConfig, SoakRunConfig, TrainConfig
+from tinylm.command_configs import SoakConfig, SoakRunConfig
+from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 
 MB = 2**20

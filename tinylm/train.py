@@ -7,13 +7,9 @@ the checkpoint to resume exists and that the data source can be had.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import inspect
 import math
 import shlex
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.rundir import run_dir
+from tinylm.schema import check_trainer_arguments
 
 if TYPE_CHECKING:
     from lightning import Callback, Trainer
@@ -141,7 +138,7 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     from tinylm.data import CharDataModule
     from tinylm.lit import LitLM
 
-    _check_trainer_keys(config.trainer, L.Trainer)
+    check_trainer_arguments(config.trainer, L.Trainer)
     quiet_libraries()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -255,73 +252,6 @@ def check_sweep_strategy(trainer_args: dict[str, Any]) -> None:
             f"trainer.strategy: {strategy} with trainer.devices={devices} re-runs this script in every "
             f"process, which under -m starts the whole sweep again; use trainer.strategy=ddp_spawn"
         )
-
-
-def _check_trainer_keys(trainer_args: dict[str, Any], trainer_class: type) -> None:
-    """Every ``trainer.*`` key is an argument of ``trainer_class`` and has a value of its type
-    (from its annotations), so that a bad value is one line, not an assertion deep inside
-    Lightning: ``+trainer.max_epochs=x``."""
-    accepted = inspect.signature(trainer_class.__init__).parameters
-    try:
-        hints = typing.get_type_hints(trainer_class.__init__)
-    except Exception:  # an annotation that does not resolve: check the names only
-        hints = {}
-    for key, value in trainer_args.items():
-        if key not in accepted:
-            raise ConfigError(
-                f"trainer.{key}: not an argument of lightning.Trainer; "
-                f"see https://lightning.ai/docs/pytorch/stable/common/trainer.html"
-            )
-        if key in hints and not _fits(value, hints[key]):
-            raise ConfigError(f"trainer.{key}: expected {_hint_words(hints[key])}, got {value!r}")
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether ``value``, as Hydra composed it, is of type ``hint``; types a command line cannot
-    write (classes other than these) are taken on trust."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is typing.Literal:
-        return any(value == arg and type(value) is type(arg) for arg in args)
-    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
-        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value if args)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return not isinstance(value, bool | int | float | str | list | dict) or (
-        isinstance(hint, type) and isinstance(value, hint))
-
-
-def _hint_words(hint: Any) -> str:
-    """``hint`` as words: "an integer or null", "one of 64, 32, '16-mixed' ..."."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
-        choices = [c for arg in literals for c in typing.get_args(arg)]
-        words = ["one of " + ", ".join(map(repr, choices))] if choices else []
-        words += [_hint_words(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
-        return " or ".join(dict.fromkeys(w for w in words if w))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
-        return "a list"
-    if origin is dict:
-        return "a mapping"
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             type(None): "null"}
-    return words.get(hint, "")
 
 
 def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tinylm.config import AttentionScriptConfig
+from tinylm.command_configs import AttentionScriptConfig
 from tinylm.errors import ConfigError
 from tinylm.rundir import checkpoint_path, run_dir
 

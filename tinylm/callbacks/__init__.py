@@ -19,8 +19,8 @@ from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
-from tinylm.config import as_plain
 from tinylm.rundir import run_dir
+from tinylm.schema import as_plain
 from tinylm.tensorboard import flatten, overridden_keys
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from tinylm.attention.checker.checklist import check_target
-from tinylm.config import CheckAttentionConfig
+from tinylm.command_configs import CheckAttentionConfig
 
 
 def run(config: CheckAttentionConfig) -> None:
