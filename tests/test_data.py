@@ -176,7 +176,8 @@ def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Pat
     from conftest import compose
 
     from tinylm.config import TrainConfig
-    from tinylm.sources import embedded_corpus, load_texts
+    from tinylm.loading import load_texts
+    from tinylm.sources import embedded_corpus
 
     config = TrainConfig.from_dict(compose("paths.output_dir=."))
     assert config.data.source == "builtin:tiny_shakespeare"

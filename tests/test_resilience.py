@@ -75,7 +75,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Pat
     half-way through the write leaves last.ckpt as it was."""
     child = textwrap.dedent("""
         import io, sys, time, torch
-        from tinylm.checkpoint_io import AtomicCheckpointIO
+        from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 
         path = sys.argv[1]
         AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(100_000)}, path)

@@ -11,8 +11,8 @@ import torch
 from conftest import run_script
 
 import tinylm
+from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 from tinylm.checkpoint import FORMAT_VERSION, CheckpointError
-from tinylm.checkpoint_io import AtomicCheckpointIO
 
 
 class Payload:

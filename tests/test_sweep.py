@@ -13,8 +13,8 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
 from tinylm.model import TransformerLM
+from tinylm.preflight import check_sweep_strategy
 from tinylm.tensorboard import HP_METRICS
-from tinylm.train import check_sweep_strategy
 
 TINY = ["model.layers=1", "model.d_model=32", "model.block_size=16", "optim.warmup_steps=2",
         "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.limit_val_batches=2",

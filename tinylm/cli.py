@@ -2,14 +2,15 @@
 ``scripts/<command>.py`` is ``main([command, *sys.argv[1:]])`` and nothing more.
 
 A command names a root config in ``tinylm/configs`` (the repository's ``configs/``, shipped
-inside the package), its typed schema (``tinylm.config``) and a task that takes the checked
-config. Hydra composes the config once; the task builds the typed config from it once and
-hands that object on. A mistake anywhere becomes one line, ``error: <key>: <what to do>``,
-and exit status 2, with nothing left on disk:
+inside the package), its typed schema, a torch-free check (``tinylm.preflight``) and a task
+that takes the checked config. Hydra composes the config once; the schema builds the typed
+config from it once, the check runs on it, and only then is the task's module imported (torch,
+Lightning) and handed that object. A mistake anywhere becomes one line,
+``error: <key>: <what to do>``, and exit status 2, with nothing left on disk:
 
 - Hydra's own refusals (an unknown key, a wrong type, a preset that does not exist, an
   override it cannot parse) reach us as exceptions, which name the key in their attributes;
-- a value our checks refuse stops the task before torch is imported, and the run directory
+- a value our checks refuse stops the job before torch is imported, and the run directory
   Hydra made for it is removed again (``discard_unused_run_dir``);
 - a sweep (``-m``) is checked whole, every job, before its first job starts (``CheckSweep``).
 """
@@ -26,8 +27,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from tinylm.attention.checker.arguments import overrides as check_attention_overrides
 from tinylm.command_configs import (
     AttentionScriptConfig,
     BenchRunConfig,
@@ -38,6 +55,7 @@ from tinylm.command_configs import (
 )
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
+from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
 from tinylm.schema import build, config_error, schema
 
 T = TypeVar("T")
@@ -47,15 +65,19 @@ OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 @dataclass(frozen=True)
 class Command:
+    """One subcommand: its root config in tinylm/configs and typed schema, the torch-free check
+    run on the built config before the task's module is imported, and the task itself."""
+
     name: str
     summary: str
-    task: str  # "module:function" called with the arguments (argparse) or the checked config
-    config: str | None = None  # the root config in tinylm/configs; None: not a Hydra command
-    schema: type | None = None  # the typed config the task receives
+    task: str  # "module:function" called with the checked config; imported only once it is checked
+    config: str  # the root config in tinylm/configs
+    schema: type  # the typed config the task receives
+    check: Callable[[Any, list[str]], None] | None = None  # torch-free: (config, overrides)
     positional: str | None = None  # the key that plain arguments (no key=) are gathered into, as a list
     # Spellings the docs once showed, each with the one that replaced it ("{}": the value given).
     retired: Mapping[str, str] = field(default_factory=dict)
-    arguments: str | None = None  # "module:function" giving the command line as overrides (other forms)
+    arguments: Callable[[Sequence[str]], list[str]] | None = None  # the command's own forms, as overrides
 
 
 # One spelling per setting, a key each: logger=none (no group of presets), optim.name=muon.
@@ -66,21 +88,21 @@ COMMANDS = {
     command.name: command
     for command in [
         Command("train", "train a model: tinylm train model.heads=4", "tinylm.train:run",
-                "train", TrainConfig, retired=TRAINING_RETIRED),
+                "train", TrainConfig, check_train, retired=TRAINING_RETIRED),
         Command("sample", "sample text from a checkpoint: tinylm sample ckpt=RUN_DIR prompt=ROMEO:",
-                "tinylm.sample:run", "sample", SampleConfig),
+                "tinylm.sample:run", "sample", SampleConfig, check_checkpoint),
         Command("attention", "draw a checkpoint's attention: tinylm attention ckpt=RUN_DIR out=attn.png",
-                "tinylm.attention.render:run", "attention", AttentionScriptConfig),
+                "tinylm.attention.render:run", "attention", AttentionScriptConfig, check_checkpoint),
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.attention.checker.command:run", "check_attention", CheckAttentionConfig,
-                arguments="tinylm.attention.checker.arguments:overrides"),
+                arguments=check_attention_overrides),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
                 "bench", BenchRunConfig, retired=TRAINING_RETIRED),
         Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
-                SoakRunConfig, retired=TRAINING_RETIRED),
+                SoakRunConfig, check_train, retired=TRAINING_RETIRED),
     ]
 }
 
@@ -97,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"error: {name!r} is not a tinylm command; choose one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         raise SystemExit(2)
-    if command.config is None:
-        return exit_on_error(lambda: _function(command.task)(arguments))
     return run_hydra(command, arguments)
 
 
@@ -115,13 +135,9 @@ def usage() -> str:
 def register_configs() -> None:
     """Put each command's schema in Hydra's ConfigStore as ``<command>_schema``: the root
     configs in tinylm/configs list it first in their defaults."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
     store = ConfigStore.instance()
     for command in COMMANDS.values():
-        if command.schema is not None:
-            store.store(name=f"{command.name}_schema", node=schema(command.schema))
+        store.store(name=f"{command.name}_schema", node=schema(command.schema))
     OmegaConf.register_new_resolver("tinylm.suffix", run_name_suffix, replace=True)
 
 
@@ -139,16 +155,20 @@ def run_name_suffix(overrides: str) -> str:
 
 
 def run_hydra(command: Command, arguments: list[str]) -> Any:
-    """Run ``command`` through ``hydra.main`` with ``arguments`` as its command line."""
-    import hydra
-
+    """Run ``command`` through ``hydra.main`` with ``arguments`` as its command line: Hydra
+    composes the config, the schema builds and checks it, the command's torch-free check runs,
+    and only then is the command's module imported (torch, Lightning: seconds) and its task run."""
     register_configs()
-    arguments = exit_on_error(lambda: quote_arguments(command, arguments))  # before the task's imports
-    task = _function(command.task)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
     def app(cfg: Any) -> Any:
-        return exit_on_error(lambda: task(build(command.schema, cfg)), cleanup=discard_unused_run_dir)
+        def job() -> Any:
+            config = build(command.schema, cfg)
+            if command.check is not None:
+                command.check(config, list(HydraConfig.get().overrides.task))
+            return _function(command.task)(config)
+
+        return exit_on_error(job, cleanup=discard_unused_run_dir)
 
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
     sys.argv = [f"tinylm {command.name}", *arguments]
@@ -161,7 +181,7 @@ def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
     """The command line ``arguments`` as Hydra overrides: a retired spelling refused, plain
     arguments gathered into the command's positional key, values quoted where Hydra needs it."""
     if command.arguments is not None:  # the command's own forms (check-attention's FILE:Class)
-        arguments = _function(command.arguments)(arguments)
+        arguments = command.arguments(arguments)
     refuse_retired(command, arguments)
     return quote_arguments(command, gather_positional(command, arguments))
 
@@ -239,9 +259,6 @@ def quote_prompt(arg: str) -> str:
 
 
 def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -> T:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         return run()
     except (HydraException, OmegaConfBaseException) as error:
@@ -250,9 +267,6 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
 
 def hydra_error(error: Exception, command: Command, arguments: Sequence[str]) -> ConfigError:
     """One of Hydra's errors as one line naming the override, read from the error's attributes."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(error, OmegaConfBaseException):
         return config_error(error, command.schema)
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
@@ -281,9 +295,6 @@ def several_values(override: str) -> ConfigError:
 
 def _sweep_override(arguments: Sequence[str]) -> str | None:
     """The first argument that gives several values (``model.heads=1,2``), or None."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     overrides = [a for a in arguments if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -294,8 +305,6 @@ def _sweep_override(arguments: Sequence[str]) -> str | None:
 
 def sweep_jobs(overrides: Sequence[str]) -> Iterator[list[str]]:
     """The overrides of each job of a sweep, in the order Hydra's basic sweeper runs them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     choices = [
         [f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()]
@@ -310,14 +319,10 @@ def compose(command: str, overrides: Sequence[str] = ()) -> Any:
     """The config ``tinylm <command> <overrides>`` runs with (one job), from Hydra's compose
     API, as a DictConfig; a mistake is a ConfigError. Its ``paths.output_dir`` is "." unless
     given: only a running job has a run directory."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     spec = COMMANDS[command]
     register_configs()
     overrides = list(overrides)
-    if spec.schema is not None and "paths" in spec.schema.__dataclass_fields__ and not any(
+    if "paths" in spec.schema.__dataclass_fields__ and not any(
             o.startswith("paths.output_dir=") for o in overrides):
         overrides.append("paths.output_dir=.")
 
@@ -338,9 +343,6 @@ def check_command(argv: Sequence[str]) -> None:
     command = COMMANDS.get(name)
     if command is None:
         raise ConfigError(f"{name!r} is not a tinylm command; choose one of {', '.join(COMMANDS)}")
-    if command.config is None:
-        _function(command.task.replace(":main", ":parse_args"))(arguments)
-        return
     arguments = hydra_arguments(command, arguments)
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     overrides = [a for a in arguments if not a.startswith("-")]
@@ -358,8 +360,6 @@ def check_sweep(command: Command, overrides: Sequence[str]) -> None:
     for job in sweep_jobs(overrides):
         config = build(command.schema, compose(command.name, job))
         if isinstance(config, TrainConfig):
-            from tinylm.train import check_sweep_strategy
-
             check_sweep_strategy(config.trainer)
 
 
@@ -371,8 +371,6 @@ class CheckSweep(HydraCallback):
         self.command = command
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         exit_on_error(lambda: check_sweep(COMMANDS[self.command], overrides))
 
@@ -403,8 +401,6 @@ def discard_unused_run_dir() -> None:
     bookkeeping (``.hydra/`` and the job's log): after a run stopped on bad input, that is
     all it holds. Anything else in it (a resumed run's checkpoints) keeps it as it is.
     Empty parents (``outputs/<date>``) go too, up to the working directory."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     hydra = HydraConfig.get()

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from tinylm.command_configs import CompareConfig
 from tinylm.errors import TinyLMError
 from tinylm.runs import Run, find_runs
@@ -155,14 +159,9 @@ def labels(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
 def plot_curves(runs: Sequence[Run], names: Sequence[str], path: str | Path) -> None:
     """val/loss (solid) and train/loss (dashed) against step, one colour per run, to ``path``;
     ``names`` label the runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(8, 4.5), dpi=100)  # no pyplot: files only, no display, nothing global
+    ax = fig.subplots()
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (run, name) in enumerate(zip(runs, names, strict=True)):
         colour = colours[i % len(colours)]
         train, val = run.scalars.get("train/loss", []), run.scalars.get("val/loss", [])
@@ -179,7 +178,6 @@ def plot_curves(runs: Sequence[Run], names: Sequence[str], path: str | Path) -> 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def run(config: CompareConfig, out: Callable[[str], None] = print) -> None:

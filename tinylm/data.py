@@ -16,10 +16,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
-from tinylm.sources import OFFLINE_HINT, DataError, count_documents, from_cache, load_streams, load_texts
+from tinylm.loading import count_documents, from_cache, load_streams, load_texts
+from tinylm.sources import OFFLINE_HINT, DataError
 from tinylm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
 from tinylm.tokens import Tokens, as_array, encode_cached, encoded_pieces, vocabulary
 
@@ -212,8 +214,6 @@ class CharDataModule(L.LightningDataModule):
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank = trainer.global_rank if trainer else 0
         if self.config.streaming:
-            from datasets.distributed import split_dataset_by_node
-
             world = trainer.world_size if trainer else 1
             rows = self.train_rows
             if world > 1:

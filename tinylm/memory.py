@@ -165,18 +165,10 @@ def trains_on_cpu(config: TrainConfig) -> bool:
 def check_before_torch(config: TrainConfig, overrides=()) -> None:
     """``check_fits`` against this machine's memory, for a run on the CPU."""
     if not trains_on_cpu(config):
-        return  # checked against the GPU's memory once torch is imported (``check_on_gpu``)
+        return  # checked against the GPU's memory once torch is imported (``tinylm.train.fit``)
     devices = config.trainer.get("devices", 1)
     processes = devices if isinstance(devices, int) and devices > 1 else 1
     check_fits(config, available_memory(), "memory", overrides, processes=processes)
 
 
-def check_on_gpu(config: TrainConfig, device: int, vocab: int, overrides=()) -> None:
-    """``check_fits`` against the free memory of CUDA device ``device``."""
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=vocab)
-
-
-__all__ = ["check_before_torch", "check_fits", "check_on_gpu", "needs"]
+__all__ = ["check_before_torch", "check_fits", "needs"]

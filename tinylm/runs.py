@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
+
 from tinylm.errors import TinyLMError
+from tinylm.tensorboard import read_session_hparams
 
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -84,11 +88,6 @@ def read_run(event_dir: Path, name: str) -> Run:
     A resumed run appends a new file to the same directory: the files are read in the order
     they were written, and a later file's hyperparameters win.
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
-
-    from tinylm.tensorboard import read_session_hparams
-
     run = Run(name=name, path=event_dir)
     for file in sorted(event_dir.glob(EVENT_FILES), key=_written_at):
         events = EventAccumulator(str(file), size_guidance=SIZE_GUIDANCE)

@@ -5,13 +5,20 @@ Needs nothing but the checkpoint: the vocabulary and the model's shape are insid
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
+
+from tinylm.checkpoint import load_checkpoint
 from tinylm.command_configs import SampleConfig
 from tinylm.errors import ConfigError
+from tinylm.generation.decode import DecodeCompileError
 from tinylm.rundir import checkpoint_path
 from tinylm.tokenizer import describe_char
 
@@ -24,10 +31,6 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
 
     With ``config.stream`` each character of the first text is written as soon as it is sampled.
     """
-    import torch
-
-    from tinylm.checkpoint import load_checkpoint
-
     path = checkpoint_path(config.ckpt)
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
     if device == "auto":
@@ -73,8 +76,6 @@ def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
     """``model.stream`` of ``context`` with ``config``'s settings, compiled if ``compile``. A
     compile that fails is an error for compile=true; for auto a note, and the text is sampled
     uncompiled (the same text: nothing was drawn from ``generator`` yet)."""
-    from tinylm.generation.decode import DecodeCompileError
-
     def stream(compile: bool) -> Iterator[Any]:
         return model.stream(context, config.max_new_tokens, config.temperature, config.top_k,
                             config.top_p, config.use_cache, generator, compile=compile)
@@ -116,12 +117,8 @@ def compiles(config: SampleConfig, device: str) -> bool:
 
 
 def compile_needs(device: str) -> str | None:
-    """What compiling the decode step (AOTInductor, tinylm.decode) needs on ``device`` and this
+    """What compiling the decode step (AOTInductor, tinylm.generation.decode) needs on ``device`` and this
     machine lacks, or None: triton on a GPU, a C++ compiler to build its library on either."""
-    import importlib.util
-    import os
-    import shutil
-
     if device.startswith("cuda") and not importlib.util.find_spec("triton"):
         return "the triton package (pip install triton)"
     compiler = os.environ.get("CXX", "g++")

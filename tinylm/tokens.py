@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from datasets.fingerprint import Hasher
 
 from tinylm.tokenizer import CharTokenizer, Tokenizer
 
@@ -105,8 +106,6 @@ def encode_cached(texts, tokenizer: Tokenizer, text_column: str = "text") -> Tok
 
 def token_file(cache_files: list[str], text_column: str, tokenizer: Tokenizer) -> Path:
     """Where the tokens of these cache files, column and tokenizer live: beside the first file."""
-    from datasets.fingerprint import Hasher
-
     key = Hasher.hash([FORMAT, cache_files, text_column, tokenizer.spec()])
     return Path(cache_files[0]).parent / f"tinylm-tokens-{key}.{tokenizer.dtype.name}"
 

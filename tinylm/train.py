@@ -1,62 +1,61 @@
 """One training run: config → data module + model → Lightning module → Trainer → fit.
 
-``run`` is ``tinylm train``: it receives the typed config, checked already, and checks what
-can be checked in seconds before importing torch or Lightning (seconds of start-up): that
-the checkpoint to resume exists and that the data source can be had.
+``run`` is ``tinylm train``: the CLI has built and checked its config (``tinylm.preflight``)
+before importing this module. ``train`` is the same from Python, checks included.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shlex
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from tinylm.attention.checker.checklist import check_target
+from tinylm.callbacks import StopOnSignal, build_callbacks
+from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
+from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
+from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
+from tinylm.lit import LitLM
+from tinylm.memory import check_fits
+from tinylm.preflight import check_train
 from tinylm.rundir import run_dir
 from tinylm.schema import check_trainer_arguments
-
-if TYPE_CHECKING:
-    from lightning import Callback, Trainer
-
-    from tinylm.data import CharDataModule
-    from tinylm.lit import LitLM
+from tinylm.sources import row_unit
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # what trains on a CUDA GPU when one is there
 # Model settings a resumed run may change: they alter no parameter.
 RESUMABLE_CHANGES = ("attention", "dropout")
 
 
-def check(config: TrainConfig, overrides: Sequence[str] = ()) -> TrainConfig:
-    """What can be checked of ``config`` in seconds, without torch: that ``ckpt_path`` exists,
-    that the run fits in memory (on the CPU; a GPU's is checked in ``fit``), and that
-    ``data.source`` can be had. ``overrides`` say which key to name when it does not fit."""
-    from tinylm.memory import check_before_torch
-    from tinylm.sources import check_source
-
-    if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
-    check_before_torch(config, overrides)
-    check_source(config.data)
-    return config
-
-
 def run(config: TrainConfig) -> float | None:
-    """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    # A sweep's jobs were checked, DDP strategy included, by cli.CheckSweep before the first.
-    return train(config, overrides=list(HydraConfig.get().overrides.task))
+    """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep), its config
+    checked by the CLI; a sweep's jobs were all checked, DDP strategy included, before the first."""
+    return fit_and_report(config, overrides=list(HydraConfig.get().overrides.task))
 
 
 def train(config: TrainConfig, overrides: Sequence[str] = ()) -> float | None:
-    """Train as ``config`` says, then print where the run is and what to do with it; return
-    the best val/loss. ``overrides``: the command line's ``key=value`` overrides.
-    """
-    check(config, overrides)
+    """Check ``config`` as the CLI does, then train as it says, print where the run is and what
+    to do with it, and return the best val/loss. ``overrides``: the command line's ``key=value``."""
+    check_train(config, overrides)
+    return fit_and_report(config, overrides)
+
+
+def fit_and_report(config: TrainConfig, overrides: Sequence[str] = ()) -> float | None:
+    """Train a checked ``config``, print the closing lines, return the best val/loss."""
     trainer, _ = fit(config, overrides)
     if trainer.is_global_zero:
         print(summary(config, trainer))
@@ -129,15 +128,6 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     way). Raises ``Interrupted`` (on rank 0) when a signal stopped training, after saving
     last.ckpt.
     """
-    import lightning as L
-    import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from tinylm.callbacks import StopOnSignal, build_callbacks
-    from tinylm.checkpoint_io import AtomicCheckpointIO
-    from tinylm.data import CharDataModule
-    from tinylm.lit import LitLM
-
     check_trainer_arguments(config.trainer, L.Trainer)
     quiet_libraries()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
@@ -150,9 +140,9 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if rank_zero():
         print(loaded(config, data), flush=True)
     if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
-        from tinylm.memory import check_on_gpu
-
-        check_on_gpu(config, torch.cuda.current_device(), data.tokenizer.vocab_size, overrides)
+        device = torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(device)
+        check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
     if config.ckpt_path is not None:
         _check_resumable(config, data.tokenizer.spec())
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
@@ -184,7 +174,6 @@ def check_learner_attention(config: TrainConfig) -> None:
     """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
     heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
     next character from the future)."""
-    from tinylm.attention.checker.checklist import check_target  # torch: not before the config is checked
 
     target = config.model.attention
     report, _ = check_target(target, config.model.d_model, config.model.heads, key="model.attention")
@@ -195,8 +184,6 @@ def check_learner_attention(config: TrainConfig) -> None:
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
     """The line that starts a run: what was loaded, from where, and what it gave."""
-    from tinylm.sources import row_unit
-
     source = config.data.source
     shown = ",".join(source) if isinstance(source, tuple) else source
     tokens = "bytes" if data.tokenizer.kind == "byte" else "characters"
@@ -213,8 +200,6 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
 
 def rank_zero() -> bool:
     """Whether this process is the first (or only) one of a run: it speaks for all."""
-    from lightning.pytorch.utilities import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -223,41 +208,13 @@ def quiet_libraries() -> None:
     found, advertising tips, "fit stopped") give way to ``summary``; the model summary and
     every warning stay. Deprecations raised inside Lightning's own code (its use of torch's
     pytree API) are Lightning's to fix, not the user's."""
-    import logging
-    import warnings
-
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 
 
-# Strategies that start their processes without re-running the script.
-IN_PROCESS_LAUNCH = ("spawn", "fork", "notebook")
-
-
-def check_sweep_strategy(trainer_args: dict[str, Any]) -> None:
-    """Refuse DDP that re-runs the script in a sweep: each process would start the whole sweep.
-
-    Lightning's ``ddp`` launches processes 1..N-1 by running ``sys.argv`` again, ``-m`` and all
-    (lightning-hydra-template issue 393); ``ddp_spawn`` starts them inside this job.
-    """
-    strategy = str(trainer_args.get("strategy", "auto"))
-    devices = trainer_args.get("devices", "auto")
-    several = (isinstance(devices, int) and (devices > 1 or devices == -1)) or (
-        isinstance(devices, list | tuple) and len(devices) > 1)
-    relaunches = (strategy.startswith("ddp") and not any(k in strategy for k in IN_PROCESS_LAUNCH)) or (
-        strategy == "auto" and several)  # auto picks ddp for several devices
-    if relaunches:
-        raise ConfigError(
-            f"trainer.strategy: {strategy} with trainer.devices={devices} re-runs this script in every "
-            f"process, which under -m starts the whole sweep again; use trainer.strategy=ddp_spawn"
-        )
-
-
 def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
     """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
-    from tinylm.checkpoint import model_config_of, read_checkpoint
-
     checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path", mmap=True)
     saved = model_config_of(checkpoint)
     differences = [

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 
 from tinylm.attention.pictures import GAMMA, MASKED_COLOUR, visible_char
@@ -23,8 +24,6 @@ from tinylm.attention.pictures import GAMMA, MASKED_COLOUR, visible_char
 
 def viridis_stops(count: int = 9) -> list[list[int]]:
     """``count`` RGB stops of the pictures' colour map, for the page to interpolate between."""
-    import matplotlib as mpl
-
     return [[round(255 * c) for c in mpl.colormaps["viridis"](x)[:3]] for x in np.linspace(0, 1, count)]
 
 

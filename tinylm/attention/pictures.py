@@ -26,7 +26,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 
 # How characters are shown as tick labels: whitespace made visible, others as they are.
 VISIBLE = {"\n": "¶", " ": "␣", "\t": "⇥", "\r": "␍"}  # ¶: legible at 6.5 pt, unlike ⏎
@@ -109,15 +115,11 @@ def _language(chars: set[str]) -> str:
 
 @functools.cache
 def _font_path(family: str) -> str:
-    from matplotlib import font_manager
-
     return font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=True)
 
 
 @functools.cache
 def _charmap(path: str) -> frozenset[int]:
-    from matplotlib.ft2font import FT2Font
-
     try:
         return frozenset(FT2Font(path).get_charmap())
     except (OSError, RuntimeError, ValueError):
@@ -126,8 +128,6 @@ def _charmap(path: str) -> frozenset[int]:
 
 def _fallbacks(chars: set[str]) -> list[tuple[str, str]]:
     """Installed fonts as (family, file), the preferred ones first, then every other one."""
-    from matplotlib import font_manager
-
     _add_system_fonts()
     fonts: dict[str, str] = {}
     regular_first = sorted(font_manager.fontManager.ttflist,
@@ -145,8 +145,6 @@ def _fallbacks(chars: set[str]) -> list[tuple[str, str]]:
 def _add_system_fonts() -> None:
     """Make fonts installed after matplotlib built its font cache known to it (it never looks
     again by itself): a font package installed for our pictures then works at once."""
-    from matplotlib import font_manager
-
     known = {entry.fname for entry in font_manager.fontManager.ttflist}
     for path in font_manager.findSystemFonts():
         if path not in known:
@@ -157,8 +155,6 @@ def _add_system_fonts() -> None:
 def colour(weights: np.ndarray) -> np.ndarray:
     """Attention maps (..., T, T) as RGBA pixels (..., T, T, 4) uint8: the colour bar's scale,
     with keys after the query in grey."""
-    import matplotlib as mpl
-
     lut = (mpl.colormaps[CMAP](np.linspace(0, 1, 256)) * 255).round().astype(np.uint8)  # (256, 4)
     level = np.clip(weights, 0.0, 1.0) ** GAMMA  # the PowerNorm of the colour bar, by hand
     rgba = lut[(level * 255).round().astype(np.intp)]
@@ -176,11 +172,6 @@ class AttentionFigure:
     """
 
     def __init__(self, labels: Sequence[str], rows: int = 1, cols: int = 1, dpi: int = 100) -> None:
-        import matplotlib as mpl
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.colors import PowerNorm
-        from matplotlib.figure import Figure
-
         self.length, self.rows, self.cols = len(labels), rows, cols
         T = self.length
         panel = max(MIN_PANEL_INCHES, CELL_INCHES * T)

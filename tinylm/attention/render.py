@@ -6,6 +6,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
+from tinylm.attention.ablation import ablation_scores, can_ablate
+from tinylm.attention.explorer import write_explorer
+from tinylm.attention.history import load_history
+from tinylm.attention.maps import attention_maps, encode_probe, head_scores
+from tinylm.attention.pictures import AttentionFigure
+from tinylm.attention.scores import HeadScores
+from tinylm.checkpoint import load_checkpoint, read_checkpoint
 from tinylm.command_configs import AttentionScriptConfig
 from tinylm.errors import ConfigError
 from tinylm.rundir import checkpoint_path, run_dir
@@ -31,11 +40,6 @@ def render_attention(config: AttentionScriptConfig) -> str:
     run_history = run_dir(config.ckpt).attention_history
     if Path(config.out).suffix.lower() == ".html" and run_history.is_file():
         return explore_run(config, run_history)
-    from tinylm.attention.ablation import ablation_scores, can_ablate
-    from tinylm.attention.maps import attention_maps, encode_probe, head_scores
-    from tinylm.attention.pictures import AttentionFigure
-    from tinylm.checkpoint import load_checkpoint
-
     model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file)
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)
     layers = pick(config.layer, model.config.layers, "layer", "layers")
@@ -52,8 +56,6 @@ def render_attention(config: AttentionScriptConfig) -> str:
     titles = [scores.title(layer, head) for layer in layers for head in heads]
     out = Path(config.out).expanduser()
     if out.suffix.lower() == ".html":
-        from tinylm.attention.explorer import write_explorer
-
         picked = {name: values[layers][:, heads].numpy()[None] for name, values in scores.items()}
         weights = (shown * 255).round().astype("uint8")[None]  # (1, L, H, n, n)
         write_explorer(out, labels[:n], [checkpoint_step(config.ckpt)], weights, picked,
@@ -75,17 +77,11 @@ def render_attention(config: AttentionScriptConfig) -> str:
 
 def checkpoint_step(ckpt: str) -> int:
     """The optimizer step at which ``ckpt`` (a file or a run directory) was saved."""
-    from tinylm.checkpoint import read_checkpoint
-
     return int(read_checkpoint(checkpoint_path(ckpt), key="ckpt").get("global_step", 0))
 
 
 def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     """The explorer of a run directory: its probe at every step the run recorded."""
-    from tinylm.attention.explorer import write_explorer
-    from tinylm.attention.history import load_history
-    from tinylm.attention.scores import HeadScores
-
     history = load_history(path)
     _, L, H, n, _ = history.maps.shape
     layers, heads = pick(config.layer, L, "layer", "layers"), pick(config.head, H, "head", "heads")
@@ -93,8 +89,6 @@ def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     scores = {name: values[:, layers][:, :, heads] for name, values in history.scores.items()}
     out = write_explorer(config.out, history.labels, history.steps.tolist(), maps, scores,
                          title=f"attention of {config.ckpt} over training")
-    import torch
-
     last = {name: torch.from_numpy(values[-1]) for name, values in history.scores.items()}
     table = HeadScores(**last).table(layers, heads)
     return (

@@ -1,5 +1,6 @@
-"""How the Trainer writes checkpoints: atomically. Kept apart from ``tinylm.checkpoint``, which
-sampling imports: a Lightning plugin needs Lightning, and sampling should not have to load it."""
+"""How the Trainer writes checkpoints: atomically. Beside the callbacks that decide when to write
+(``checkpoints``); reading them back is ``tinylm.checkpoint``, which sampling imports without
+Lightning."""
 
 from __future__ import annotations
 
