@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_script
 
-from tinylm.attention.adapter import CheckError, LearnerError
-from tinylm.attention.checker.checklist import check_target
 from tinylm.cli import check_command
 from tinylm.errors import ConfigError
+from tinylm.learner.adapter import CheckError, LearnerError
+from tinylm.learner.checker.checklist import check_target
 
 EXAMPLES = REPO / "docs" / "attention-examples"
 # example file → the mistake its verdict must name (None: it must pass)

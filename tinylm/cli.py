@@ -44,7 +44,6 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tinylm.attention.checker.arguments import overrides as check_attention_overrides
 from tinylm.command_configs import (
     AttentionScriptConfig,
     BenchRunConfig,
@@ -55,6 +54,7 @@ from tinylm.command_configs import (
 )
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
+from tinylm.learner.checker.arguments import overrides as check_attention_overrides
 from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
 from tinylm.schema import build, config_error, schema
 
@@ -97,7 +97,7 @@ COMMANDS = {
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
-                "tinylm.attention.checker.command:run", "check_attention", CheckAttentionConfig,
+                "tinylm.learner.checker.command:run", "check_attention", CheckAttentionConfig,
                 arguments=check_attention_overrides),
         Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
                 "bench", BenchRunConfig, retired=TRAINING_RETIRED),

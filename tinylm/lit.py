@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from tinylm.attention.learner import attention_for
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig
+from tinylm.learner.module import attention_for
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
 from tinylm.schema import as_plain, build

@@ -267,7 +267,7 @@ class TransformerLM(nn.Module):
     """Embeddings → pre-norm blocks → final norm → logits over the vocabulary.
 
     ``attention`` builds each block's attention from the config: tinylm's own by default, a
-    learner's class (``model.attention=file.py:Class``) through ``tinylm.attention.learner``.
+    learner's class (``model.attention=file.py:Class``) through ``tinylm.learner.module``.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int,
@@ -277,7 +277,7 @@ class TransformerLM(nn.Module):
             raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
         if config.learner_attention is not None and attention is CausalSelfAttention:
             raise ValueError(f"model.attention={config.attention} names a learner's class: build the "
-                             f"model with attention=tinylm.attention.learner.attention_for(config)")
+                             f"model with attention=tinylm.learner.module.attention_for(config)")
         self.config, self.vocab_size = config, vocab_size
         self.token_embedding = nn.Embedding(vocab_size, config.d_model)
         self.position_embedding = (

@@ -22,13 +22,13 @@ from lightning import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinylm.attention.checker.checklist import check_target
 from tinylm.callbacks import StopOnSignal, build_callbacks
 from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
+from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
 from tinylm.preflight import check_train

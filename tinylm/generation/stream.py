@@ -13,11 +13,11 @@ from functools import partialmethod
 import torch
 from torch import Tensor
 
-from tinylm.attention.learner import attention_for
 from tinylm.config import ModelConfig, SamplingConfig
 from tinylm.generation.cache import new_cache
 from tinylm.generation.decode import compiled_step
 from tinylm.generation.sampling import next_token, sampling_noise
+from tinylm.learner.module import attention_for
 from tinylm.model import AttentionFactory, TransformerLM
 
 

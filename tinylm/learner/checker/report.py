@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinylm.attention.adapter import MaskConvention, Signature
-from tinylm.attention.checker.mistakes import MISTAKES
+from tinylm.learner.adapter import MaskConvention, Signature
+from tinylm.learner.checker.mistakes import MISTAKES
 
 SEE_ATTENTION = "the attention line says why"
 
@@ -25,7 +25,7 @@ class Line:
 
 @dataclass
 class Report:
-    """The checklist of one class; ``tinylm.attention.learner`` calls it the way that worked."""
+    """The checklist of one class; ``tinylm.learner.module`` calls it the way that worked."""
 
     header: str
     lines: list[Line] = field(default_factory=list)

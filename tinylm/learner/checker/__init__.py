@@ -1,5 +1,5 @@
 """``tinylm check-attention``: is a learner's attention right? The teaching checklist, apart
-from the adapter that training stands on (``tinylm.attention.adapter``):
+from the adapter that training stands on (``tinylm.learner.adapter``):
 
 - ``mistakes``: tinylm's reference with the learner's weights, and the classic mistakes named;
 - ``checklist``: one function per check (shape, causal, attention, gradients, bf16);

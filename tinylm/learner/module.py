@@ -1,7 +1,7 @@
 """A learner's own attention class inside tinylm's pre-norm blocks (``model.attention=file.py:Class``).
 
 tinylm keeps the block, the norms, the MLP and the residuals; only the attention is theirs.
-``LearnerAttention`` calls their module the way ``tinylm.attention.calling`` found that works
+``LearnerAttention`` calls their module the way ``tinylm.learner.calling`` found that works
 (its forward signature, its return form, the mask convention that made it causal) and gives
 back what tinylm's own attention gives: the output (B, T, d) and, when asked, the weights
 (B, H, T, T) — the ones it returns, or else those of its own Q and K through the explicit
@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tinylm.attention.adapter import build_module, load_class, read_result
-from tinylm.attention.calling import Calling, find_calling
-from tinylm.attention.reference import find_weights
 from tinylm.config import ModelConfig
+from tinylm.learner.adapter import build_module, load_class, read_result
+from tinylm.learner.calling import Calling, find_calling
+from tinylm.learner.reference import find_weights
 from tinylm.model import AttentionFactory, CausalSelfAttention, causal_mask
 
 _FOUND: dict[tuple[str, int, int], Calling] = {}

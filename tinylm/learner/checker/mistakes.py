@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tinylm.attention.reference import TOLERANCE
+from tinylm.learner.reference import TOLERANCE
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 small probe: its forward signature, each mask convention it runs with, and the one under
 which a later position leaves every earlier output unchanged (the one that agrees with
 tinylm's reference, when several do). Training calls the class this way
-(``tinylm.attention.learner``); the checklist reports what was found."""
+(``tinylm.learner.module``); the checklist reports what was found."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tinylm.attention.adapter import (
+from tinylm.learner.adapter import (
     CONVENTIONS,
     Built,
     MaskConvention,
@@ -20,7 +20,7 @@ from tinylm.attention.adapter import (
     failing,
     read_result,
 )
-from tinylm.attention.reference import TOLERANCE, find_weights, reference_output
+from tinylm.learner.reference import TOLERANCE, find_weights, reference_output
 
 SHAPE = (2, 7)  # batch and positions of the probe: 7 is no head count or head width we build
 Tried = list[tuple[MaskConvention | None, Result]]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from tinylm.attention.checker.checklist import check_target
 from tinylm.command_configs import CheckAttentionConfig
+from tinylm.learner.checker.checklist import check_target
 
 
 def run(config: CheckAttentionConfig) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from tinylm.attention.adapter import Built, MaskConvention, build_module, load_class, read_result
-from tinylm.attention.calling import (
+from tinylm.learner.adapter import Built, MaskConvention, build_module, load_class, read_result
+from tinylm.learner.calling import (
     Probe,
     Tried,
     choose_convention,
@@ -30,9 +30,9 @@ from tinylm.attention.calling import (
     reference_for,
     try_conventions,
 )
-from tinylm.attention.checker.mistakes import MISTAKES, explain
-from tinylm.attention.checker.report import Line, Report
-from tinylm.attention.reference import TOLERANCE
+from tinylm.learner.checker.mistakes import MISTAKES, explain
+from tinylm.learner.checker.report import Line, Report
+from tinylm.learner.reference import TOLERANCE
 
 
 def check_shape(probe: Probe, tried: Tried, errors: list[str]) -> Line:
