@@ -1,9 +1,12 @@
-"""Shared fixtures. Tests never touch the network: the Hub is offline and caches are private."""
+"""Shared fixtures and helpers. Tests never touch the network: the Hub is offline and caches are
+private, removed when the session ends. The corpus is the copy the package ships: the suite needs
+nothing beside the repo."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -18,26 +21,42 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_CACHE)
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
 
+import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
+
+from tinylm.sources import embedded_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+# nanoGPT's input.txt, which the package's corpus holds byte for byte.
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The private Hugging Face cache goes with the session: each run would leave one behind."""
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def shakespeare_path() -> Path:
-    """The real tiny-shakespeare corpus beside the repo (never copied into it)."""
-    if not SHAKESPEARE.is_file():
-        pytest.fail(f"the tiny-shakespeare corpus is missing: {SHAKESPEARE}")
-    return SHAKESPEARE
+def shakespeare_text() -> str:
+    """The whole tiny-shakespeare corpus, read once from the copy inside the package."""
+    table = pq.read_table(embedded_corpus("tiny_shakespeare") / "data")
+    return "".join(table.column("text").to_pylist())
 
 
 @pytest.fixture(scope="session")
-def small_text(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shakespeare_path(shakespeare_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus as the one text file nanoGPT downloads, input.txt."""
+    path = tmp_path_factory.mktemp("corpus") / "input.txt"
+    path.write_text(shakespeare_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_text(shakespeare_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 30,000 characters of tiny shakespeare: trains in seconds."""
     path = tmp_path_factory.mktemp("text") / "small.txt"
-    path.write_text(shakespeare_path.read_text()[:30_000])
+    path.write_text(shakespeare_text[:30_000], encoding="utf-8")
     return path
 
 
