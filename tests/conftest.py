@@ -5,7 +5,9 @@ nothing beside the repo."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -23,7 +25,10 @@ os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
+from tinylm.config import ModelConfig  # noqa: E402
+from tinylm.model import TransformerLM  # noqa: E402
 from tinylm.sources import embedded_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +64,56 @@ def small_text(shakespeare_text: str, tmp_path_factory: pytest.TempPathFactory) 
     path.write_text(shakespeare_text[:30_000], encoding="utf-8")
     return path
 
+
+# ---------------------------------------------------------------- small models of every variant
+
+VOCAB = 37
+# Each option on its own, then the modern preset's three together, then everything at once.
+VARIANTS = {
+    "nanogpt": {},
+    "rope": dict(position="rope"),
+    "no-position": dict(position="none"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "swiglu": dict(mlp="swiglu"),
+    "gqa": dict(kv_heads=2),
+    "multi-query": dict(kv_heads=1),
+    "qk-norm": dict(qk_norm=True),
+    "modern": dict(position="rope", norm="rmsnorm", mlp="swiglu"),
+    "everything": dict(position="rope", norm="rmsnorm", mlp="swiglu", kv_heads=2, qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "untied": dict(tie_embeddings=False),
+    "softcap": dict(logit_softcap=2.0),
+    # experiment=speedrun's model (zero_init aside: make_model needs blocks that do something).
+    "speedrun": dict(position="rope", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=30.0),
+}
+variants = pytest.mark.parametrize("variant", list(VARIANTS))
+
+
+def make_model(variant: str = "nanogpt", **overrides) -> TransformerLM:
+    """A small model of ``variant`` (2 layers, 4 heads, d_model 32, block_size 16) with sharp
+    attention: at the 0.02 init every score is near zero and softmax near uniform, which would
+    hide a wrong scale, mask, rotation or grouping."""
+    torch.manual_seed(0)
+    shape = dict(layers=2, heads=4, d_model=32, block_size=16)
+    model = TransformerLM(ModelConfig(**{**shape, **VARIANTS[variant], **overrides}), VOCAB).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.normal_(std=0.4)
+    return model
+
+
+def tokens(batch: int = 3, length: int = 16, seed: int = 1) -> torch.Tensor:
+    """A batch of random token ids of ``make_model``'s vocabulary."""
+    return torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def swiglu_closed_form(d: int, ratio: float, bias: bool) -> int:
+    """The weights of a SwiGLU MLP of width ``d``, by the documented rule for its hidden width."""
+    hidden = 8 * math.ceil(2 * ratio * d / 3 / 8)
+    return 3 * d * hidden + bias * (2 * hidden + d)
+
+
+# ---------------------------------------------------------------- runs
 
 @pytest.fixture(scope="session")
 def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -169,3 +224,55 @@ def start_script(script: str, *args: str, env: dict | None = None):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+
+
+# ---------------------------------------------------------------- bad input, as a user meets it
+
+# Config mistakes are found before torch and Lightning are imported: 3 s of work at most. It
+# is the child's CPU time that is bounded: on a shared machine, wall-clock time under the test
+# suite's load says more about the neighbours than about tinylm (wall-clock gets a generous
+# bound that still catches any waiting).
+CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS = 3, 20
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory: runs go to its outputs/<date>/<time>, as for a user."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which importing torch or lightning fails: an error that still comes
+    out as one clean line came before them."""
+    root = tmp_path_factory.mktemp("no-torch")
+    for name in ("torch", "lightning"):
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
+    return {"PYTHONPATH": str(root)}
+
+
+def train_cli(workdir: Path, *args: str, env: dict | None = None):
+    """scripts/train.py in ``workdir``; returns the result, the seconds it took and the CPU
+    seconds it used."""
+    started, used = time.monotonic(), _children_cpu()
+    result = run_script("train.py", *args, env=env, cwd=workdir)
+    return result, time.monotonic() - started, _children_cpu() - used
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def assert_one_line_error(result, workdir: Path, starts: str, *contains: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"error: {starts}"), lines[0]
+    for text in contains:
+        assert text in lines[0], lines[0]
+    assert list(workdir.iterdir()) == [], "a run that stopped on bad input left files behind"
