@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -115,10 +116,11 @@ def swiglu_closed_form(d: int, ratio: float, bias: bool) -> int:
 
 # ---------------------------------------------------------------- runs
 
+
 @pytest.fixture(scope="session")
 def trained(small_text: Path, tmp_path_factory: pytest.TempPathFactory):
     """A 40-step run of the quick model: its run directory, Trainer and LitLM."""
-    from tinylm.config import TrainConfig
+    from tinylm.config import TrainConfig  # here: Lightning loads only for the tests that train
     from tinylm.train import fit
 
     run_dir = tmp_path_factory.mktemp("run")
@@ -133,7 +135,7 @@ def compose(*overrides: str, config_name: str = "train") -> dict:
 
     Give ``paths.output_dir``: outside a Hydra run there is no run dir (it is "." otherwise).
     """
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # here: Hydra loads only for the tests that compose
 
     from tinylm.cli import compose as tinylm_compose
 
@@ -183,7 +185,7 @@ def closed_port() -> int:
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the run's TensorBoard files: {tag: [(step, value), ...]}."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # few tests read it
 
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
@@ -205,8 +207,6 @@ def quick_overrides(text: Path, run_dir: Path, *extra: str, script: bool = False
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300,
                cwd: Path = REPO):
     """Run scripts/<script> in a fresh Python, as a user would; returns the CompletedProcess."""
-    import subprocess
-
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
@@ -217,8 +217,6 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
 def start_script(script: str, *args: str, env: dict | None = None):
     """Start scripts/<script> as run_script does, without waiting: for signals and kills.
     The caller waits for it (or kills it)."""
-    import subprocess
-
     return subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / script), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
