@@ -7,64 +7,22 @@ The README's "When things go wrong" table lists the same cases.
 from __future__ import annotations
 
 import os
-import resource
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import closed_port, local_server, quick_overrides, run_script
+from conftest import (
+    CONFIG_CPU_SECONDS,
+    CONFIG_WALL_SECONDS,
+    assert_one_line_error,
+    closed_port,
+    local_server,
+    quick_overrides,
+    train_cli,
+)
 
-# Config mistakes are found before torch and Lightning are imported: 3 s of work at most. It
-# is the child's CPU time that is bounded: on a shared machine, wall-clock time under the test
-# suite's load says more about the neighbours than about tinylm (wall-clock gets a generous
-# bound that still catches any waiting).
-CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS = 3, 20
 HUB_SECONDS = 15  # an unreachable Hub: a short probe, not datasets' minutes of retries
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """An empty working directory: runs go to its outputs/<date>/<time>, as for a user."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture(scope="module")
-def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """An environment in which importing torch or lightning fails: an error that still comes
-    out as one clean line came before them."""
-    root = tmp_path_factory.mktemp("no-torch")
-    for name in ("torch", "lightning"):
-        (root / name).mkdir()
-        (root / name / "__init__.py").write_text(f"raise ImportError('{name} was imported')\n")
-    return {"PYTHONPATH": str(root)}
-
-
-def train_cli(workdir: Path, *args: str, env: dict | None = None):
-    """scripts/train.py in ``workdir``; returns the result, the seconds it took and the CPU
-    seconds it used."""
-    started, used = time.monotonic(), _children_cpu()
-    result = run_script("train.py", *args, env=env, cwd=workdir)
-    return result, time.monotonic() - started, _children_cpu() - used
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def assert_one_line_error(result, workdir: Path, starts: str, *contains: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith(f"error: {starts}"), lines[0]
-    for text in contains:
-        assert text in lines[0], lines[0]
-    assert list(workdir.iterdir()) == [], "a run that stopped on bad input left files behind"
 
 
 # ---------------------------------------------------------------- config: before torch, < 3 s

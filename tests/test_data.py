@@ -26,19 +26,19 @@ def prepared(source, **options) -> CharDataModule:
     return data
 
 
-def test_tiny_shakespeare_file_gives_nanogpts_split(shakespeare_path: Path) -> None:
+def test_tiny_shakespeare_file_gives_nanogpts_split(shakespeare_path: Path, shakespeare_text: str) -> None:
     data = prepared(str(shakespeare_path))
     assert data.tokenizer.vocab_size == 65
     assert (len(data.train_tokens), len(data.val_tokens)) == (NANOGPT_TRAIN, NANOGPT_VAL)
-    text = shakespeare_path.read_text()
-    assert data.tokenizer.decode(data.val_tokens[:50].tolist()) == text[NANOGPT_TRAIN : NANOGPT_TRAIN + 50]
+    expected = shakespeare_text[NANOGPT_TRAIN : NANOGPT_TRAIN + 50]
+    assert data.tokenizer.decode(data.val_tokens[:50].tolist()) == expected
 
 
 @pytest.fixture(scope="module")
-def hub_layout_dir(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def hub_layout_dir(shakespeare_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local directory laid out like the Hub's parquet conversion of karpathy/tiny_shakespeare:
     one row per split, column "text"; train + validation + test is the whole of input.txt."""
-    text = shakespeare_path.read_text()
+    text = shakespeare_text
     root = tmp_path_factory.mktemp("hub") / "tiny_shakespeare"
     (root / "data").mkdir(parents=True)
     cuts = {"train": (0, 1_003_854), "validation": (1_003_854, 1_059_624), "test": (1_059_624, len(text))}
@@ -168,12 +168,12 @@ def test_unreachable_hub_fails_fast_with_alternatives() -> None:
     assert "cannot be reached" in result.stderr and "data=pydocs" in result.stderr
 
 
-def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Path) -> None:
+def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_text: str) -> None:
     """The default source ships in the package as a Hub-layout parquet dataset: its text is
     input.txt byte for byte, and it splits as nanoGPT's prepare.py does."""
     import hashlib
 
-    from conftest import compose
+    from conftest import SHAKESPEARE_SHA256, compose
 
     from tinylm.config import TrainConfig
     from tinylm.loading import load_texts
@@ -183,8 +183,8 @@ def test_the_embedded_default_is_nanogpts_tiny_shakespeare(shakespeare_path: Pat
     assert config.data.source == "builtin:tiny_shakespeare"
     assert (embedded_corpus("tiny_shakespeare") / "data").is_dir()
     text = "".join(load_texts(config.data)["text"])
-    expected = hashlib.sha256(shakespeare_path.read_bytes()).hexdigest()
-    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == expected
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == SHAKESPEARE_SHA256
+    assert text == shakespeare_text  # the tests' reading of it, too
     data = CharDataModule(config.data, block_size=64)
     data.prepare()
     sizes = (len(data.train_tokens), len(data.val_tokens), data.tokenizer.vocab_size)

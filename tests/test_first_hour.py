@@ -10,11 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-import test_bad_input
-from conftest import local_server
-from test_bad_input import CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS, assert_one_line_error, train_cli
-
-workdir, no_torch = test_bad_input.workdir, test_bad_input.no_torch  # the fixtures
+from conftest import CONFIG_CPU_SECONDS, CONFIG_WALL_SECONDS, assert_one_line_error, local_server, train_cli
 
 QUICK = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
          "model.layers=1", "model.d_model=32", "model.block_size=16", "callbacks.attention.enabled=false",

@@ -1,26 +1,32 @@
-"""Generation: the KV cache changes the speed, never the text."""
+"""Generation: the KV cache changes the speed, never the text, for every variant of the model;
+sampling draws what its settings allow; the step compiled ahead of time samples the same text."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import VARIANTS, VOCAB, make_model, tokens, variants
 
 from tinylm import TransformerLM
-from tinylm.config import ModelConfig
+from tinylm.generation import decode
 from tinylm.generation.cache import new_cache
 from tinylm.generation.sampling import sample_next
 
-VOCAB = 29
+
+def sharpened(variant: str = "nanogpt", **overrides) -> TransformerLM:
+    """``make_model`` with its token embedding scaled up, so that the untrained model's choices
+    are not near ties (a tie could break either way on the two paths)."""
+    model = make_model(variant, **overrides)
+    with torch.no_grad():
+        model.token_embedding.weight.mul_(20)
+    return model
 
 
 @pytest.fixture(scope="module", params=["sdpa", "explicit"])
 def model(request) -> TransformerLM:
-    torch.manual_seed(0)
-    config = ModelConfig(layers=2, heads=2, d_model=32, block_size=16, attention=request.param)
-    model = TransformerLM(config, VOCAB).eval()
-    with torch.no_grad():  # sharpen the untrained model so its choices are not near ties
-        model.token_embedding.weight.mul_(20)
-    return model
+    """The default model, on each attention path, for the sampling settings (not sharpened:
+    sharpened, it would write the same text whatever the seed)."""
+    return make_model(attention=request.param)
 
 
 def prompt(length: int = 5, batch: int = 2) -> torch.Tensor:
@@ -32,9 +38,23 @@ def generate(model, idx, n, use_cache, seed=7, **options) -> torch.Tensor:
     return model.generate(idx, n, use_cache=use_cache, generator=generator, **options)
 
 
-@pytest.mark.parametrize("new_tokens", [8, 11, 60])  # within block_size, exactly to it, far past it
-@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=1.0), dict(top_k=5, top_p=0.9)])
-def test_cached_equals_uncached(model, new_tokens: int, options: dict) -> None:
+GREEDY, SAMPLED = dict(temperature=0), dict(temperature=1.0, top_k=10)
+SETTINGS = (GREEDY, dict(temperature=1.0), dict(top_k=5, top_p=0.9))
+# What the cache holds depends on the model: every variant, within the window and past it (the
+# window slides). It must not depend on the sampling: every setting, on the default model, also
+# exactly to the window's end and far past it.
+CACHE_CASES = [(variant, n, options) for variant in VARIANTS for n in (8, 40)
+               for options in (GREEDY, SAMPLED)]
+CACHE_CASES += [("nanogpt", n, options) for n in (8, 11, 60) for options in SETTINGS
+                if ("nanogpt", n, options) not in CACHE_CASES]
+
+
+@pytest.mark.parametrize(("variant", "new_tokens", "options"), CACHE_CASES,
+                         ids=[f"{v}-{n}-" + ",".join(f"{key}={value}" for key, value in o.items())
+                              for v, n, o in CACHE_CASES])
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_cached_equals_uncached(variant: str, new_tokens: int, options: dict, path: str) -> None:
+    model = sharpened(variant, attention=path)
     idx = prompt()
     cached = generate(model, idx, new_tokens, use_cache=True, **options)
     uncached = generate(model, idx, new_tokens, use_cache=False, **options)
@@ -43,18 +63,24 @@ def test_cached_equals_uncached(model, new_tokens: int, options: dict) -> None:
     assert torch.equal(cached, uncached)
 
 
-def test_prompt_longer_than_block_size(model) -> None:
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_prompt_longer_than_block_size(path: str) -> None:
+    model = sharpened(attention=path)
     idx = prompt(length=40)
     assert torch.equal(generate(model, idx, 20, True), generate(model, idx, 20, False))
 
 
-def test_cached_forward_equals_full_forward(model) -> None:
-    idx = prompt(length=12)
+@variants
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_cached_forward_equals_full_forward(variant: str, path: str) -> None:
+    model = make_model(variant, attention=path)
+    idx = tokens(length=12)
     with torch.no_grad():
         full = model(idx)
-        cache = new_cache(model, 2)
+        cache = new_cache(model, 3)
         pieces = [model(idx[:, :5], cache=cache)]  # a prompt, then one token at a time
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
+    assert cache.layers[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -117,3 +143,40 @@ def test_bad_sampling_settings_are_refused(model, options: dict, message: str) -
 def test_generation_leaves_no_gradient_graph(model) -> None:
     out = model.generate(prompt(), 3)
     assert not out.requires_grad and out.dtype == torch.long
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("variant", "options"), [
+    ("nanogpt", dict(temperature=1.0, top_k=10)),
+    ("nanogpt", dict(temperature=0)),  # greedy
+    ("everything", dict(temperature=0.7, top_k=5)),  # RoPE, RMSNorm, SwiGLU, GQA, QK-norm
+    ("speedrun", dict(temperature=0.8, top_p=0.9)),  # ReLU², soft-capped
+])
+def test_compiled_generation_equals_eager(variant: str, options: dict) -> None:
+    """The one-token step compiled ahead of time (tinylm.generation.decode) samples the eager step's
+    tokens, past a slide of the window; so does a second model of the shape, which shares the
+    compiled library, and so does the first after its weights change. (Untied: sharpened tied
+    embeddings would make every model repeat its last token, and hide a wrong model.)"""
+    first, second = sharpened(variant, tie_embeddings=False), make_model(variant, tie_embeddings=False)
+    with torch.no_grad():
+        second.token_embedding.weight.normal_(std=0.4, generator=torch.Generator().manual_seed(1))
+    idx = tokens(batch=2, length=5)
+
+    def sampled(model: TransformerLM, compile: bool) -> torch.Tensor:
+        return model.generate(idx, 40, compile=compile, generator=torch.Generator().manual_seed(7), **options)
+
+    compiled = sampled(first, True)
+    assert torch.equal(compiled, sampled(first, False))
+    libraries = len(decode._LIBRARIES)
+    assert torch.equal(sampled(second, True), sampled(second, False))
+    assert not torch.equal(sampled(second, True), compiled)
+    # Both models' generations at once, taking turns: each step reads its own model's weights.
+    streams = [model.stream(idx, 40, compile=True, generator=torch.Generator().manual_seed(7), **options)
+               for model in (first, second)]
+    in_turns = list(zip(*streams, strict=True))
+    for model, new_tokens in zip((first, second), zip(*in_turns, strict=True), strict=True):
+        assert torch.equal(torch.cat([idx, *new_tokens], dim=1), sampled(model, False))
+    with torch.no_grad():
+        first.blocks[0].mlp.fc.weight.mul_(-3)
+    assert torch.equal(sampled(first, True), sampled(first, False))
+    assert len(decode._LIBRARIES) == libraries  # one compile for the shape

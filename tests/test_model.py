@@ -1,4 +1,5 @@
-"""The model does the maths it claims: both attention paths, causality, tying, size, init."""
+"""The model does the maths it claims: both attention paths, causality, tying, size, init; every
+variant (position, norm, MLP, grouped-query attention, QK-norm, ...) keeps those guarantees."""
 
 from __future__ import annotations
 
@@ -7,27 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import VARIANTS, VOCAB, make_model, swiglu_closed_form, tokens, variants
 
 from tinylm.config import ModelConfig
 from tinylm.model import Block, CausalSelfAttention, TransformerLM, causal_attention, evaluating
-
-VOCAB = 37
-
-
-def make_model(**overrides) -> TransformerLM:
-    """A small model whose attention is sharp: at the 0.02 init every score is near zero and
-    softmax is near uniform, which would hide a wrong scale or mask."""
-    torch.manual_seed(0)
-    config = ModelConfig(**{"layers": 2, "heads": 4, "d_model": 32, "block_size": 16, **overrides})
-    model = TransformerLM(config, VOCAB).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(std=0.4)
-    return model
-
-
-def tokens(batch: int = 3, length: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def reference_attention(
@@ -50,8 +34,9 @@ def reference_attention(
     return layer.proj(torch.cat(heads, dim=-1))
 
 
-def test_explicit_and_fused_paths_agree() -> None:
-    fused, explicit = make_model(attention="sdpa"), make_model(attention="explicit")
+@variants
+def test_explicit_and_fused_paths_agree(variant: str) -> None:
+    fused, explicit = make_model(variant, attention="sdpa"), make_model(variant, attention="explicit")
     explicit.load_state_dict(fused.state_dict())
     idx = tokens()
     with torch.no_grad():
@@ -78,9 +63,10 @@ def test_scores_are_scaled_by_root_head_dim_not_root_d_model() -> None:
     assert (ours - wrong).abs().max().item() > 1e-3
 
 
+@variants
 @pytest.mark.parametrize("path", ["sdpa", "explicit"])
-def test_future_tokens_do_not_change_past_logits(path: str) -> None:
-    model = make_model(attention=path)
+def test_future_tokens_do_not_change_past_logits(variant: str, path: str) -> None:
+    model = make_model(variant, attention=path)
     idx = tokens(length=16)
     changed = idx.clone()
     changed[:, 10:] = (changed[:, 10:] + 1) % VOCAB
@@ -90,14 +76,15 @@ def test_future_tokens_do_not_change_past_logits(path: str) -> None:
     assert not torch.allclose(before[:, 10:], after[:, 10:])
 
 
-def test_attention_weights_are_causal_rows_of_a_softmax() -> None:
-    model = make_model()
+@variants
+def test_attention_weights_are_causal_rows_of_a_softmax(variant: str) -> None:
+    model = make_model(variant)
     with torch.no_grad():
         logits, maps = model(tokens(length=12), return_attention=True)
     assert logits.shape == (3, 12, VOCAB)
     assert len(maps) == 2
     for weights in maps:
-        assert weights.shape == (3, 4, 12, 12)  # (B, heads, T, T)
+        assert weights.shape == (3, 4, 12, 12)  # (B, heads, T, T): one per query head, also with fewer K/V
         above_diagonal = torch.ones(12, 12, dtype=torch.bool).triu(1)
         assert torch.all(weights[..., above_diagonal] == 0)  # masked before softmax: exactly 0
         torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 12))
@@ -150,21 +137,36 @@ def test_lm_head_is_the_token_embedding() -> None:
     assert model.lm_head.weight is model.token_embedding.weight
 
 
-@pytest.mark.parametrize(
-    "shape", [dict(bias=True), dict(bias=False), dict(mlp_ratio=2.5, layers=3, heads=2)]
-)
-def test_parameter_count_matches_the_closed_form(shape: dict) -> None:
-    model = make_model(**shape)
+# Every variant, the default at other shapes, and mixtures the variants do not hold.
+SHAPES = [*((variant, {}) for variant in VARIANTS),
+          ("nanogpt", dict(bias=True)), ("nanogpt", dict(bias=False)),
+          ("nanogpt", dict(mlp_ratio=2.5, layers=3, heads=2)),
+          ("nanogpt", dict(position="none", kv_heads=1, qk_norm=True, layers=3)),
+          ("nanogpt", dict(norm="rmsnorm", qk_norm=True, bias=False, kv_heads=2, layers=3))]
+
+
+@pytest.mark.parametrize(("variant", "shape"), SHAPES,
+                         ids=[v + "".join(f",{key}={value}" for key, value in s.items()) for v, s in SHAPES])
+def test_parameter_count_matches_the_closed_form(variant: str, shape: dict) -> None:
+    model = make_model(variant, **shape)
     c = model.config
-    d, hidden, b = c.d_model, c.mlp_hidden, int(c.bias)
-    layer_norm = d + b * d
+    d, hd, H, G, b = c.d_model, c.head_dim, c.heads, c.kv_heads, int(c.bias)
+
+    def norm(width: int) -> int:
+        return width if c.norm == "rmsnorm" else width + b * width  # RMSNorm: a gain, no bias
+
+    mlp = swiglu_closed_form(d, c.mlp_ratio, c.bias) if c.mlp == "swiglu" else (
+        2 * d * c.mlp_hidden + b * (c.mlp_hidden + d))  # GELU and ReLU²: in, out
     per_block = (
-        2 * layer_norm
-        + 3 * d * d + b * 3 * d  # Q, K, V
+        2 * norm(d)
+        + d * (H + 2 * G) * hd + b * (H + 2 * G) * hd  # Q, K, V
         + d * d + b * d  # output projection
-        + d * hidden + b * hidden + hidden * d + b * d  # MLP
+        + (2 * norm(hd) if c.qk_norm else 0)
+        + mlp
     )
-    expected = VOCAB * d + c.block_size * d + c.layers * per_block + layer_norm  # head tied: 0
+    positions = c.block_size * d if c.position == "learned" else 0
+    head = 0 if c.tie_embeddings else VOCAB * d  # tied: the token embedding
+    expected = VOCAB * d + positions + c.layers * per_block + norm(d) + head
     assert model.num_parameters() == expected
 
 

@@ -104,7 +104,7 @@ def test_any_prompt_reaches_the_sampler_unchanged(prompt: str) -> None:
 
 @pytest.mark.slow
 def test_the_compiled_decode_step_writes_the_same_text(checkpoint: Path) -> None:
-    """compile=true runs every one-token step compiled (tinylm.decode): the same characters, also
+    """compile=true runs every one-token step compiled (tinylm.generation.decode): the same characters, also
     past block_size (32 here), where the window slides and the cache is refilled."""
     args = [f"ckpt={checkpoint}", "prompt=ROMEO:", "max_new_tokens=80", "num_samples=2", "seed=3"]
     eager = run_script("sample.py", *args, "compile=false")

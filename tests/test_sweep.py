@@ -23,9 +23,9 @@ TINY = ["model.layers=1", "model.d_model=32", "model.block_size=16", "optim.warm
 
 
 @pytest.fixture(scope="module")
-def text(shakespeare_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def text(shakespeare_text: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text") / "first20k.txt"
-    path.write_text(shakespeare_path.read_text()[:20_000])
+    path.write_text(shakespeare_text[:20_000], encoding="utf-8")
     return path
 
 

@@ -1,6 +1,7 @@
-"""Model variants (position, norm, MLP, grouped-query attention, QK-norm): each does the maths it
-claims, keeps every guarantee of the default model (causal, both attention paths equal, the KV
-cache exact), stops a bad combination at start-up, and trains."""
+"""Model variants (position, norm, MLP, grouped-query attention, QK-norm, the speedrun's options):
+each does the maths it claims, stops a bad combination at start-up, and trains. That every
+variant keeps the default model's guarantees (causal, both attention paths equal, the parameter
+count, the KV cache exact) is checked where those are: tests/test_model.py, test_generate.py."""
 
 from __future__ import annotations
 
@@ -10,163 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, run_script
+from conftest import VOCAB, compose, make_model, run_script, swiglu_closed_form, tokens
 
 import tinylm
 from tinylm import TransformerLM
 from tinylm.config import ModelConfig, TrainConfig
 from tinylm.errors import ConfigError
-from tinylm.generation import decode
-from tinylm.generation.cache import new_cache
 from tinylm.model import apply_rope, causal_attention, make_norm, rope_angles
 from tinylm.train import _check_resumable, fit
-
-VOCAB = 23
-
-# Each option on its own, then the modern preset's three together, then everything at once.
-VARIANTS = {
-    "nanogpt": {},
-    "rope": dict(position="rope"),
-    "no-position": dict(position="none"),
-    "rmsnorm": dict(norm="rmsnorm"),
-    "swiglu": dict(mlp="swiglu"),
-    "gqa": dict(kv_heads=2),
-    "multi-query": dict(kv_heads=1),
-    "qk-norm": dict(qk_norm=True),
-    "modern": dict(position="rope", norm="rmsnorm", mlp="swiglu"),
-    "everything": dict(position="rope", norm="rmsnorm", mlp="swiglu", kv_heads=2, qk_norm=True),
-    "relu2": dict(mlp="relu2"),
-    "untied": dict(tie_embeddings=False),
-    "softcap": dict(logit_softcap=2.0),
-    # experiment=speedrun's model (zero_init aside: make_model needs blocks that do something).
-    "speedrun": dict(position="rope", qk_norm=True, mlp="relu2", tie_embeddings=False, logit_softcap=30.0),
-}
-variants = pytest.mark.parametrize("variant", list(VARIANTS))
-
-
-def make_model(variant: str = "nanogpt", **overrides) -> TransformerLM:
-    """A small model of ``variant`` with sharp attention: at the 0.02 init scores are near zero
-    and softmax near uniform, which would hide a wrong mask, rotation or grouping."""
-    torch.manual_seed(0)
-    shape = dict(layers=2, heads=4, d_model=32, block_size=16)
-    model = TransformerLM(ModelConfig(**{**shape, **VARIANTS[variant], **overrides}), VOCAB).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.normal_(std=0.4)
-    return model
-
-
-def tokens(batch: int = 3, length: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-# --- every variant keeps the default model's guarantees -------------------------------------------
-
-
-@variants
-def test_shapes_and_attention_maps(variant: str) -> None:
-    model = make_model(variant)
-    with torch.no_grad():
-        logits, maps = model(tokens(length=12), return_attention=True)
-    assert logits.shape == (3, 12, VOCAB)
-    assert len(maps) == 2
-    above_diagonal = torch.ones(12, 12, dtype=torch.bool).triu(1)
-    for weights in maps:
-        assert weights.shape == (3, 4, 12, 12)  # one map per query head, also with fewer K/V heads
-        assert torch.all(weights[..., above_diagonal] == 0)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 12))
-
-
-@variants
-@pytest.mark.parametrize("path", ["sdpa", "explicit"])
-def test_future_tokens_do_not_change_past_logits(variant: str, path: str) -> None:
-    model = make_model(variant, attention=path)
-    idx = tokens()
-    changed = idx.clone()
-    changed[:, 10:] = (changed[:, 10:] + 1) % VOCAB
-    with torch.no_grad():
-        before, after = model(idx), model(changed)
-    assert torch.equal(before[:, :10], after[:, :10])
-    assert not torch.allclose(before[:, 10:], after[:, 10:])
-
-
-@variants
-def test_explicit_and_fused_paths_agree(variant: str) -> None:
-    fused, explicit = make_model(variant, attention="sdpa"), make_model(variant, attention="explicit")
-    explicit.load_state_dict(fused.state_dict())
-    with torch.no_grad():
-        difference = (fused(tokens()) - explicit(tokens())).abs().max().item()
-    assert difference < 1e-5
-
-
-@variants
-def test_cached_forward_equals_full_forward(variant: str) -> None:
-    model = make_model(variant)
-    idx = tokens(length=12)
-    with torch.no_grad():
-        full = model(idx)
-        cache = new_cache(model, 3)
-        pieces = [model(idx[:, :5], cache=cache)]  # a prompt, then one token at a time
-        pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
-    assert cache.layers[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
-
-
-@variants
-@pytest.mark.parametrize("path", ["sdpa", "explicit"])
-@pytest.mark.parametrize("new_tokens", [8, 40])  # within block_size, and past it: the window slides
-@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=1.0, top_k=10)])
-def test_cached_generation_equals_uncached(variant: str, path: str, new_tokens: int, options: dict) -> None:
-    model = make_model(variant, attention=path)
-    with torch.no_grad():  # sharpen the untrained model so its choices are not near ties
-        model.token_embedding.weight.mul_(20)
-    idx = tokens(batch=2, length=5)
-    cached, uncached = (
-        model.generate(idx, new_tokens, use_cache=use_cache, generator=torch.Generator().manual_seed(7),
-                       **options)
-        for use_cache in (True, False)
-    )
-    assert cached.shape == (2, 5 + new_tokens)
-    assert torch.equal(cached, uncached)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("variant", "options"), [
-    ("nanogpt", dict(temperature=1.0, top_k=10)),
-    ("nanogpt", dict(temperature=0)),  # greedy
-    ("everything", dict(temperature=0.7, top_k=5)),  # RoPE, RMSNorm, SwiGLU, GQA, QK-norm
-    ("speedrun", dict(temperature=0.8, top_p=0.9)),  # ReLU², soft-capped
-])
-def test_compiled_generation_equals_eager(variant: str, options: dict) -> None:
-    """The one-token step compiled ahead of time (tinylm.decode) samples the eager step's
-    tokens, past a slide of the window; so does a second model of the shape, which shares the
-    compiled library, and so does the first after its weights change. (Untied: sharpened tied
-    embeddings would make every model repeat its last token, and hide a wrong model.)"""
-    first, second = make_model(variant, tie_embeddings=False), make_model(variant, tie_embeddings=False)
-    with torch.no_grad():
-        first.token_embedding.weight.mul_(20)
-        second.token_embedding.weight.normal_(std=0.4, generator=torch.Generator().manual_seed(1))
-    idx = tokens(batch=2, length=5)
-
-    def generate(model: TransformerLM, compile: bool) -> torch.Tensor:
-        return model.generate(idx, 40, compile=compile, generator=torch.Generator().manual_seed(7), **options)
-
-    compiled = generate(first, True)
-    assert torch.equal(compiled, generate(first, False))
-    libraries = len(decode._LIBRARIES)
-    assert torch.equal(generate(second, True), generate(second, False))
-    assert not torch.equal(generate(second, True), compiled)
-    # Both models' generations at once, taking turns: each step reads its own model's weights.
-    streams = [model.stream(idx, 40, compile=True, generator=torch.Generator().manual_seed(7), **options)
-               for model in (first, second)]
-    in_turns = list(zip(*streams, strict=True))
-    for model, new_tokens in zip((first, second), zip(*in_turns, strict=True), strict=True):
-        assert torch.equal(torch.cat([idx, *new_tokens], dim=1), generate(model, False))
-    with torch.no_grad():
-        first.blocks[0].mlp.fc.weight.mul_(-3)
-    assert torch.equal(generate(first, True), generate(first, False))
-    assert len(decode._LIBRARIES) == libraries  # one compile for the shape
-
 
 # --- RoPE -----------------------------------------------------------------------------------------
 
@@ -305,11 +157,6 @@ def test_qk_norm_makes_scores_independent_of_the_scale_of_queries_and_keys(norm:
     assert make_model(qk_norm=True).blocks[0].attn.q_norm.weight.shape == (8,)  # over hd, for all heads
 
 
-def swiglu_closed_form(d: int, ratio: float, bias: bool) -> int:
-    hidden = 8 * math.ceil(2 * ratio * d / 3 / 8)  # the documented rule
-    return 3 * d * hidden + bias * (2 * hidden + d)
-
-
 @pytest.mark.parametrize(("d_model", "ratio", "hidden"), [(128, 4, 344), (384, 4, 1024), (32, 4, 88),
                                                           (64, 2.5, 112)])
 def test_swiglu_hidden_width_is_two_thirds_rounded_up_to_a_multiple_of_8(d_model, ratio, hidden) -> None:
@@ -325,31 +172,6 @@ def test_swiglu_mlp_has_about_the_parameters_of_the_gelu_mlp(bias: bool) -> None
     gelu = sum(p.numel() for p in TransformerLM(ModelConfig(bias=bias), VOCAB).blocks[0].mlp.parameters())
     assert swiglu == swiglu_closed_form(128, 4, bias)
     assert abs(swiglu - gelu) / gelu < 0.01  # 132,096 against 131,072 weights
-
-
-@pytest.mark.parametrize(
-    "options",
-    [{}, dict(position="rope", norm="rmsnorm", mlp="swiglu"), dict(position="none", kv_heads=1, qk_norm=True),
-     dict(norm="rmsnorm", qk_norm=True, bias=False, kv_heads=2)],
-)
-def test_parameter_count_matches_the_closed_form(options: dict) -> None:
-    c = ModelConfig(layers=3, heads=4, d_model=32, block_size=16, **options)
-    d, hd, H, G, b = c.d_model, c.head_dim, c.heads, c.kv_heads, int(c.bias)
-
-    def norm(width: int) -> int:
-        return width if c.norm == "rmsnorm" else width + b * width
-
-    mlp = swiglu_closed_form(d, c.mlp_ratio, c.bias) if c.mlp == "swiglu" else 2 * d * c.mlp_hidden + b * (
-        c.mlp_hidden + d)
-    per_block = (
-        2 * norm(d)
-        + d * (H + 2 * G) * hd + b * (H + 2 * G) * hd  # Q, K, V
-        + d * d + b * d  # output projection
-        + (2 * norm(hd) if c.qk_norm else 0)
-        + mlp
-    )
-    positions = c.block_size * d if c.position == "learned" else 0
-    assert TransformerLM(c, VOCAB).num_parameters() == VOCAB * d + positions + c.layers * per_block + norm(d)
 
 
 # --- configuration --------------------------------------------------------------------------------
