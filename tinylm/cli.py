@@ -66,9 +66,9 @@ COMMANDS = {
                 "tinylm.compare:main"),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.attention.check:main"),
-        Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
+        Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.tools.bench:run",
                 "bench", BenchRunConfig),
-        Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
+        Command("soak", "a long run watching memory: tinylm soak", "tinylm.tools.soak:run", "soak",
                 SoakRunConfig),
     ]
 }

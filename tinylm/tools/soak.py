@@ -57,7 +57,7 @@ class RssMonitor(Callback):
 
 def run(config: SoakRunConfig) -> None:
     """``tinylm soak``: prints the figures; exit status 1 when memory grew."""
-    from tinylm.bench import report
+    from tinylm.tools.measures import report
 
     result = soak(config, config.soak)
     print(report(result))
