@@ -29,6 +29,7 @@ from tinylm.tools.bench_sample import bench_sample
 from tinylm.tools.bench_speedrun import bench_speedrun
 from tinylm.tools.measures import (
     flops_per_token,
+    mean_ms,
     median_ms,
     peak_matmul_gflops,
     peak_rss_mb,
@@ -79,6 +80,7 @@ def time_tinylm(config: TrainConfig, bench: BenchConfig) -> dict[str, float]:
         trainer = {**config.trainer, "max_steps": bench.warmup + bench.steps + 1, "limit_val_batches": 0}
         fit(replace(config, paths=PathsConfig(output_dir=run_dir), trainer=trainer), extra_callbacks=[timer])
     return {"ms_per_step": median_ms(timer.ends, bench.warmup),
+            "mean_ms_per_step": mean_ms(timer.ends, bench.warmup),
             "startup_s": timer.first_step_end_epoch - process_start_time()}
 
 

@@ -57,6 +57,12 @@ def median_ms(ends: list[float], warmup: int) -> float:
     return 1000 * statistics.median(steps)
 
 
+def mean_ms(ends: list[float], warmup: int) -> float:
+    """Mean milliseconds per step after ``warmup`` steps: unlike the median, it counts the work
+    done every N steps (a checkpoint, the attention pictures)."""
+    return 1000 * (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
+
+
 def report(result: dict[str, Any]) -> str:
     """A two-column table of the figures, then the same as one JSON line (last, for tools)."""
     width = max(map(len, result))
