@@ -1,4 +1,4 @@
-"""TensorBoard, written once: the writer of a trainer, text under an exact tag, and the
+"""TensorBoard, written once: the writer of a trainer, images and text under exact tags, and the
 HPARAMS tab (a run's hyperparameters and the metrics shown beside them).
 
 The HPARAMS tab reads three summaries from each run, in the layout that
@@ -22,6 +22,7 @@ with it.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,18 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
     """The SummaryWriter of the trainer's TensorBoard logger, or None."""
     logger = tensorboard_logger(trainer)
     return None if logger is None else logger.experiment
+
+
+def add_image(writer: SummaryWriter, tag: str, png: bytes, step: int) -> None:
+    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and encodes
+    them with Pillow, one picture at a time, which costs a run measurably more:
+    docs/performance.md#library-pieces.)"""
+    width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
+    colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=colorspace,
+                                      encoded_image_string=png)
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)])
+    writer.file_writer.add_summary(summary, step)
 
 
 def add_text(writer: SummaryWriter, tag: str, text: str, step: int) -> None:

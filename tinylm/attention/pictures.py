@@ -10,18 +10,20 @@ Pictures are made to be cheap, as the training callback draws L·(H + 1) of them
 matplotlib draws the still parts once (axes, 2·T tick labels per panel, colour bar) onto an
 Agg canvas of its own (no pyplot, no global state); each map is then pasted in as whole
 pixels, since its axes are snapped to an exact number of pixels per position, and only the
-titles are drawn again. TensorBoard takes the pixels (``SummaryWriter.add_image``); a picture
-saved as a file is a PNG encoded here, with one filter for every row and one zlib call.
+titles are drawn again. PNGs are encoded with one filter for every row and one zlib call,
+where Pillow tries every filter on every row (docs/performance.md#library-pieces).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import struct
 import sys
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -274,9 +276,25 @@ class AttentionFigure:
         (height, width, 3) uint8. In a one-row grid this is a complete picture of one map."""
         return np.concatenate(self._panel_pieces(self._rgba(), row * self.cols + col), axis=1)[..., :3]
 
+    def pictures(self) -> list[list[np.ndarray]]:
+        """The last drawing whole, then each panel beside the colour bar (row-major), as
+        pieces for ``encode_pngs``: views of one copy of the canvas, so the next ``draw`` may
+        start before they are encoded."""
+        pixels = self._rgba().copy()  # (height, width, 4); a plain copy, cheap
+        return [[pixels]] + [self._panel_pieces(pixels, i) for i in range(self.rows * self.cols)]
+
     def save(self, path: str | Path) -> None:
         """Write the last drawing as a PNG."""
         Path(path).write_bytes(encode_png(self._rgba()))
+
+
+def encode_pngs(pictures: Sequence[Sequence[np.ndarray]]) -> list[bytes]:
+    """``encode_png(*pieces)`` for each picture, on all cores: zlib and numpy let go of
+    Python's lock while they work, so the pictures compress in parallel."""
+    if len(pictures) <= 1:
+        return [encode_png(*pieces) for pieces in pictures]
+    with ThreadPoolExecutor(max_workers=min(len(pictures), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda pieces: encode_png(*pieces), pictures))
 
 
 def encode_png(*pieces: np.ndarray, level: int = 3) -> bytes:

@@ -20,10 +20,10 @@ from lightning.pytorch.callbacks import Callback
 from tinylm.attention.ablation import ablation_scores, can_ablate
 from tinylm.attention.history import append_history
 from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
-from tinylm.attention.pictures import AttentionFigure
+from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.model import evaluating
-from tinylm.tensorboard import add_text, tensorboard_writer
+from tinylm.tensorboard import add_image, add_text, tensorboard_writer
 from tinylm.tokenizer import Tokenizer
 
 
@@ -110,14 +110,15 @@ class AttentionMaps(Periodic):
         layers, heads = shown.shape[:2]
         if self.figure is None:
             self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
+        tags, pictures = [], []
         for layer in range(layers):
             # Titles name the head only: each title's glyphs are drawn again every time, and
             # the scores are right beside the pictures, as scalars.
             self.figure.draw(shown[layer][None], [f"layer {layer} · head {head}" for head in range(heads)])
-            writer.add_image(f"attention/layer_{layer}", self.figure.to_array(), step, dataformats="HWC")
-            for head in range(heads):
-                writer.add_image(f"attention/layer_{layer}/head_{head}", self.figure.panel(0, head), step,
-                                 dataformats="HWC")
+            tags += [f"attention/layer_{layer}"] + [f"attention/layer_{layer}/head_{h}" for h in range(heads)]
+            pictures += self.figure.pictures()  # the layer, then each head
+        for tag, png in zip(tags, encode_pngs(pictures), strict=True):
+            add_image(writer, tag, png, step)
 
 
 def score_metrics(scores: HeadScores) -> dict[str, float]:
