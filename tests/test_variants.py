@@ -337,7 +337,7 @@ def test_every_combination_trains(combination: tuple[str, ...], small_text: Path
 
 @pytest.mark.parametrize("position", ["learned", "rope", "none"])
 def test_benchmark_flops_count_only_the_position_weights_there_are(position: str) -> None:
-    from tinylm.bench import flops_per_token
+    from tinylm.tools.measures import flops_per_token
 
     config = ModelConfig(position=position)
     weights = TransformerLM(config, VOCAB).num_parameters()

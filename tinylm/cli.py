@@ -99,9 +99,9 @@ COMMANDS = {
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.learner.checker.command:run", "check_attention", CheckAttentionConfig,
                 arguments=check_attention_overrides),
-        Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.bench:run",
+        Command("bench", "benchmarks: tinylm bench experiment=cpu_quick", "tinylm.tools.bench:run",
                 "bench", BenchRunConfig, retired=TRAINING_RETIRED),
-        Command("soak", "a long run watching memory: tinylm soak", "tinylm.soak:run", "soak",
+        Command("soak", "a long run watching memory: tinylm soak", "tinylm.tools.soak:run", "soak",
                 SoakRunConfig, check_train, retired=TRAINING_RETIRED),
     ]
 }

@@ -59,7 +59,7 @@ class SampleConfig(SamplingConfig):
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``bench.*``: what ``tinylm bench`` measures (tinylm.bench)."""
+    """``bench.*``: what ``tinylm bench`` measures (tinylm.tools.bench)."""
 
     # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
     # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
@@ -98,7 +98,7 @@ class BenchRunConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class SoakConfig:
-    """``soak.*``: the memory windows of ``tinylm soak`` (tinylm.soak)."""
+    """``soak.*``: the memory windows of ``tinylm soak`` (tinylm.tools.soak)."""
 
     warmup: int = 100  # steps before the first window
     window: int = 300  # steps per window: each holds at least one validation and checkpoint

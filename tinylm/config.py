@@ -222,7 +222,7 @@ class OptimConfig:
     warmup_steps: int = 100
     decay_steps: int | None = None  # where the cosine reaches min_lr; None: trainer.max_steps
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    fused: bool = True  # one fused kernel for the whole update: 3× faster than the per-tensor loop on CPU
+    fused: bool = True  # one kernel for the whole update: faster on CPU than a loop (docs/performance.md)
     muon_lr: float = 0.02  # optim.name=muon: Muon's peak rate (torch's "original" per-shape adjustment)
     muon_momentum: float = 0.95  # optim.name=muon: Muon's (Nesterov) momentum
 

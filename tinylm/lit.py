@@ -69,7 +69,11 @@ class LitLM(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.loss(batch)  # logged by tinylm.callbacks.TrainingMetrics, cheaply
+        loss = self.loss(batch)
+        # Written every trainer.log_every_n_steps steps, at global_step - 1: the step whose
+        # batch it is, as TrainingMetrics writes train/lr and the speeds.
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())

@@ -107,7 +107,7 @@ def make_dropout(p: float) -> nn.Module:
 class RMSNorm(nn.Module):
     """x / √(mean(x²) + ε) · g over the last ``dim`` features: ``nn.RMSNorm``'s maths, with a
     backward pass written out (``RMSNormFunction``) instead of autograd's many small kernels,
-    so on a CPU it costs about what the fused LayerNorm does (docs/performance.md)."""
+    so on a CPU it costs less than ``nn.RMSNorm`` (docs/performance.md#rmsnorm)."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()

@@ -92,8 +92,8 @@ def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
     return itertools.chain(first, tokens)
 
 
-# Compiling the one-token step costs seconds, once per process; each step then saves a
-# fraction of a millisecond on a CPU. compile=auto compiles from this many new tokens on,
+# Compiling the one-token step takes a while, once per process; each step then saves a
+# little on a CPU. compile=auto compiles from this many new tokens on,
 # where the saving has paid for the compile (docs/performance.md#compiling-the-decode-step).
 COMPILE_PAYS_BACK_AFTER = 50_000
 

@@ -71,7 +71,7 @@ def overridden_keys(overrides: Iterable[str], params: Collection[str]) -> list[s
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     """The trainer's TensorBoard logger, or None."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger  # here: compare reads runs without Lightning
 
     return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
 
@@ -83,8 +83,9 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
 
 
 def add_image(writer: SummaryWriter, tag: str, png: bytes, step: int) -> None:
-    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and
-    encodes them with Pillow, several times slower than ``tinylm.attention.pictures.encode_png``.)"""
+    """Write a PNG as a TensorBoard image. (``SummaryWriter.add_image`` takes pixels and encodes
+    them with Pillow, one picture at a time, which costs a run measurably more:
+    docs/performance.md#library-pieces.)"""
     width, height, _, colour_type = struct.unpack(">IIBB", png[16:26])  # the PNG's IHDR chunk
     colorspace = {2: 3, 6: 4}[colour_type]  # RGB, RGBA
     image = summary_pb2.Summary.Image(height=height, width=width, colorspace=colorspace,
@@ -96,7 +97,7 @@ def add_image(writer: SummaryWriter, tag: str, png: bytes, step: int) -> None:
 def add_text(writer: SummaryWriter, tag: str, text: str, step: int) -> None:
     """Write ``text`` as TensorBoard text under exactly ``tag`` (``SummaryWriter.add_text``
     appends "/text_summary"), as a Markdown code block so its line breaks survive."""
-    from torch.utils.tensorboard.summary import text as text_summary
+    from torch.utils.tensorboard.summary import text as text_summary  # here: compare needs no torch
 
     summary = text_summary(tag, "\n".join("    " + line for line in text.split("\n")))
     summary.value[0].tag = tag

@@ -11,7 +11,7 @@ matplotlib draws the still parts once (axes, 2·T tick labels per panel, colour 
 Agg canvas of its own (no pyplot, no global state); each map is then pasted in as whole
 pixels, since its axes are snapped to an exact number of pixels per position, and only the
 titles are drawn again. PNGs are encoded with one filter for every row and one zlib call,
-several times faster than Pillow, which tries every filter on every row.
+where Pillow tries every filter on every row (docs/performance.md#library-pieces).
 """
 
 from __future__ import annotations
@@ -294,8 +294,8 @@ def encode_png(*pieces: np.ndarray, level: int = 3) -> bytes:
 
     Every row is stored with PNG's "Up" filter (its difference from the row above): a map is
     made of blocks several pixels tall, so most rows come out all zeros and compress to almost
-    nothing. One numpy subtraction and one zlib call, several times faster than Pillow's
-    encoder, which tries every filter on every row.
+    nothing. One numpy subtraction and one zlib call, where Pillow's encoder tries every filter
+    on every row.
     """
     height, channels = pieces[0].shape[0], pieces[0].shape[-1]
     for piece in pieces:

@@ -64,6 +64,8 @@ class LastCheckpoint(Callback):
 
 def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
     """The loss the weights give on the batch they were just updated with. Weights that an
-    update has blown up show it here, where the training loss would show it one step later."""
+    update has blown up show it here, where the training loss would show it one step later;
+    they may all be finite and still give an infinite loss, so checking them alone is not
+    enough (without this pass, a diverging run's last.ckpt held the step whose loss was inf)."""
     with evaluating(module), torch.no_grad():
         return module.loss(batch)

@@ -21,21 +21,19 @@ from tinylm.tensorboard import (
 
 
 class TrainingMetrics(Callback):
-    """Writes the training scalars every ``trainer.log_every_n_steps`` steps, straight to the
-    loggers: ``train/loss`` (the mean over those steps), ``train/lr``, ``train/tokens_per_sec``
-    (all processes together, over the same steps) and ``hp/tokens_per_sec`` (the mean over the
-    whole run, for the HPARAMS tab). Time spent validating counts in neither speed.
+    """Writes the training scalars besides ``train/loss`` (``LitLM.training_step`` logs that)
+    every ``trainer.log_every_n_steps`` steps, straight to the loggers: ``train/lr`` (the rate
+    the step used), ``train/tokens_per_sec`` (all processes together, over the same steps) and
+    ``hp/tokens_per_sec`` (the mean over the whole run, for the HPARAMS tab). Time spent
+    validating counts in neither speed. The latest values also feed the progress bar.
 
-    Why not ``LightningModule.log``: each call costs about 1.4 ms on this CPU with Lightning 2.6
-    (it wraps every value for epoch-level reduction we do not use); three a step were 4% of a
-    nano step. Here a step costs one tensor addition, and a write every N steps one ``.item()``.
-    The latest values also feed the progress bar (``ProgressBar``).
+    The rate is read from the optimizer, not logged by ``LearningRateMonitor``: that names one
+    scalar per parameter group (``train/lr/pg1`` ...), never ``train/lr``.
     """
 
     def __init__(self) -> None:
         self.latest: dict[str, float] = {}
-        self._loss_sum: Any = 0.0
-        self._steps = self._tokens = self._run_tokens = 0
+        self._tokens = self._run_tokens = 0
         self._seconds = self._run_seconds = 0.0
         self._last_step_end: float | None = None
         self._lr = 0.0
@@ -46,8 +44,6 @@ class TrainingMetrics(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
-        self._loss_sum = self._loss_sum + outputs["loss"].detach()
-        self._steps += 1
         if self._last_step_end is not None:  # a step's time runs from the previous step's end
             tokens = batch[0].numel() * trainer.world_size
             self._tokens, self._run_tokens = self._tokens + tokens, self._run_tokens + tokens
@@ -61,29 +57,28 @@ class TrainingMetrics(Callback):
         self._last_step_end = None  # the next step's time would include this validation
 
     def _write(self, trainer: L.Trainer) -> None:
-        metrics = {"train/loss": float(self._loss_sum) / self._steps,
-                   "train/lr": self._lr}
+        metrics = {"train/lr": self._lr}
         if self._seconds > 0:
             metrics["train/tokens_per_sec"] = self._tokens / self._seconds
             metrics["hp/tokens_per_sec"] = self._run_tokens / self._run_seconds
         self.latest = metrics
-        # Logged at global_step - 1: the loss of the batch that step global_step learned from.
+        # Logged at global_step - 1, the step train/loss is logged at (Lightning's).
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step - 1)
-        self._loss_sum, self._steps, self._tokens, self._seconds = 0.0, 0, 0, 0.0
+        self._tokens, self._seconds = 0, 0.0
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, showing the training loss and speed of ``TrainingMetrics``."""
+    """Lightning's progress bar, showing the training loss and the speed of ``TrainingMetrics``."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the run's version number: always "" in tinylm
+        if (loss := trainer.callback_metrics.get("train/loss")) is not None:
+            metrics["loss"] = f"{float(loss):.3f}"
         for callback in trainer.callbacks:
-            if isinstance(callback, TrainingMetrics) and callback.latest:
-                metrics["loss"] = f"{callback.latest['train/loss']:.3f}"
-                if "train/tokens_per_sec" in callback.latest:
-                    metrics["tok/s"] = f"{callback.latest['train/tokens_per_sec']:,.0f}"
+            if isinstance(callback, TrainingMetrics) and "train/tokens_per_sec" in callback.latest:
+                metrics["tok/s"] = f"{callback.latest['train/tokens_per_sec']:,.0f}"
         return metrics
 
 

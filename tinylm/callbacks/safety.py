@@ -43,7 +43,7 @@ class StepSeed(Callback):
         n = trainer.global_step * trainer.accumulate_grad_batches + self._micro_batch
         seed = derived_seed(self.seed, trainer.global_rank, n, DROPOUT_STREAM)
         # The generator dropout draws from. (torch.manual_seed seeds every backend, looking each
-        # one up: some 0.5 ms a step, against a few microseconds for the one in use.)
+        # one up, which costs far more a step than seeding the one in use: docs/performance.md.)
         torch.default_generator.manual_seed(seed)
         if pl_module.device.type == "cuda":
             torch.cuda.manual_seed(seed)  # this process's GPU

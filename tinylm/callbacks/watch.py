@@ -84,7 +84,7 @@ class AttentionMaps(Periodic):
         self.shown = min(max_chars, len(self.labels))  # rendered positions: labels stay readable
         self.windows, self.ablation, self.history = windows, ablation, history
         self.said_no_weights = False
-        self.figure = None  # built on first use: matplotlib costs seconds to import and lay out
+        self.figure = None  # built on first use: matplotlib is slow to import and lay out
 
     @torch.no_grad()
     def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
@@ -113,7 +113,7 @@ class AttentionMaps(Periodic):
             self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
         tags, pictures = [], []
         for layer in range(layers):
-            # Titles name the head only: each title costs milliseconds of glyphs to draw, and
+            # Titles name the head only: each title's glyphs are drawn again every time, and
             # the scores are right beside the pictures, as scalars.
             self.figure.draw(shown[layer][None], [f"layer {layer} · head {head}" for head in range(heads)])
             tags += [f"attention/layer_{layer}"] + [f"attention/layer_{layer}/head_{h}" for h in range(heads)]

@@ -1,9 +1,9 @@
 """Generation's one-token step, compiled ahead of time: torch.export, then AOTInductor.
 
-A new character of nano is about 100 µs of arithmetic on our CPU, and torch.compile's machinery
-around each call (Dynamo's frame and guards, AOTAutograd's wrappers) costs as much again, on
+A new character of nano is little arithmetic on a CPU, and torch.compile's machinery around
+each call (Dynamo's frame and guards, AOTAutograd's wrappers) costs about as much again, on
 every call. AOTInductor compiles the same graph into a shared library whose call is one C++
-function, so a compiled step costs about 60% of torch.compile's
+function, so a compiled step is cheaper than torch.compile's
 (docs/performance.md#compiling-the-decode-step).
 
 The library holds no weights of its own: it reads the model's parameters where they are

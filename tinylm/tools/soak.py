@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from tinylm.command_configs import SoakConfig, SoakRunConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.tools.measures import report
+from tinylm.train import fit
 
 MB = 2**20
 
@@ -58,7 +60,6 @@ class RssMonitor(Callback):
 
 def run(config: SoakRunConfig) -> None:
     """``tinylm soak``: prints the figures; exit status 1 when memory grew."""
-    from tinylm.bench import report
 
     result = soak(config, config.soak)
     print(report(result))
@@ -67,10 +68,7 @@ def run(config: SoakRunConfig) -> None:
 
 
 def soak(config: TrainConfig, settings: SoakConfig) -> dict[str, Any]:
-    """Train as ``config`` says, measuring memory; the figures."""
-    from tinylm.train import check, fit
-
-    check(config)
+    """Train as ``config`` says (checked by the CLI: tinylm.preflight), measuring memory; the figures."""
     steps = config.max_steps
     if steps < settings.warmup + 2 * settings.window:
         raise ConfigError(

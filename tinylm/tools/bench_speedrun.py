@@ -1,0 +1,64 @@
+"""``bench.task=speedrun``: nanoGPT's README CPU run and ``tinylm train experiment=speedrun``,
+whole processes, start to exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tinylm.command_configs import BenchConfig
+from tinylm.config import TrainConfig
+from tinylm.errors import ConfigError
+
+# nanoGPT's README CPU run ("I only have a macbook"), as its README gives it.
+NANOGPT_CPU_RUN = ("train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                   "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+                   "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+                   "--lr_decay_iters=2000", "--dropout=0.0")
+
+
+def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
+    """Whole-process wall time, start to exit, of nanoGPT's README CPU run (in ``NANOGPT_DIR``,
+    its data/shakespeare_char prepared) and of ``tinylm train experiment=speedrun`` on
+    ``data.source``, one after the other, ``bench.repeats`` times; medians, the best val/loss
+    each printed, and the load average before each run."""
+
+    nanogpt_dir = os.environ.get("NANOGPT_DIR")
+    if not nanogpt_dir or not (Path(nanogpt_dir).expanduser() / "train.py").is_file():
+        raise ConfigError("bench.task: speedrun needs NANOGPT_DIR, a checkout of karpathy/nanoGPT "
+                          "with data/shakespeare_char/train.bin, val.bin and meta.pkl")
+    source = config.data.source if isinstance(config.data.source, str) else ",".join(config.data.source)
+    runs: dict[str, list[dict[str, float]]] = {"nanogpt": [], "tinylm": []}
+    with tempfile.TemporaryDirectory(prefix="tinylm-speedrun-") as out:
+        commands = {
+            "nanogpt": ([sys.executable, *NANOGPT_CPU_RUN, f"--out_dir={out}/nanogpt"],
+                        Path(nanogpt_dir).expanduser(), r"val loss (\d+\.\d+)"),
+            "tinylm": ([sys.executable, "-m", "tinylm", "train", "experiment=speedrun",
+                        f"data.source={source}", f"hydra.run.dir={out}/tinylm"], Path.cwd(),
+                       r"best val/loss (\d+\.\d+)"),
+        }
+        for _ in range(bench.repeats):
+            for name, (command, cwd, pattern) in commands.items():
+                load = os.getloadavg()[0]
+                start = time.perf_counter()
+                done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+                seconds = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"{name} failed: {done.stderr[-2000:]}")
+                losses = [float(v) for v in re.findall(pattern, done.stdout)]
+                runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load})
+    result: dict[str, Any] = {"task": "speedrun", "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                              "repeats": bench.repeats}
+    for name, measured in runs.items():
+        result[f"{name}_wall_s"] = statistics.median(r["wall_s"] for r in measured)
+        result[f"{name}_best_val_loss"] = statistics.median(r["best_val_loss"] for r in measured)
+        result[f"{name}_load"] = ", ".join(f"{r['load']:.2f}" for r in measured)
+    result["time_ratio"] = result["tinylm_wall_s"] / result["nanogpt_wall_s"]
+    return result
