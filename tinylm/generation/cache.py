@@ -55,7 +55,7 @@ class KVCache:
     @classmethod
     def holding(cls, keys: list[Tensor], values: list[Tensor], positions: Tensor, visible: Tensor) -> KVCache:
         """A cache over given buffers, its pass placed at ``positions`` with mask ``visible``:
-        the view of it that an exported step (tinylm.decode), given only tensors, works on."""
+        the view of it that an exported step (tinylm.generation.decode), given only tensors, works on."""
         cache = cls.__new__(cls)
         cache.layers = [LayerCache(cache, k, v) for k, v in zip(keys, values, strict=True)]
         cache.positions, cache.visible = positions, visible

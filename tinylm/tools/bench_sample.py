@@ -16,7 +16,7 @@ import torch
 from tinylm.command_configs import BenchConfig
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
-from tinylm.model import TransformerLM
+from tinylm.generation.stream import GenerativeLM
 from tinylm.tools.measures import peak_rss_mb
 
 
@@ -30,7 +30,7 @@ def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337
 
 
     torch.manual_seed(seed)
-    model = TransformerLM(replace(model_config, dropout=0.0), bench.vocab_size).eval()
+    model = GenerativeLM(replace(model_config, dropout=0.0), bench.vocab_size).eval()
     prompt = torch.zeros(bench.num_samples, 1, dtype=torch.long)
     tokens = bench.new_tokens * bench.num_samples
     result: dict[str, Any] = {"task": "sample", "new_tokens": bench.new_tokens,
