@@ -248,9 +248,9 @@ def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
 
 def test_the_readme_shows_the_checker_s_real_output() -> None:
     readme = (REPO / "README.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(readme) if line.startswith("$ python scripts/check_attention.py"))
+    start = next(i for i, line in enumerate(readme) if line.startswith("$ tinylm check-attention "))
     end = next(i for i in range(start, len(readme)) if readme[i].startswith("```"))
-    argv = readme[start].removeprefix("$ python scripts/check_attention.py ").split()
+    argv = readme[start].removeprefix("$ tinylm check-attention ").split()
     result = run_script("check_attention.py", *argv)
     assert result.stdout.splitlines() == readme[start + 1:end]
 
