@@ -148,17 +148,17 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
                    max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
-    output_dir = Path(config.paths.output_dir)
-    callbacks = build_callbacks(config, data, output_dir, overrides, extra_callbacks)
+    paths = run_dir(config.paths.output_dir)
+    callbacks = build_callbacks(config, data, paths, overrides, extra_callbacks)
     stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
     if config.logger == "tensorboard":
-        logger = TensorBoardLogger(save_dir=output_dir, name=run_dir(output_dir).tensorboard.name, version="",
+        logger = TensorBoardLogger(save_dir=paths.root, name=paths.tensorboard.name, version="",
                                    default_hp_metric=False)
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-                        default_root_dir=output_dir, enable_progress_bar=refresh_rate > 0)
+                        default_root_dir=paths.root, enable_progress_bar=refresh_rate > 0)
     trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
     # One process reports (and exits 128+N); the others end quietly: Lightning's launcher
     # kills all processes when one of the ranks it started exits non-zero.

@@ -19,7 +19,7 @@ from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
-from tinylm.rundir import run_dir
+from tinylm.rundir import RunDir
 from tinylm.schema import as_plain
 from tinylm.tensorboard import flatten, overridden_keys
 
@@ -34,14 +34,13 @@ __all__ = [
 ]
 
 
-def build_callbacks(config: TrainConfig, data: CharDataModule, output_dir: str | Path,
+def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
                     overrides: Sequence[str] = (), extra: Sequence[Callback] = ()) -> list[Callback]:
     """The callbacks of a run as ``config`` describes it: checkpoints, safety, metrics, then
     ``extra``, the progress bar, and with a TensorBoard logger the HPARAMS tab and the watch
     callbacks. The HPARAMS tab shows the config, the keys that ``overrides`` set first;
     ``data`` is the prepared data module.
     """
-    paths = run_dir(output_dir)
     last = LastCheckpoint(paths.last, config.callbacks.checkpoint.every_n_steps)
     callbacks: list[Callback] = [
         best_checkpoint(paths.best),
