@@ -159,6 +159,7 @@ class CheckAttentionConfig:
     attention: str = MISSING  # path/to/file.py:ClassName; also accepted as the first argument, without key
     d_model: int = 48  # the width it is built with, unless kwargs names its width argument
     heads: int = 4  # the heads it is built with, unless kwargs names its head argument
+    block_size: int = 64  # every check also runs at this context, as training calls it (model.block_size)
     # its constructor's arguments as given (kwargs.dropout_p=0.0): free-form, no + needed
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     map: LayerNames = field(default_factory=LayerNames)
@@ -167,5 +168,6 @@ class CheckAttentionConfig:
         require(bool(self.attention), "attention",
                 "is required: tinylm check-attention path/to/file.py:ClassName")
         require(self.d_model >= 1, "d_model", f"must be at least 1, got {self.d_model}")
+        require(self.block_size >= 2, "block_size", f"must be at least 2, got {self.block_size}")
         require(self.heads >= 1 and self.d_model % self.heads == 0, "heads",
                 f"{self.heads} heads do not divide d_model={self.d_model}; choose a divisor of d_model")
