@@ -339,3 +339,42 @@ def test_an_old_flag_exits_2_with_its_new_spelling() -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: --kwargs: tinylm takes key=value; write kwargs.dropout_p=0.0"]
+
+
+LEARNERS = REPO / "tests" / "learners"  # classes written the way the tutorials write them
+
+
+@pytest.mark.parametrize("target, kwargs, header, verdict", [
+    # nanoGPT's CausalSelfAttention(config): a config object; its mask buffer built for 32 positions
+    ("nanogpt_config.py:CausalSelfAttention", {},
+     "CausalSelfAttention(config: n_embd=48, n_head=4, dropout=0.0, bias=True, block_size=64): 4 head(s) "
+     "of width 12", "context: mask buffer bias built for 32 positions; the model trains with 64: at T=64"),
+    # the LLM book's MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)
+    ("llm_book.py:MultiHeadAttention", {},
+     "MultiHeadAttention(d_in=48, d_out=48, num_heads=4, context_length=64, dropout=0.0): 4 head(s) of "
+     "width 12", None),
+    # the ML book's nn.Parameter matrices used as W @ x: one head of the full width, masked with 0.0
+    ("ml_book_parameters.py:SelfAttentionParams", {}, "SelfAttentionParams(d=48): 1 head(s) of width 48",
+     "masked scores filled with 0.0, which does not hide a key reproduces it exactly"),
+    # F.dropout without training=self.training, hidden by kwargs.attention_dropout=0.0
+    ("dropout_kwarg.py:MyMultiHeadAttention", {"attention_dropout": 0.0}, "4 head(s) of width 12",
+     "repeatable: with attention_dropout=0.1 (its default) its output changes between two identical calls "
+     "in eval mode: dropout with training=self.training? The ✓ lines hold only because "
+     "kwargs.attention_dropout=0.0"),
+])
+def test_every_constructor_learners_write(target: str, kwargs: dict, header: str, verdict: str | None) -> None:
+    report, _ = check_target(f"{LEARNERS / target}", kwargs=kwargs)
+    assert header in report.header, report.header
+    if verdict is None:
+        assert report.ok, str(report)
+    else:
+        assert not report.ok and verdict in str(report), str(report)
+
+
+def test_parameter_projections_are_mapped_by_name(tmp_path: Path) -> None:
+    source = (LEARNERS / "ml_book_parameters.py").read_text()
+    path = learner_file(tmp_path, source.replace("U_query", "A").replace("U_key", "B").replace("U_value", "C"))
+    report, _ = check_target(f"{path}:SelfAttentionParams")
+    assert "name them, e.g. map.q=W_Q" in report.verdict("attention")
+    mapped, _ = check_target(f"{path}:SelfAttentionParams", mapping={"q": "A", "k": "B", "v": "C"})
+    assert "masked scores filled with 0.0" in mapped.verdict("attention"), str(mapped)

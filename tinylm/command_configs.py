@@ -17,13 +17,16 @@ class AttentionScriptConfig:
     """Settings of ``tinylm attention`` (configs/attention.yaml)."""
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
-    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
+    # at least 2 and at most model.block_size characters; null: "To be, or not to be" (a run
+    # directory's .html page: the probe the run recorded)
+    prompt: str | None = None
     out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
@@ -43,6 +46,7 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
     # compile the one-token step (tinylm.generation.decode): true, false, or auto: when the
     # generation is long enough to pay the compile back (docs/sampling.md#compiling-the-decode-step)
     compile: str = "auto"

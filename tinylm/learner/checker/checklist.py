@@ -34,7 +34,7 @@ from tinylm.learner.calling import (
 from tinylm.learner.checker.gates import at_context, dropout_given, finite, not_finite, repeatable
 from tinylm.learner.checker.mistakes import explain, mistake
 from tinylm.learner.checker.report import Line, Report
-from tinylm.learner.reference import TOLERANCE, head_widths
+from tinylm.learner.reference import TOLERANCE, find_weights, head_widths
 
 
 def check_shape(probe: Probe, tried: Tried, errors: list[str]) -> Line:
@@ -52,7 +52,7 @@ def check_shape(probe: Probe, tried: Tried, errors: list[str]) -> Line:
 
 
 def check_attention(report: Report, probe: Probe, output: Any, weights: dict | None, used: str,
-                    reference: Any) -> Line:
+                    reference: Any, mapping: dict[str, str] | None = None) -> Line:
     """Agreement with tinylm's reference, or the known mistakes that explain the difference
     (recorded in ``report.mistakes``)."""
     if reference is None:
@@ -63,6 +63,12 @@ def check_attention(report: Report, probe: Probe, output: Any, weights: dict | N
         return Line(True, f"attention: agrees with tinylm's reference to {difference:.0e} "
                           f"(its weights: {used})")
     found = explain(weights, probe.x, probe.heads, output)
+    if not found and "Parameters used as x@W" in used:  # its matrices may be used as W @ x
+        try:
+            other, _ = find_weights(probe.module, probe.shape[-1], mapping, "W@x")
+            found = explain(other, probe.x, probe.heads, output)
+        except LookupError:
+            pass
     if not found:
         return Line(False, f"attention: differs from tinylm's reference by {difference:.3g} (its weights: "
                            f"{used}), and no known mistake explains it; compare with "
@@ -173,7 +179,7 @@ def check(built: Built, mapping: dict[str, str] | None = None, block_size: int =
         return report
     convention, result, broken = choose_convention(probe, runs, reference)
     report.convention, report.causal = convention, broken is None
-    attention = check_attention(report, probe, result.output, weights, used, reference)
+    attention = check_attention(report, probe, result.output, weights, used, reference, mapping)
     context = at_context(built, convention, block_size, report.causal, report.agrees,
                                     weights) if block_size != T else None
     given = dropout_given(built, rebuild, convention) if rebuild is not None else None

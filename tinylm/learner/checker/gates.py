@@ -79,7 +79,7 @@ def at_context(built: Built, convention: MaskConvention | None, block_size: int,
                       for name, n in buffers)
     fix = ("build it for the whole context (a block_size/context_length argument, or "
            "torch.tril(torch.ones(block_size, block_size)))" if buffers else "")
-    prefix = f"context: at T={block_size} (the training block_size)"
+    prefix = f"at T={block_size}, the training block_size,"
     try:
         with torch.no_grad():
             output = probe.run(probe.x, convention).output
@@ -99,8 +99,8 @@ def at_context(built: Built, convention: MaskConvention | None, block_size: int,
     if failure is None:
         return None
     if named:
-        return Line(False, f"context: {named} ({prefix.removeprefix('context: ')} {failure}); {fix}")
-    return Line(False, f"{prefix} {failure}")
+        return Line(False, f"context: {named}: {prefix} {failure}; {fix}")
+    return Line(False, f"context: {prefix} {failure}")
 
 
 def dropout_given(built: Built, rebuild: Callable[[dict], Built], convention: MaskConvention | None
