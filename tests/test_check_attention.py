@@ -362,7 +362,8 @@ LEARNERS = REPO / "tests" / "learners"  # classes written the way the tutorials 
      "in eval mode: dropout with training=self.training? The ✓ lines hold only because "
      "kwargs.attention_dropout=0.0"),
 ])
-def test_every_constructor_learners_write(target: str, kwargs: dict, header: str, verdict: str | None) -> None:
+def test_every_constructor_learners_write(target: str, kwargs: dict, header: str, verdict: str | None
+                                          ) -> None:
     report, _ = check_target(f"{LEARNERS / target}", kwargs=kwargs)
     assert header in report.header, report.header
     if verdict is None:
@@ -373,7 +374,9 @@ def test_every_constructor_learners_write(target: str, kwargs: dict, header: str
 
 def test_parameter_projections_are_mapped_by_name(tmp_path: Path) -> None:
     source = (LEARNERS / "ml_book_parameters.py").read_text()
-    path = learner_file(tmp_path, source.replace("U_query", "A").replace("U_key", "B").replace("U_value", "C"))
+    for old, new in [("U_query", "A"), ("U_key", "B"), ("U_value", "C")]:
+        source = source.replace(old, new)
+    path = learner_file(tmp_path, source)
     report, _ = check_target(f"{path}:SelfAttentionParams")
     assert "name them, e.g. map.q=W_Q" in report.verdict("attention")
     mapped, _ = check_target(f"{path}:SelfAttentionParams", mapping={"q": "A", "k": "B", "v": "C"})
