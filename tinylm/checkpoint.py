@@ -18,6 +18,7 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
+from tinylm.integrity import DamagedCheckpoint, intact_alternatives, verify
 from tinylm.learner.source import AttentionSource, sha256_of
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
@@ -41,6 +42,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", mmap: bool = False) -> 
         raise CheckpointError(f"{key}: no checkpoint file at {path.resolve()}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
         raise _corrupt(key, path, "not a complete zip archive, as torch.save writes")
+    verified(path, key)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -57,9 +59,24 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", mmap: bool = False) -> 
     return checkpoint
 
 
+def verified(path: str | Path, key: str = "ckpt") -> Path:
+    """``path``, once its content is checked against the checksum it was written with
+    (``tinylm.integrity``); a damaged file is a CheckpointError naming an intact one to use."""
+    path = Path(path).expanduser()
+    try:
+        verify(path)
+    except DamagedCheckpoint as error:
+        raise _corrupt(key, path, error.reason) from None
+    except OSError as error:
+        raise CheckpointError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+    return path
+
+
 def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); use another "
-                           f"checkpoint, e.g. checkpoints/best.ckpt of the same run")
+    intact = intact_alternatives(path)
+    instead = (f"use the intact {intact[0].name} beside it: {key}={intact[0]}" if intact else
+               f"no intact checkpoint is left beside it ({path.parent}): train again")
+    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); {instead}")
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:

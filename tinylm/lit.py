@@ -76,6 +76,11 @@ class LitLM(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False)
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # A stop asked for between steps (a signal: tinylm.callbacks.safety.StopOnSignal) ends
+        # training before this batch: -1 is Lightning's way to end the epoch here.
+        return -1 if self.trainer.should_stop else None
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())
 
