@@ -56,6 +56,8 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
 from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
+from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
+from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
 
 T = TypeVar("T")
@@ -171,10 +173,36 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
         return exit_on_error(job, cleanup=discard_unused_run_dir)
 
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
+    if command.name == "train":
+        arguments = exit_on_error(lambda: claim_run_dir(arguments))
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     return exit_on_error(lambda: _translating(command, arguments, app))
+
+
+def claim_run_dir(arguments: list[str]) -> list[str]:
+    """Before Hydra writes anything: a resume of a run (``ckpt_path=`` naming it) completed with
+    that run's own settings, said in one line, or ended at once if the run is finished; and the
+    lock of the run directory taken where the command line names it (a resume, ``hydra.run.dir=``),
+    so a second run into a live one is refused before it touches a file there."""
+    arguments, resumed = resume_arguments(arguments)
+    if resumed is not None:
+        overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
+        max_steps = build(TrainConfig, compose("train", overrides)).max_steps
+        try:
+            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
+        except RunFinished as finished:
+            print(f"run: {finished}")
+            raise SystemExit(0) from None
+    multirun = any(a in ("-m", "--multirun") for a in arguments)
+    directory = next((override_value(a) for a in reversed(arguments) if a.startswith("hydra.run.dir=")), None)
+    if directory and not multirun and first_process():
+        own = resumed is not None and resumed.root == Path(directory)
+        acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
+    if resumed is not None:
+        print(resumed.note, flush=True)
+    return arguments
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
@@ -405,6 +433,7 @@ def discard_unused_run_dir() -> None:
         return
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir).absolute()
+    forget(run_dir)  # this run's lock goes with it
     bookkeeping = {run_dir / f"{hydra.job.name}.log"}
     if hydra.output_subdir is not None:
         bookkeeping.add(run_dir / hydra.output_subdir)

@@ -42,6 +42,9 @@ class ModelConfig:
     # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand; "path/to/file.py:ClassName":
     # your own attention class inside tinylm's blocks (checked first: tinylm check-attention)
     attention: str = "sdpa"
+    # the other arguments of that class's constructor (model.attention_kwargs.context_length=64),
+    # free-form, no + needed; recorded in checkpoints and used again on load
+    attention_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
     position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
     norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
@@ -82,6 +85,9 @@ class ModelConfig:
             f"must be one of {', '.join(ATTENTION_PATHS)} or path/to/file.py:ClassName, "
             f"got {self.attention!r}",
         )
+        require(not self.attention_kwargs or self.learner_attention is not None, "model.attention_kwargs",
+                f"are for a class of your own (model.attention=path/to/file.py:ClassName), not "
+                f"model.attention={self.attention}; remove them")
         if self.learner_attention is not None:
             fixed = [("position", self.position, "learned"), ("qk_norm", self.qk_norm, False),
                      ("kv_heads", self.kv_heads, self.heads)]
