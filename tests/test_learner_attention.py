@@ -118,3 +118,52 @@ def test_another_attention_file_is_one_line_naming_both_hashes(two_runs: dict[st
     with pytest.raises(CheckpointError, match=r"^attention_file: the class MultiHeadAttention in .*other\.py "
                                               r"holds other parameters than the checkpoint \(missing: "):
         load_checkpoint(last, attention_file=str(other), attention_file_changed=True)
+
+
+ONE_HEAD = """
+import torch
+from torch import nn
+
+
+class SimpleSelfAttention(nn.Module):
+    def __init__(self, input_dim):
+        super().__init__()
+        self.query_layer = nn.Linear(input_dim, input_dim)
+        self.key_layer = nn.Linear(input_dim, input_dim)
+        self.value_layer = nn.Linear(input_dim, input_dim)
+
+    def forward(self, x):
+        T = x.size(1)
+        Q, K, V = self.query_layer(x), self.key_layer(x), self.value_layer(x)
+        scores = Q @ K.transpose(-2, -1) / Q.size(-1) ** 0.5
+        scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        return torch.softmax(scores, dim=-1) @ V
+"""
+
+
+def test_a_one_head_class_in_a_four_head_model_is_drawn_from_its_own_weights(
+        small_text: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tinylm.attention.maps import attention_maps
+    from tinylm.config import TrainConfig
+    from tinylm.learner.module import attention_for
+    from tinylm.model import TransformerLM
+    from tinylm.train import check_learner_attention
+
+    path = tmp_path / "one_head.py"
+    path.write_text(ONE_HEAD)
+    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={path}:SimpleSelfAttention",
+                                "model.heads=4")
+    config = check_learner_attention(TrainConfig.from_dict(compose(*overrides)))
+    assert config.model.heads == 1
+    assert "so the model is built with model.heads=1" in capsys.readouterr().out
+    model = TransformerLM(config.model, 37, attention=attention_for(config.model))
+    ids = torch.randint(0, 37, (1, 9))
+    maps = attention_maps(model, ids)  # (L, 1, 1, T, T): what TensorBoard and `tinylm attention` draw
+    assert maps.shape == (2, 1, 1, 9, 9)
+    x = model.token_embedding(ids) + model.position_embedding(torch.arange(9))
+    first = model.blocks[0].attn.inner
+    with torch.no_grad():
+        h = model.blocks[0].ln_1(x)
+        scores = first.query_layer(h) @ first.key_layer(h).transpose(-2, -1) / 64 ** 0.5
+        own = scores.masked_fill(torch.triu(torch.ones(9, 9, dtype=torch.bool), 1), float("-inf")).softmax(-1)
+    assert torch.allclose(maps[0, 0, 0], own[0], atol=1e-6)
