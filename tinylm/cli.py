@@ -63,6 +63,8 @@ from tinylm.schema import build, config_error, schema
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+# What Lightning's ddp runs to start a run's other processes: `python <it> <command> <arguments>`.
+RELAUNCH = Path(__file__).with_name("launch") / "run_tinylm.py"
 
 
 @dataclass(frozen=True)
@@ -168,13 +170,15 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             config = build(command.schema, cfg)
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
-            return _function(command.task)(config)
+            return relaunchable(command.name, given, lambda: _function(command.task)(config))
 
         return exit_on_error(job, cleanup=discard_unused_run_dir)
 
+    given = list(arguments)
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
     if command.name == "train":
         arguments = exit_on_error(lambda: claim_run_dir(arguments))
+    # Hydra reads its arguments from here and names the command in its messages.
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -203,6 +207,18 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     if resumed is not None:
         print(resumed.note, flush=True)
     return arguments
+
+
+def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
+    """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
+    starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
+    sys.argv[1:]`` under ``python -m tinylm``) plus the run directory. Hydra has read its
+    arguments by now."""
+    shown, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
+    try:
+        return task()
+    finally:
+        sys.argv = shown
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
