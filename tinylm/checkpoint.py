@@ -18,6 +18,7 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
+from tinylm.hf import is_export, read_export
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 
@@ -93,16 +94,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
     trained with a learner's attention class also needs ``attention_file``, that class's file."""
-    checkpoint = read_checkpoint(path, key)
-    tokenizer = tokenizer_of(checkpoint)
-    config = with_attention_file(model_config_of(checkpoint), attention_file)
+    if is_export(path):  # a directory tinylm export wrote: the Hugging Face layout
+        config, tokenizer, state = read_export(path)
+    else:
+        checkpoint = read_checkpoint(path, key)
+        tokenizer, config = tokenizer_of(checkpoint), model_config_of(checkpoint)
+        state = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()
+                 if name.startswith("model.")}
+    config = with_attention_file(config, attention_file)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
     config = dataclasses.replace(config, dropout=0.0)
     model = GenerativeLM(config, tokenizer.vocab_size)
-    state = {
-        name.removeprefix("model."): tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith("model.")
-    }
     model.load_state_dict(state)
     return model.to(map_location).eval(), tokenizer

@@ -14,6 +14,7 @@ from pathlib import Path
 
 BEST = "best"  # the stem Lightning's ModelCheckpoint is given
 LAST = "last"
+EXPORTED_CONFIG = "config.json"  # what marks a directory tinylm export wrote (the Hugging Face layout)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ def run_dir(path: str | Path) -> RunDir:
 
 
 def checkpoint_path(ckpt: str | Path) -> Path:
-    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
+    """``ckpt`` itself (a file, or a directory ``tinylm export`` wrote: it holds config.json), or
+    for a run directory its checkpoints/last.ckpt."""
     path = Path(ckpt).expanduser()
-    return run_dir(path).last if path.is_dir() else path
+    exported = (path / EXPORTED_CONFIG).is_file()
+    return run_dir(path).last if path.is_dir() and not exported else path
