@@ -49,13 +49,14 @@ from tinylm.command_configs import (
     BenchRunConfig,
     CheckAttentionConfig,
     CompareConfig,
+    ExportConfig,
     SampleConfig,
     SoakRunConfig,
 )
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
-from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
+from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
 from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
 from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
@@ -100,6 +101,8 @@ COMMANDS = {
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
+        Command("export", "a checkpoint in the Hugging Face format: tinylm export ckpt=RUN_DIR out=DIR",
+                "tinylm.export:run", "export", ExportConfig, check_export),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.learner.checker.command:run", "check_attention", CheckAttentionConfig,
                 arguments=check_attention_overrides),
