@@ -32,6 +32,7 @@ from tinylm.learner.adapter import Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
+from tinylm.precision import choose_precision
 from tinylm.preflight import check_train
 from tinylm.rundir import RunDir, run_dir, shown
 from tinylm.runlock import holding, remove_leftovers
@@ -139,9 +140,13 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
         config = check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
+    on_gpu = torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS
+    config, precision = choose_precision(config, overrides, on_cpu=not on_gpu)
     if rank_zero():
         print(loaded(config, data), flush=True)
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
+        if precision:
+            print(precision, flush=True)
+    if on_gpu:
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
