@@ -62,6 +62,19 @@ class SampleConfig(SamplingConfig):
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """Settings of ``tinylm export`` (configs/export.yaml): a checkpoint in the Hugging Face format."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    out: str = MISSING  # the directory to write: config.json, model.safetensors, the tokenizer
+    overwrite: bool = False  # replace what an earlier export wrote in out
+
+    def __post_init__(self) -> None:
+        require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
+        require(bool(self.out), "out", "is required: the directory to write, e.g. out=my-model")
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """``bench.*``: what ``tinylm bench`` measures (tinylm.tools.bench)."""
 

@@ -22,6 +22,7 @@ POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "relu2")
 OPTIMIZERS = ("adamw", "muon")
+MUON_DTYPES = ("auto", "float32", "bfloat16")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
@@ -219,7 +220,7 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay to min_lr, as nanoGPT trains; or Muon for the
     blocks' matrices with AdamW for the rest (embeddings, head, gains, biases)."""
 
-    name: str = "adamw"  # "muon": torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest
+    name: str = "adamw"  # "muon": Muon (tinylm.muon) for the blocks' 2-D weights, AdamW for the rest
     lr: float = 1e-3  # AdamW's peak rate (with optim.name=muon: that of the embeddings, head, gains, biases)
     min_lr: float = 1e-4
     weight_decay: float = 0.1  # applied to 2-D weights only (matmuls and embeddings)
@@ -231,6 +232,9 @@ class OptimConfig:
     fused: bool = True  # one kernel for the whole update: faster on CPU than a loop (docs/performance.md)
     muon_lr: float = 0.02  # optim.name=muon: Muon's peak rate (torch's "original" per-shape adjustment)
     muon_momentum: float = 0.95  # optim.name=muon: Muon's (Nesterov) momentum
+    # optim.name=muon: the dtype of its Newton–Schulz iterations; "auto": bfloat16 where this
+    # machine runs bfloat16 matmuls faster than float32 (measured once: tinylm.machine), else float32
+    muon_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.name in OPTIMIZERS, "optim.name",
@@ -239,6 +243,8 @@ class OptimConfig:
         require(self.muon_lr > 0, "optim.muon_lr", f"must be positive, got {self.muon_lr}")
         require(0 <= self.muon_momentum < 1, "optim.muon_momentum",
                 f"must be in [0, 1), got {self.muon_momentum}")
+        require(self.muon_dtype in MUON_DTYPES, "optim.muon_dtype",
+                f"must be one of {', '.join(MUON_DTYPES)}, got {self.muon_dtype!r}")
         require(
             0 <= self.min_lr <= self.lr,
             "optim.min_lr",
