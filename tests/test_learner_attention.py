@@ -71,15 +71,39 @@ def test_its_checkpoint_loads_only_with_the_file_named(two_runs: dict[str, Path]
     assert sampled.stderr.startswith("error: attention_file: this checkpoint's attention is the class")
 
 
-def test_a_class_that_sees_the_future_is_refused_before_training(small_text: Path, tmp_path: Path) -> None:
-    no_mask = REPO / "docs" / "attention-examples" / "no_mask.py"
-    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={no_mask}:MultiHeadAttention",
-                                script=True)
+@pytest.mark.parametrize("example, extra, says", [
+    ("no_mask.py", [], "is refused, a model that sees the future learns nothing useful; causal: output "),
+    # right at T=7 and at the checker's default 64; wrong at this run's block_size
+    ("mask_buffer_short.py", ["model.block_size=48"], "is refused before training: context: mask buffer "
+                                                      "tril built for 32 positions; the model trains with 48"),
+])
+def test_a_class_that_fails_is_refused_before_training(small_text: Path, tmp_path: Path, example: str,
+                                                       extra: list[str], says: str) -> None:
+    target = f"{REPO / 'docs' / 'attention-examples' / example}:MultiHeadAttention"
+    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={target}", *extra, script=True)
     result = run_script("train.py", *overrides, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: model.attention: {no_mask}:MultiHeadAttention is refused")
-    assert "no causal mask" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: model.attention: {target} {says}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_constructor_argument_is_passed_to_training_or_asked_for(small_text: Path, tmp_path: Path) -> None:
+    from tinylm.config import TrainConfig
+    from tinylm.errors import ConfigError
+    from tinylm.train import check_learner_attention
+
+    path = tmp_path / "odd.py"
+    path.write_text(CORRECT.read_text().replace("def __init__(self, d_model, num_heads):",
+                                                "def __init__(self, d_model, num_heads, scale):"))
+    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={path}:MultiHeadAttention")
+    with pytest.raises(ConfigError, match=r"^model.attention: building MultiHeadAttention\(d_model=64, "
+                                          r"num_heads=4\) \(pass other arguments as "
+                                          r"model.attention_kwargs.NAME=VALUE\): TypeError: "):
+        check_learner_attention(TrainConfig.from_dict(compose(*overrides)))
+    given = TrainConfig.from_dict(compose(*overrides, "model.attention_kwargs.scale=1.0"))
+    assert given.model.attention_kwargs == {"scale": 1.0}
+    assert check_learner_attention(given).model == given.model
 
 
 def test_a_learner_run_resumes_with_its_class_and_only_with_it(two_runs: dict[str, Path], small_text: Path,

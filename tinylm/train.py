@@ -28,7 +28,7 @@ from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
-from tinylm.learner.adapter import Settings
+from tinylm.learner.adapter import LearnerError, Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
@@ -185,9 +185,12 @@ def check_learner_attention(config: TrainConfig) -> TrainConfig:
     model = config.model
     target = model.attention
     settings = Settings(model.d_model, model.heads, model.block_size, model.dropout, model.bias)
-    report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
-                                 key="model.attention", settings=settings,
-                                 kwargs_key="model.attention_kwargs")
+    try:
+        report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
+                                     key="model.attention", settings=settings,
+                                     kwargs_key="model.attention_kwargs")
+    except LearnerError as error:  # its file or constructor fails: nothing to train, nothing written
+        raise ConfigError(f"model.attention: {error}") from None
     if (refusal := report.refusal(target)) is not None:
         raise ConfigError(f"model.attention: {refusal}")
     print(f"model.attention={target}: {report}")
