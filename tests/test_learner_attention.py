@@ -73,14 +73,15 @@ def test_its_checkpoint_loads_only_with_the_file_named(two_runs: dict[str, Path]
 
 @pytest.mark.parametrize("example, extra, says", [
     ("no_mask.py", [], "is refused, a model that sees the future learns nothing useful; causal: output "),
-    # right at T=7 and at the checker's default 64; wrong at this run's block_size
-    ("mask_buffer_short.py", ["model.block_size=48"], "is refused before training: context: mask buffer "
-                                                      "tril built for 32 positions; the model trains with 48"),
+    # right at T=7, wrong at this run's block_size
+    ("mask_buffer_short.py", ["model.block_size=48"],
+     "is refused before training: context: mask buffer tril built for 32 positions; the model trains with 48"),
 ])
 def test_a_class_that_fails_is_refused_before_training(small_text: Path, tmp_path: Path, example: str,
                                                        extra: list[str], says: str) -> None:
     target = f"{REPO / 'docs' / 'attention-examples' / example}:MultiHeadAttention"
-    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={target}", *extra, script=True)
+    overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={target}", *extra,
+                                script=True)
     result = run_script("train.py", *overrides, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: model.attention: {target} {says}"), result.stderr
@@ -88,7 +89,8 @@ def test_a_class_that_fails_is_refused_before_training(small_text: Path, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_a_constructor_argument_is_passed_to_training_or_asked_for(small_text: Path, tmp_path: Path) -> None:
+def test_a_constructor_argument_is_passed_to_training_or_asked_for(small_text: Path, tmp_path: Path
+                                                                   ) -> None:
     from tinylm.config import TrainConfig
     from tinylm.errors import ConfigError
     from tinylm.train import check_learner_attention

@@ -80,7 +80,10 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     if "test/bpc" in metrics:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     if run_dir(config.paths.output_dir).last.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={where} prompt={_shell_quoted(_prompt(trainer))}")
+        own = config.model.learner_attention  # the user's own file, named by the user: it runs
+        file = f" attention_file={shlex.quote(own[0])}" if own else ""
+        prompt = _shell_quoted(_prompt(trainer))
+        lines.append(f"sample:      tinylm sample ckpt={where}{file} prompt={prompt}")
     if config.logger == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(where, config)}")
     return "\n".join(lines)
