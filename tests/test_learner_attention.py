@@ -75,7 +75,8 @@ def test_its_checkpoint_loads_only_with_the_file_named(two_runs: dict[str, Path]
     ("no_mask.py", [], "is refused, a model that sees the future learns nothing useful; causal: output "),
     # right at T=7, wrong at this run's block_size
     ("mask_buffer_short.py", ["model.block_size=48"],
-     "is refused before training: context: mask buffer tril built for 32 positions; the model trains with 48"),
+     "is refused before training: context: mask buffer tril built for 32 positions; the model trains "
+     "with 48"),
 ])
 def test_a_class_that_fails_is_refused_before_training(small_text: Path, tmp_path: Path, example: str,
                                                        extra: list[str], says: str) -> None:
