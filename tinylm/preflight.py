@@ -26,7 +26,7 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> None:
     once torch can see it), and that ``data.source`` can be had. ``overrides`` (the command
     line's) say which key to name when it does not fit."""
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).absolute()}")
     check_before_torch(config, overrides)
     check_source(config.data)
 
@@ -38,7 +38,7 @@ def check_checkpoint(config: SampleConfig | AttentionScriptConfig, overrides: Se
     explores_run = (isinstance(config, AttentionScriptConfig) and Path(config.out).suffix.lower() == ".html"
                     and run_dir(config.ckpt).attention_history.is_file())
     if not path.is_file() and not explores_run:
-        raise ConfigError(f"ckpt: no checkpoint file at {path.resolve()}")
+        raise ConfigError(f"ckpt: no checkpoint file at {path.absolute()}")
 
 
 # Strategies that start their processes without re-running the script.
