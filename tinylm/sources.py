@@ -14,6 +14,7 @@ import glob
 import os
 import re
 import stat
+import threading
 import urllib.error
 import urllib.request
 from importlib.resources import files
@@ -31,7 +32,8 @@ OFFLINE_HINT = ("offline alternatives: the default data.source=builtin:tiny_shak
 SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-HUB_PROBE_TIMEOUT_S = 5.0
+HUB_PROBE_TIMEOUT_S = 5.0  # connect, and each read
+HUB_PROBE_DEADLINE_S = 10.0  # the whole probe, whatever the server does
 
 
 class DataError(TinyLMError):
@@ -263,11 +265,27 @@ def check_hub_reachable(source: str) -> None:
 
 @functools.cache  # a successful probe holds for the process: the check and the load share it
 def _probe(endpoint: str) -> None:
-    """Raises OSError (or ValueError for a malformed address) unless ``endpoint`` answers."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return  # the server answered: it is reachable
+    """Raises OSError (or ValueError for a malformed address) unless ``endpoint`` answers, whole,
+    within HUB_PROBE_DEADLINE_S: a timeout bounds each read only, and a server that trickles a
+    byte a second would hold the probe for minutes."""
+    outcome: dict[str, BaseException] = {}
+
+    def ask() -> None:
+        try:
+            request = urllib.request.Request(endpoint, method="HEAD")
+            urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered: it is reachable
+        except BaseException as error:  # handed to the caller
+            outcome["error"] = error
+
+    asking = threading.Thread(target=ask, name="tinylm-hub-probe", daemon=True)
+    asking.start()
+    asking.join(HUB_PROBE_DEADLINE_S)
+    if asking.is_alive():  # left to end on its own: a daemon thread keeps no process alive
+        raise TimeoutError(f"no whole answer within {HUB_PROBE_DEADLINE_S:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def first_line(error: BaseException) -> str:
