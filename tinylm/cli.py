@@ -49,13 +49,14 @@ from tinylm.command_configs import (
     BenchRunConfig,
     CheckAttentionConfig,
     CompareConfig,
+    ExportConfig,
     SampleConfig,
     SoakRunConfig,
 )
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
-from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
+from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
 from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
 from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
@@ -64,6 +65,8 @@ from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, u
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+# What Lightning's ddp runs to start a run's other processes: `python <it> <command> <arguments>`.
+RELAUNCH = Path(__file__).with_name("launch") / "run_tinylm.py"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ COMMANDS = {
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
+        Command("export", "a checkpoint in the Hugging Face format: tinylm export ckpt=RUN_DIR out=DIR",
+                "tinylm.export:run", "export", ExportConfig, check_export),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.learner.checker.command:run", "check_attention", CheckAttentionConfig,
                 arguments=check_attention_overrides),
@@ -174,7 +179,7 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
             try:
-                return _function(command.task)(config)
+                return relaunchable(command.name, given, lambda: _function(command.task)(config))
             except OSError as error:  # a run directory that cannot be written: one line
                 raise unwritable(error) or error from None
 
@@ -187,9 +192,11 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
                 remove_run_dir(run_dir)
             return exit_on_error(lambda: _raise(stopped_at_start(removed=fresh)))
 
+    given = list(arguments)
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
     if command.name == "train":
         arguments = exit_on_error(lambda: claim_run_dir(arguments))
+    # Hydra reads its arguments from here and names the command in its messages.
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -218,6 +225,18 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     if resumed is not None:
         print(resumed.note, flush=True)
     return arguments
+
+
+def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
+    """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
+    starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
+    sys.argv[1:]`` under ``python -m tinylm``) plus the run directory. Hydra has read its
+    arguments by now."""
+    shown, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
+    try:
+        return task()
+    finally:
+        sys.argv = shown
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:

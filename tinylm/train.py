@@ -28,9 +28,11 @@ from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
+from tinylm.learner.adapter import Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
+from tinylm.precision import choose_precision
 from tinylm.preflight import check_train
 from tinylm.rundir import RunDir, run_dir, shown
 from tinylm.runlock import holding, remove_leftovers
@@ -135,12 +137,16 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     if config.model.learner_attention is not None:
-        check_learner_attention(config)
+        config = check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
+    on_gpu = torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS
+    config, precision = choose_precision(config, overrides, on_cpu=not on_gpu)
     if rank_zero():
         print(loaded(config, data), flush=True)
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
+        if precision:
+            print(precision, flush=True)
+    if on_gpu:
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
@@ -175,16 +181,27 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
     return trainer, module
 
 
-def check_learner_attention(config: TrainConfig) -> None:
-    """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
-    heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
-    next character from the future)."""
-
-    target = config.model.attention
-    report, _ = check_target(target, config.model.d_model, config.model.heads, key="model.attention")
+def check_learner_attention(config: TrainConfig) -> TrainConfig:
+    """Run ``tinylm check-attention`` on the class model.attention names, at the run's settings
+    (width, heads, block_size, model.attention_kwargs), and print its checklist; refuse a class
+    that is not causal (it would learn to copy the next character from the future) or fails at
+    the run's block_size. Returns the config, its model.heads the class's own head count (a
+    one-head class is drawn and scored as one head)."""
+    model = config.model
+    target = model.attention
+    settings = Settings(model.d_model, model.heads, model.block_size, model.dropout, model.bias)
+    report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
+                                 key="model.attention", settings=settings,
+                                 kwargs_key="model.attention_kwargs")
     if (refusal := report.refusal(target)) is not None:
         raise ConfigError(f"model.attention: {refusal}")
     print(f"model.attention={target}: {report}")
+    if built.heads != model.heads:
+        print(f"model.heads: {target} has {built.heads} head(s) of its own, so the model is built with "
+              f"model.heads={built.heads}: its attention maps and head scores show those heads")
+        heads = built.heads
+        config = dataclasses.replace(config, model=dataclasses.replace(model, heads=heads, kv_heads=heads))
+    return config
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
