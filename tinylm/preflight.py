@@ -26,7 +26,7 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> None:
     once torch can see it), and that ``data.source`` can be had. ``overrides`` (the command
     line's) say which key to name when it does not fit."""
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).absolute()}")
     check_before_torch(config, overrides)
     check_source(config.data)
 
@@ -40,7 +40,7 @@ def check_checkpoint(config: SampleConfig | AttentionScriptConfig | ExportConfig
                     and run_dir(config.ckpt).attention_history.is_file())
     exported = (path / EXPORTED_CONFIG).is_file()  # a directory tinylm export wrote
     if not path.is_file() and not explores_run and not exported:
-        raise ConfigError(f"ckpt: no checkpoint file at {path.resolve()}")
+        raise ConfigError(f"ckpt: no checkpoint file at {path.absolute()}")
 
 
 def check_export(config: ExportConfig, overrides: Sequence[str] = ()) -> None:

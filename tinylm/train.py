@@ -168,7 +168,12 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
 
     trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=paths.root, enable_progress_bar=refresh_rate > 0)
-    trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    except SystemExit as exit:  # Lightning's answer to a Ctrl-C before training began
+        if isinstance(exit.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     # One process reports (and exits 128+N); the others end quietly: Lightning's launcher
     # kills all processes when one of the ranks it started exits non-zero.
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
