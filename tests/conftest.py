@@ -23,6 +23,7 @@ _CACHE = Path(tempfile.mkdtemp(prefix="tinylm-tests-hf-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_CACHE)
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
+os.environ["XDG_CACHE_HOME"] = str(_CACHE / "user")  # tinylm.machine's measurements
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
