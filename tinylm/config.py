@@ -427,8 +427,12 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337
     ckpt_path: str | None = None  # resume from this checkpoint
+    # Seconds a process of a data-parallel run waits for the others before it gives up (the
+    # process group's timeout): the bound on how long a job outlives a process that hangs.
+    ddp_timeout: int = 300
 
     def __post_init__(self) -> None:
+        require(self.ddp_timeout >= 1, "ddp_timeout", f"must be at least 1 second, got {self.ddp_timeout}")
         require(self.logger in LOGGERS, "logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         check_trainer_settings(self.trainer, open_ended=self.optim.decay_steps is not None)
 
