@@ -45,7 +45,7 @@ def test_its_attention_maps_and_head_scores_are_in_tensorboard(two_runs: dict[st
     events = EventAccumulator(str(two_runs["learner"] / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert "attention/layer_1/head_3" in events.Tags()["images"]
-    assert "heads/induction/layer_1_head_3" in scalars(two_runs["learner"])
+    assert "heads/prefix_matching/layer_1_head_3" in scalars(two_runs["learner"])
 
 
 def test_its_checkpoint_loads_only_with_the_file_named(two_runs: dict[str, Path]) -> None:

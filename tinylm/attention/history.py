@@ -37,11 +37,15 @@ class History:
         return self.maps[index].astype(np.float32) / 255.0
 
 
+# Scores renamed since older runs recorded them: the old name → today's (the same definition).
+RENAMED = {"induction": "prefix_matching"}
+
+
 def load_history(path: str | Path) -> History:
     with np.load(path, allow_pickle=False) as archive:
         names = [name for name in archive.files if name not in ("probe", "steps", "maps")]
-        return History(labels=archive["probe"].tolist(), steps=archive["steps"],
-                       maps=archive["maps"], scores={name: archive[name] for name in names})
+        return History(labels=archive["probe"].tolist(), steps=archive["steps"], maps=archive["maps"],
+                       scores={RENAMED.get(name, name): archive[name] for name in names})
 
 
 def append_history(path: str | Path, step: int, labels: Sequence[str], weights: np.ndarray,
