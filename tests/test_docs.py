@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SCRIPTS = {"train", "sample", "attention", "compare", "bench", "soak", "check-attention"}
+SCRIPTS = {"train", "sample", "attention", "compare", "export", "bench", "soak", "check-attention"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Shell variables the docs use inside commands, and a value for each.
 SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "1"}
@@ -218,8 +218,10 @@ def test_a_documented_command_is_valid(command: Command, places: dict[str, str])
     match argv:
         case ["python", "-m", "pip", "install", "-e", ".[dev]"]:
             assert text == ci_line("install"), "the README's install command is not CI's"
-        case ["pip", "install", "."]:
+        case ["pip", "install", "."] | ["python", "-m", "pip", "install", "-e", ".[hf]"]:
             pass
+        case ["hf", "upload", repo, folder]:  # docs/huggingface.md: the directory tinylm export wrote
+            assert "/" in repo and folder == "my-model", command.text
         case ["python", "-m", "pytest"]:
             assert text == ci_line("tests"), "the README's test command is not CI's"
         case ["ruff", "check", "."]:

@@ -100,7 +100,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Pat
     finally:
         process.kill()
         process.communicate()
-    assert (tmp_path / "last.ckpt.tmp").stat().st_size > 0  # it was killed mid-write
+    temp = tmp_path / f"last.ckpt.{process.pid}.tmp"  # named per process
+    assert temp.stat().st_size > 0  # it was killed mid-write
     assert torch.load(path, weights_only=True)["step"] == 1
 
 
@@ -172,9 +173,9 @@ def test_a_signal_saves_a_checkpoint_and_stops_cleanly(signum: int, small_text: 
     assert "Traceback" not in stderr
     message = stderr.strip().splitlines()[-1]
     stopped = re.fullmatch(rf"stopped: {name} received; training stopped after step (\d+) and saved "
-                           rf"(\S+); resume with ckpt_path=(\S+)", message)
+                           rf"(\S+); resume with: tinylm train ckpt_path=(\S+)", message)
     assert stopped, message
-    assert Path(stopped[2]) == Path(stopped[3]) == last
+    assert Path(stopped[2]) == last and Path(stopped[3]) == run_dir
     assert torch.load(last, weights_only=True)["global_step"] == int(stopped[1]) >= 5
 
 

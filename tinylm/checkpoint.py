@@ -18,6 +18,9 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
+from tinylm.hf import is_export, read_export
+from tinylm.integrity import DamagedCheckpoint, intact_alternatives, verify
+from tinylm.learner.source import AttentionSource, sha256_of
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 
@@ -40,6 +43,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", mmap: bool = False) -> 
         raise CheckpointError(f"{key}: no checkpoint file at {path.resolve()}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
         raise _corrupt(key, path, "not a complete zip archive, as torch.save writes")
+    verified(path, key)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
@@ -56,9 +60,24 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", mmap: bool = False) -> 
     return checkpoint
 
 
+def verified(path: str | Path, key: str = "ckpt") -> Path:
+    """``path``, once its content is checked against the checksum it was written with
+    (``tinylm.integrity``); a damaged file is a CheckpointError naming an intact one to use."""
+    path = Path(path).expanduser()
+    try:
+        verify(path)
+    except DamagedCheckpoint as error:
+        raise _corrupt(key, path, error.reason) from None
+    except OSError as error:
+        raise CheckpointError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+    return path
+
+
 def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); use another "
-                           f"checkpoint, e.g. checkpoints/best.ckpt of the same run")
+    intact = intact_alternatives(path)
+    instead = (f"use the intact {intact[0].name} beside it: {key}={intact[0]}" if intact else
+               f"no intact checkpoint is left beside it ({path.parent}): train again")
+    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); {instead}")
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
@@ -71,38 +90,90 @@ def tokenizer_of(checkpoint: dict[str, Any]) -> Tokenizer:
     return tokenizer_from(hyper.get("tokenizer", "char"), hyper["vocab"])
 
 
-def with_attention_file(config: ModelConfig, attention_file: str | None, key: str = "attention_file"
-                        ) -> ModelConfig:
+def with_attention_file(config: ModelConfig, attention_file: str | None, key: str = "attention_file",
+                        record: AttentionSource | None = None, run_dir: Path | None = None,
+                        changed: bool = False) -> ModelConfig:
     """``config`` with its learner's attention class taken from ``attention_file``, the file the
-    user names: a checkpoint records the file and class it was trained with, and never imports
-    code by itself."""
+    user names: a checkpoint records the file and class it was trained with (``record``: its
+    hash, where it was), and never imports code by itself. A file with another hash is refused
+    unless ``changed`` (``attention_file_changed=true``) accepts it knowingly."""
     if config.learner_attention is None:
         return config
-    file, name = config.learner_attention
+    name = config.learner_attention[1]
     if attention_file is None:
-        raise CheckpointError(f"{key}: this checkpoint's attention is the class {name} of {file}; tinylm "
-                              f"imports no code a checkpoint names, so name the file: {key}={file}")
-    if not Path(attention_file).expanduser().is_file():
-        raise CheckpointError(f"{key}: no file {Path(attention_file).resolve()} (the checkpoint was trained "
-                              f"with the class {name} of {file})")
+        which = _which_file(key, record, run_dir)
+        raise CheckpointError(f"{key}: this checkpoint's attention is the class {name} of a file of yours; "
+                              f"tinylm imports no code a checkpoint names; {which}")
+    path = Path(attention_file).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{key}: no file {path.resolve()} (the checkpoint was trained with the class "
+                              f"{name}; {_which_file(key, record, run_dir)})")
+    if record is not None and not changed and (digest := sha256_of(path)) != record.sha256:
+        raise CheckpointError(
+            f"{key}: {path} has sha256 {digest[:16]}, the checkpoint was trained with a file of sha256 "
+            f"{record.short()}; name that file, or load this one knowingly with attention_file_changed=true"
+        )
     return dataclasses.replace(config, attention=f"{attention_file}:{name}")
 
 
+def _which_file(key: str, record: AttentionSource | None, run_dir: Path | None) -> str:
+    """What to pass: a file the checkpoint points at only when its hash matches, saying it runs."""
+    if record is None:
+        return f"pass the file you trained with as {key}=path/to/file.py (tinylm will execute it)"
+    matching = record.matching_files(run_dir or Path("."))
+    if matching:
+        return (f"{key}={matching[0]} has the sha256 it was trained with ({record.short()}); pass it if you "
+                f"trust it: tinylm will execute that file")
+    return (f"no file where it was trained has its sha256 {record.short()}; pass the file you trained with "
+            f"as {key}=path/to/file.py (tinylm will execute it)")
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a checkpoint file: <run>/checkpoints/last.ckpt → <run>."""
+    parent = Path(path).expanduser().absolute().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
-                    attention_file: str | None = None) -> tuple[GenerativeLM, Tokenizer]:
+                    attention_file: str | None = None, attention_file_changed: bool = False
+                    ) -> tuple[GenerativeLM, Tokenizer]:
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
-    trained with a learner's attention class also needs ``attention_file``, that class's file."""
-    checkpoint = read_checkpoint(path, key)
-    tokenizer = tokenizer_of(checkpoint)
-    config = with_attention_file(model_config_of(checkpoint), attention_file)
+    trained with a learner's attention class also needs ``attention_file``, that class's file
+    (the one it was trained with, unless ``attention_file_changed``). ``path`` may also be a
+    directory ``tinylm export`` wrote (the Hugging Face layout)."""
+    record, run_dir = None, None
+    if is_export(path):
+        config, tokenizer, state = read_export(path)
+    else:
+        checkpoint = read_checkpoint(path, key)
+        tokenizer, config = tokenizer_of(checkpoint), model_config_of(checkpoint)
+        state = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()
+                 if name.startswith("model.")}
+        record, run_dir = AttentionSource.from_checkpoint(checkpoint), run_dir_of(path)
+    config = with_attention_file(config, attention_file, record=record, run_dir=run_dir,
+                                 changed=attention_file_changed)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
     config = dataclasses.replace(config, dropout=0.0)
     model = GenerativeLM(config, tokenizer.vocab_size)
-    state = {
-        name.removeprefix("model."): tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith("model.")
-    }
+    if config.learner_attention is not None:
+        _check_parameters(model, state, config.learner_attention)
     model.load_state_dict(state)
     return model.to(map_location).eval(), tokenizer
+
+
+def _check_parameters(model: torch.nn.Module, state: dict[str, Any], learner: tuple[str, str]) -> None:
+    """One line, not load_state_dict's report, when a learner's class holds other parameters
+    than the checkpoint (another class under the same name, or an edited one)."""
+    own = model.state_dict()
+    missing = [n for n in own if n not in state]
+    unexpected = [n for n in state if n not in own]
+    resized = [n for n in own if n in state and tuple(own[n].shape) != tuple(state[n].shape)]
+    if not (missing or unexpected or resized):
+        return
+    file, name = learner
+    parts = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+             for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", resized))
+             if names]
+    raise CheckpointError(f"attention_file: the class {name} in {file} holds other parameters than the "
+                          f"checkpoint ({'; '.join(parts)}); name the file it was trained with")

@@ -49,6 +49,7 @@ from tinylm.command_configs import (
     BenchRunConfig,
     CheckAttentionConfig,
     CompareConfig,
+    ExportConfig,
     PatchConfig,
     SampleConfig,
     SoakRunConfig,
@@ -56,12 +57,16 @@ from tinylm.command_configs import (
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
-from tinylm.preflight import check_checkpoint, check_sweep_strategy, check_train
+from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
+from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
+from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+# What Lightning's ddp runs to start a run's other processes: `python <it> <command> <arguments>`.
+RELAUNCH = Path(__file__).with_name("launch") / "run_tinylm.py"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ COMMANDS = {
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
+        Command("export", "a checkpoint in the Hugging Face format: tinylm export ckpt=RUN_DIR out=DIR",
+                "tinylm.export:run", "export", ExportConfig, check_export),
         Command("check-attention", "check an attention class: tinylm check-attention my_attn.py:MyAttention",
                 "tinylm.learner.checker.command:run", "check_attention", CheckAttentionConfig,
                 arguments=check_attention_overrides),
@@ -169,15 +176,55 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             config = build(command.schema, cfg)
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
-            return _function(command.task)(config)
+            return relaunchable(command.name, given, lambda: _function(command.task)(config))
 
         return exit_on_error(job, cleanup=discard_unused_run_dir)
 
+    given = list(arguments)
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
+    if command.name == "train":
+        arguments = exit_on_error(lambda: claim_run_dir(arguments))
+    # Hydra reads its arguments from here and names the command in its messages.
     sys.argv = [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     return exit_on_error(lambda: _translating(command, arguments, app))
+
+
+def claim_run_dir(arguments: list[str]) -> list[str]:
+    """Before Hydra writes anything: a resume of a run (``ckpt_path=`` naming it) completed with
+    that run's own settings, said in one line, or ended at once if the run is finished; and the
+    lock of the run directory taken where the command line names it (a resume, ``hydra.run.dir=``),
+    so a second run into a live one is refused before it touches a file there."""
+    arguments, resumed = resume_arguments(arguments)
+    if resumed is not None:
+        overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
+        max_steps = build(TrainConfig, compose("train", overrides)).max_steps
+        try:
+            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
+        except RunFinished as finished:
+            print(f"run: {finished}")
+            raise SystemExit(0) from None
+    multirun = any(a in ("-m", "--multirun") for a in arguments)
+    directory = next((override_value(a) for a in reversed(arguments) if a.startswith("hydra.run.dir=")), None)
+    if directory and not multirun and first_process():
+        own = resumed is not None and resumed.root == Path(directory)
+        acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
+    if resumed is not None:
+        print(resumed.note, flush=True)
+    return arguments
+
+
+def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
+    """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
+    starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
+    sys.argv[1:]`` under ``python -m tinylm``) plus the run directory. Hydra has read its
+    arguments by now."""
+    shown, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
+    try:
+        return task()
+    finally:
+        sys.argv = shown
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
@@ -409,6 +456,7 @@ def discard_unused_run_dir() -> None:
         return
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir).absolute()
+    forget(run_dir)  # this run's lock goes with it
     bookkeeping = {run_dir / f"{hydra.job.name}.log"}
     if hydra.output_subdir is not None:
         bookkeeping.add(run_dir / hydra.output_subdir)

@@ -18,13 +18,16 @@ class AttentionScriptConfig:
     """Settings of ``tinylm attention`` (configs/attention.yaml)."""
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
-    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
+    # at least 2 and at most model.block_size characters; null: "To be, or not to be" (a run
+    # directory's .html page: the probe the run recorded)
+    prompt: str | None = None
     out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
@@ -63,6 +66,7 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
     # compile the one-token step (tinylm.generation.decode): true, false, or auto: when the
     # generation is long enough to pay the compile back (docs/sampling.md#compiling-the-decode-step)
     compile: str = "auto"
@@ -75,6 +79,19 @@ class SampleConfig(SamplingConfig):
         object.__setattr__(self, "compile", str(self.compile).lower())  # a YAML true is a bool
         require(bool(self.prompt), "prompt", "must hold at least one character")
         require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of ``tinylm export`` (configs/export.yaml): a checkpoint in the Hugging Face format."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    out: str = MISSING  # the directory to write: config.json, model.safetensors, the tokenizer
+    overwrite: bool = False  # replace what an earlier export wrote in out
+
+    def __post_init__(self) -> None:
+        require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
+        require(bool(self.out), "out", "is required: the directory to write, e.g. out=my-model")
 
 
 @dataclass(frozen=True)
@@ -179,6 +196,7 @@ class CheckAttentionConfig:
     attention: str = MISSING  # path/to/file.py:ClassName; also accepted as the first argument, without key
     d_model: int = 48  # the width it is built with, unless kwargs names its width argument
     heads: int = 4  # the heads it is built with, unless kwargs names its head argument
+    block_size: int = 64  # every check also runs at this context, as training calls it (model.block_size)
     # its constructor's arguments as given (kwargs.dropout_p=0.0): free-form, no + needed
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     map: LayerNames = field(default_factory=LayerNames)
@@ -187,5 +205,6 @@ class CheckAttentionConfig:
         require(bool(self.attention), "attention",
                 "is required: tinylm check-attention path/to/file.py:ClassName")
         require(self.d_model >= 1, "d_model", f"must be at least 1, got {self.d_model}")
+        require(self.block_size >= 2, "block_size", f"must be at least 2, got {self.block_size}")
         require(self.heads >= 1 and self.d_model % self.heads == 0, "heads",
                 f"{self.heads} heads do not divide d_model={self.d_model}; choose a divisor of d_model")

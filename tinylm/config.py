@@ -22,6 +22,7 @@ POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu", "relu2", "none")
 OPTIMIZERS = ("adamw", "muon")
+MUON_DTYPES = ("auto", "float32", "bfloat16")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
@@ -41,6 +42,9 @@ class ModelConfig:
     # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand; "path/to/file.py:ClassName":
     # your own attention class inside tinylm's blocks (checked first: tinylm check-attention)
     attention: str = "sdpa"
+    # the other arguments of that class's constructor (model.attention_kwargs.context_length=64),
+    # free-form, no + needed; recorded in checkpoints and used again on load
+    attention_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
     position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
     norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
@@ -83,6 +87,9 @@ class ModelConfig:
             f"must be one of {', '.join(ATTENTION_PATHS)} or path/to/file.py:ClassName, "
             f"got {self.attention!r}",
         )
+        require(not self.attention_kwargs or self.learner_attention is not None, "model.attention_kwargs",
+                f"are for a class of your own (model.attention=path/to/file.py:ClassName), not "
+                f"model.attention={self.attention}; remove them")
         if self.learner_attention is not None:
             fixed = [("position", self.position, "learned"), ("qk_norm", self.qk_norm, False),
                      ("kv_heads", self.kv_heads, self.heads)]
@@ -226,7 +233,7 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay to min_lr, as nanoGPT trains; or Muon for the
     blocks' matrices with AdamW for the rest (embeddings, head, gains, biases)."""
 
-    name: str = "adamw"  # "muon": torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest
+    name: str = "adamw"  # "muon": Muon (tinylm.muon) for the blocks' 2-D weights, AdamW for the rest
     lr: float = 1e-3  # AdamW's peak rate (with optim.name=muon: that of the embeddings, head, gains, biases)
     min_lr: float = 1e-4
     weight_decay: float = 0.1  # applied to 2-D weights only (matmuls and embeddings)
@@ -238,6 +245,9 @@ class OptimConfig:
     fused: bool = True  # one kernel for the whole update: faster on CPU than a loop (docs/performance.md)
     muon_lr: float = 0.02  # optim.name=muon: Muon's peak rate (torch's "original" per-shape adjustment)
     muon_momentum: float = 0.95  # optim.name=muon: Muon's (Nesterov) momentum
+    # optim.name=muon: the dtype of its Newton–Schulz iterations; "auto": bfloat16 where this
+    # machine runs bfloat16 matmuls faster than float32 (measured once: tinylm.machine), else float32
+    muon_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.name in OPTIMIZERS, "optim.name",
@@ -246,6 +256,8 @@ class OptimConfig:
         require(self.muon_lr > 0, "optim.muon_lr", f"must be positive, got {self.muon_lr}")
         require(0 <= self.muon_momentum < 1, "optim.muon_momentum",
                 f"must be in [0, 1), got {self.muon_momentum}")
+        require(self.muon_dtype in MUON_DTYPES, "optim.muon_dtype",
+                f"must be one of {', '.join(MUON_DTYPES)}, got {self.muon_dtype!r}")
         require(
             0 <= self.min_lr <= self.lr,
             "optim.min_lr",

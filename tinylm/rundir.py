@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 BEST = "best"  # the stem Lightning's ModelCheckpoint is given
 LAST = "last"
+EXPORTED_CONFIG = "config.json"  # what marks a directory tinylm export wrote (the Hugging Face layout)
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,52 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.root / "tb"
 
+    @property
+    def overrides(self) -> Path:
+        """The command line's overrides the run was started with (Hydra writes them)."""
+        return self.root / ".hydra" / "overrides.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the run training here (tinylm.runlock): one run per directory."""
+        return self.root / ".lock"
+
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` is inside this run directory."""
+        return Path(path).expanduser().resolve().is_relative_to(self.root.resolve())
+
+    def resume_command(self) -> str:
+        """The command that continues this run, as a user would type it: the run directory
+        names its own settings (its .hydra/overrides.yaml)."""
+        target = self.root if self.overrides.is_file() else self.last
+        return f"tinylm train ckpt_path={shlex.quote(shown(target))}"
+
 
 def run_dir(path: str | Path) -> RunDir:
     return RunDir(Path(path).expanduser())
 
 
-def checkpoint_path(ckpt: str | Path) -> Path:
-    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
+def shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it is below it, as a user would type it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run_of(ckpt: str | Path) -> RunDir | None:
+    """The run directory ``ckpt`` (a run directory, or a checkpoint in its checkpoints/) belongs
+    to: the one whose .hydra/overrides.yaml records its settings; None for a lone file."""
     path = Path(ckpt).expanduser()
-    return run_dir(path).last if path.is_dir() else path
+    root = path if path.is_dir() else path.parent.parent
+    run = run_dir(root)
+    return run if run.overrides.is_file() else None
+
+
+def checkpoint_path(ckpt: str | Path) -> Path:
+    """``ckpt`` itself (a file, or a directory ``tinylm export`` wrote: it holds config.json), or
+    for a run directory its checkpoints/last.ckpt."""
+    path = Path(ckpt).expanduser()
+    exported = (path / EXPORTED_CONFIG).is_file()
+    return run_dir(path).last if path.is_dir() and not exported else path

@@ -28,11 +28,14 @@ from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
+from tinylm.learner.adapter import Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
+from tinylm.precision import choose_precision
 from tinylm.preflight import check_train
-from tinylm.rundir import run_dir
+from tinylm.rundir import RunDir, run_dir, shown
+from tinylm.runlock import holding, remove_leftovers
 from tinylm.schema import check_trainer_arguments
 from tinylm.sources import row_unit
 
@@ -67,20 +70,19 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     """The few lines that end a run: where it is, how well it did, what to run next."""
     if trainer.fast_dev_run:
         return f"fast dev run: {trainer.global_step:,} steps, nothing written"
-    shown = _shown(Path(config.paths.output_dir))
+    where = shown(config.paths.output_dir)
     metrics = trainer.callback_metrics
-    lines = [f"run: {shown} ({trainer.global_step:,} steps)"]
+    lines = [f"run: {where} ({trainer.global_step:,} steps)"]
     best = trainer.checkpoint_callback.best_model_score
     if best is not None:
-        last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
-        lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc); "
-                     f"last {last:.4f}")
+        last = f"; last {float(metrics['val/loss']):.4f}" if "val/loss" in metrics else ""
+        lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc){last}")
     if "test/bpc" in metrics:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     if run_dir(config.paths.output_dir).last.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={shown} prompt={_shell_quoted(_prompt(trainer))}")
+        lines.append(f"sample:      tinylm sample ckpt={where} prompt={_shell_quoted(_prompt(trainer))}")
     if config.logger == "tensorboard":
-        lines.append(f"tensorboard: {tensorboard_command(shown, config)}")
+        lines.append(f"tensorboard: {tensorboard_command(where, config)}")
     return "\n".join(lines)
 
 
@@ -110,15 +112,6 @@ def tensorboard_command(logdir: str | Path, config: TrainConfig) -> str:
     return f"tensorboard --logdir {logdir} --samples_per_plugin images={max(100, pictures)}"
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it, as a user would type it."""
-    path = path.absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def fit(config: TrainConfig, overrides: Sequence[str] = (),
         extra_callbacks: Sequence[Callback] = ()) -> tuple[Trainer, LitLM]:
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
@@ -129,17 +122,31 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     last.ckpt.
     """
     check_trainer_arguments(config.trainer, L.Trainer)
+    if config.trainer.get("fast_dev_run"):  # writes nothing, so holds no directory
+        return _fit(config, overrides, extra_callbacks, run_dir(config.paths.output_dir))
+    paths = run_dir(config.paths.output_dir)
+    with holding(paths.root, key="paths.output_dir"):
+        remove_leftovers(paths.checkpoints)  # what a process killed mid-write left
+        return _fit(config, overrides, extra_callbacks, paths)
+
+
+def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequence[Callback],
+         paths: RunDir) -> tuple[Trainer, LitLM]:
     quiet_libraries()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     if config.model.learner_attention is not None:
-        check_learner_attention(config)
+        config = check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
+    on_gpu = torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS
+    config, precision = choose_precision(config, overrides, on_cpu=not on_gpu)
     if rank_zero():
         print(loaded(config, data), flush=True)
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
+        if precision:
+            print(precision, flush=True)
+    if on_gpu:
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
@@ -148,7 +155,6 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
                    max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
-    paths = run_dir(config.paths.output_dir)
     callbacks = build_callbacks(config, data, paths, overrides, extra_callbacks)
     stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
@@ -170,16 +176,27 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     return trainer, module
 
 
-def check_learner_attention(config: TrainConfig) -> None:
-    """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
-    heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
-    next character from the future)."""
-
-    target = config.model.attention
-    report, _ = check_target(target, config.model.d_model, config.model.heads, key="model.attention")
+def check_learner_attention(config: TrainConfig) -> TrainConfig:
+    """Run ``tinylm check-attention`` on the class model.attention names, at the run's settings
+    (width, heads, block_size, model.attention_kwargs), and print its checklist; refuse a class
+    that is not causal (it would learn to copy the next character from the future) or fails at
+    the run's block_size. Returns the config, its model.heads the class's own head count (a
+    one-head class is drawn and scored as one head)."""
+    model = config.model
+    target = model.attention
+    settings = Settings(model.d_model, model.heads, model.block_size, model.dropout, model.bias)
+    report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
+                                 key="model.attention", settings=settings,
+                                 kwargs_key="model.attention_kwargs")
     if (refusal := report.refusal(target)) is not None:
         raise ConfigError(f"model.attention: {refusal}")
     print(f"model.attention={target}: {report}")
+    if built.heads != model.heads:
+        print(f"model.heads: {target} has {built.heads} head(s) of its own, so the model is built with "
+              f"model.heads={built.heads}: its attention maps and head scores show those heads")
+        heads = built.heads
+        config = dataclasses.replace(config, model=dataclasses.replace(model, heads=heads, kv_heads=heads))
+    return config
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
@@ -215,6 +232,11 @@ def quiet_libraries() -> None:
     every warning stay. Deprecations raised inside Lightning's own code (its use of torch's
     pytree API) are Lightning's to fix, not the user's."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # A resume trains on in its own run directory (or in one hydra.run.dir names on purpose):
+    # ModelCheckpoint's notices about a directory that is not empty, or not the checkpoint's,
+    # would report the expected case.
+    for notice in (r"Checkpoint directory .* exists and is not empty", r"The dirpath has changed from"):
+        warnings.filterwarnings("ignore", message=notice)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 

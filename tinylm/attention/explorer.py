@@ -12,7 +12,9 @@ them. ``write_explorer`` builds it from the arrays of ``tinylm.attention.history
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,21 @@ def explorer_html(labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
                   for step, text in (marks or {}).items() if step in list(steps)],
         "attribution": attribution,
     }
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")  # never closes the script
-    return PAGE.replace("/*DATA*/", payload).replace("<!--TITLE-->", _escape(title))
+    return fill_page(title, data)
+
+
+# Inside <script>, "<!--", "<script" and "</script" change how the HTML parser reads on: with
+# every "<" (and ">", "&", the JavaScript line breaks) escaped, no string of the data can.
+_SCRIPT_SAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def fill_page(title: str, data: dict) -> str:
+    """The page with ``title`` (HTML-escaped, quotes too) and ``data`` (JSON, script-safe) in its
+    places: one pass over the template, so nothing substituted is read again as a placeholder."""
+    payload = json.dumps(data, ensure_ascii=False)
+    payload = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_SAFE[m[0]], payload)
+    text = {"<!--TITLE-->": html.escape(title, quote=True), "/*DATA*/": payload}
+    return re.sub(r"<!--TITLE-->|/\*DATA\*/", lambda m: text[m[0]], PAGE)
 
 
 def write_explorer(path: str | Path, labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
@@ -66,10 +81,6 @@ def write_explorer(path: str | Path, labels: Sequence[str], steps: Sequence[int]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(explorer_html(labels, steps, maps, scores, title, marks, attribution), encoding="utf-8")
     return path
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 PAGE = """<!DOCTYPE html>

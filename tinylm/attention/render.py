@@ -19,6 +19,8 @@ from tinylm.command_configs import AttentionScriptConfig
 from tinylm.errors import ConfigError
 from tinylm.rundir import checkpoint_path, run_dir
 
+DEFAULT_PROMPT = "To be, or not to be"
+
 
 def pick(index: int | None, count: int, key: str, what: str) -> list[int]:
     """All of ``range(count)`` for None, else the one index (negative counts from the end)."""
@@ -40,7 +42,9 @@ def render_attention(config: AttentionScriptConfig) -> str:
     run_history = run_dir(config.ckpt).attention_history
     if Path(config.out).suffix.lower() == ".html" and run_history.is_file():
         return explore_run(config, run_history)
-    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file)
+    config = dataclasses.replace(config, prompt=DEFAULT_PROMPT if config.prompt is None else config.prompt)
+    model, tokenizer = load_checkpoint(checkpoint_path(config.ckpt), attention_file=config.attention_file,
+                                       attention_file_changed=config.attention_file_changed)
     ids = encode_probe(config.prompt, tokenizer, model.config.block_size, key="prompt")  # (1, T)
     layers = pick(config.layer, model.config.layers, "layer", "layers")
     heads = pick(config.head, model.config.heads, "head", "heads")
@@ -82,7 +86,14 @@ def checkpoint_step(ckpt: str) -> int:
 
 def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     """The explorer of a run directory: its probe at every step the run recorded."""
-    history = load_history(path)
+    history = load_history(path, key="ckpt")
+    if config.prompt is not None and config.prompt != "".join(history.labels):
+        raise ConfigError(
+            f"prompt: the page of a run directory shows the probe the run recorded at each step "
+            f"({''.join(history.labels)!r}); no other prompt can be drawn at those steps, as only the "
+            f"last checkpoints are kept: drop prompt=, or draw it at the last step with "
+            f"ckpt={run_dir(config.ckpt).last}"
+        )
     _, L, H, n, _ = history.maps.shape
     layers, heads = pick(config.layer, L, "layer", "layers"), pick(config.head, H, "head", "heads")
     maps = history.maps[:, layers][:, :, heads]  # (S, layers, heads, n, n)

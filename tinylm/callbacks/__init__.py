@@ -46,7 +46,7 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
         best_checkpoint(paths.best),
         last,
         StepSeed(config.seed),
-        StopOnSignal(last),
+        StopOnSignal(last, paths.resume_command()),
         StopOnNonFiniteLoss(last, config.optim.lr),
         TrainingMetrics(),
         *extra,
@@ -56,7 +56,9 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
         callbacks.append(ProgressBar(refresh_rate=refresh_rate))
     if config.logger == "tensorboard":
         params = flatten(as_plain(config))
-        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
+        continuing = config.ckpt_path is not None and paths.holds(config.ckpt_path)  # its TensorBoard run
+        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params),
+                                       continuing=continuing))
         callbacks.extend(watch_callbacks(config, data, paths.attention_history))
     return callbacks
 
