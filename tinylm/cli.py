@@ -50,6 +50,7 @@ from tinylm.command_configs import (
     CheckAttentionConfig,
     CompareConfig,
     ExportConfig,
+    PatchConfig,
     SampleConfig,
     SoakRunConfig,
 )
@@ -99,6 +100,8 @@ COMMANDS = {
                 "tinylm.sample:run", "sample", SampleConfig, check_checkpoint),
         Command("attention", "draw a checkpoint's attention: tinylm attention ckpt=RUN_DIR out=attn.png",
                 "tinylm.attention.render:run", "attention", AttentionScriptConfig, check_checkpoint),
+        Command("patch", "which heads carry a prediction: tinylm patch ckpt=RUN_DIR clean=... corrupt=...",
+                "tinylm.patch:run", "patch", PatchConfig, check_checkpoint),
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
@@ -292,17 +295,18 @@ def gather_positional(command: Command, arguments: Sequence[str]) -> list[str]:
 
 
 PATH_KEYS = ("ckpt", "ckpt_path")  # a run directory's name holds "=" and ",": quoted for Hydra
+TEXT_KEYS = {"sample": ("prompt",), "attention": ("prompt",), "patch": ("clean", "corrupt")}  # any text
 
 
 def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
-    """``arguments`` as Hydra can parse them: a prompt quoted whatever it holds, and a checkpoint
-    path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
+    """``arguments`` as Hydra can parse them: a prompt (``TEXT_KEYS``) quoted whatever it holds, and
+    a checkpoint path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
     as well; a path without "=" is left as it is (``ckpt_path=a,b`` may be a sweep)."""
     quoted = []
     for argument in arguments:
-        key, _, value = argument.partition("=")
-        if command.name in ("sample", "attention"):
-            argument = quote_prompt(argument)
+        key, sep, value = argument.partition("=")
+        if sep and key in TEXT_KEYS.get(command.name, ()):  # quoted as a prompt, under its own key
+            argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
         if key in PATH_KEYS and "=" in value and not (value[:1] == value[-1:] and value[:1] in "'\""):
             argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
         quoted.append(argument)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinylm.command_configs import AttentionScriptConfig, ExportConfig, SampleConfig
+from tinylm.command_configs import AttentionScriptConfig, ExportConfig, PatchConfig, SampleConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.memory import check_before_torch
@@ -31,7 +31,7 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> None:
     check_source(config.data)
 
 
-def check_checkpoint(config: SampleConfig | AttentionScriptConfig | ExportConfig,
+def check_checkpoint(config: SampleConfig | AttentionScriptConfig | PatchConfig | ExportConfig,
                      overrides: Sequence[str] = ()) -> None:
     """That ``ckpt`` names a checkpoint file, or a run directory holding one (or, for the
     explorer, its record of attention over training)."""

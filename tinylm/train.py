@@ -258,9 +258,15 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
     unit = row_unit(source) + ("s" if data.documents != 1 else "")
     cache = "read back from the datasets cache" if data.from_cache else "read and cached"
     test = f", {len(data.test_tokens):,} test" if data.test_tokens is not None else ""
-    return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
+    line = (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
             f"and {len(data.val_tokens):,} validation{test} {tokens}, a vocabulary of "
             f"{data.tokenizer.vocab_size}")
+    if (repeats := data.repeats) is not None:
+        line += (f"\ndata: {repeats.count(config.data.batch_size)} of each training batch's "
+                 f"{config.data.batch_size} windows are a random string of {repeats.length} {tokens} "
+                 f"repeated to fill the window, not text "
+                 f"(data.repeat_fraction={config.data.repeat_fraction}); validation is text only")
+    return line
 
 
 def rank_zero() -> bool:
