@@ -48,7 +48,7 @@ def test_its_attention_maps_and_head_scores_are_in_tensorboard(two_runs: dict[st
     events.Reload()
     assert "attention/layer_1/head_3" in events.Tags()["images"]
     logged = scalars(two_runs["learner"])
-    assert "heads/induction/layer_1_head_3" in logged
+    assert "heads/prefix_matching/layer_1_head_3" in logged
     assert "heads/ablation/layer_1_head_3" in logged  # its W_O reads the heads side by side
 
 
