@@ -118,3 +118,13 @@ def test_sample_benchmark_times_the_compiled_step_and_nanogpt_beside_in_batches(
 def test_speedrun_benchmark_needs_nanogpt() -> None:
     result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
     assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_step_benchmark_splits_the_step_and_times_torchs_muon_beside_ours(small_text: Path) -> None:
+    result = run_script("bench.py", "bench.task=step", "experiment=speedrun", f"data.source={small_text}",
+                        "bench.steps=3", "bench.warmup=1", "model.layers=1", "model.d_model=32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    assert figures["precision"].startswith("precision: 32-true, Muon's iterations in ")
+    assert figures["forward_backward_ms"] > 0 and figures["muon_ms"] > 0 and figures["torch_muon_ms"] > 0
+    assert figures["muon_ms"] <= figures["optimizer_ms"] and 0 < figures["optimizer_share"] < 1

@@ -1,5 +1,6 @@
 """The settings of every command but ``train`` (whose are ``tinylm.config``), typed and checked:
-``sample``, ``attention``, ``compare``, ``check-attention``, and the lab tools ``bench`` and ``soak``."""
+``sample``, ``attention``, ``patch``, ``compare``, ``check-attention``, and the lab tools ``bench``
+and ``soak``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,25 @@ class AttentionScriptConfig:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
         check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Settings of ``tinylm patch`` (configs/patch.yaml): activation patching per head."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    clean: str = MISSING  # a prompt whose next character the model gets right
+    corrupt: str = MISSING  # the same length, changed where it matters: the model predicts otherwise
+    out: str = "patch.png"  # the layer × head heatmap of the recovery
+    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+
+    def __post_init__(self) -> None:
+        for key, text in (("clean", self.clean), ("corrupt", self.corrupt)):
+            require(len(text) >= 2, key, f"needs at least 2 characters, got {text!r}")
+        require(len(self.clean) == len(self.corrupt), "corrupt",
+                f"must be as long as clean: {len(self.corrupt)} characters against {len(self.clean)}; "
+                f"change the characters that matter, keep the length")
+        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=patch.png")
 
 
 @dataclass(frozen=True)
@@ -80,7 +100,8 @@ class BenchConfig:
 
     # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
     # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
-    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run
+    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run;
+    # step: a training step's forward + backward against its optimiser update
     task: str = "train"
     steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
@@ -103,7 +124,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun")
+BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun", "step")
 
 
 @dataclass(frozen=True)

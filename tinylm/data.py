@@ -37,6 +37,29 @@ def derived_seed(*key: int) -> int:
 
 
 
+class Repeats:
+    """``data.repeat_fraction``: the first round(fraction · B) windows of a batch become a random
+    string of ``length`` tokens (uniform over the vocabulary) repeated to fill the window, text
+    whose every token after the first copy follows from the copy before: induction's task."""
+
+    def __init__(self, fraction: float, length: int, vocab_size: int) -> None:
+        self.fraction, self.length, self.vocab_size = fraction, length, vocab_size
+
+    def count(self, batch_size: int) -> int:
+        return round(self.fraction * batch_size)
+
+    def mix(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``windows`` (B, T+1) with its first ``count(B)`` rows replaced by repeated strings."""
+        k, span = self.count(windows.size(0)), windows.size(1)
+        if k == 0:
+            return windows
+        strings = torch.randint(self.vocab_size, (k, self.length), generator=generator)  # (k, length)
+        copies = -(-span // self.length)  # enough copies to cover the window
+        windows = windows.clone()
+        windows[:k] = strings.repeat(1, copies)[:, :span]
+        return windows
+
+
 class RandomWindows(IterableDataset):
     """Training batches as nanoGPT draws them: ``batch_size`` windows of ``block_size + 1``
     tokens at uniformly random offsets; inputs are the first ``block_size`` tokens of each
@@ -52,9 +75,11 @@ class RandomWindows(IterableDataset):
     """
 
     def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int, batch_size: int,
-                 seed: int, rank: int = 0, start: int = 0, world_size: int = 1) -> None:
+                 seed: int, rank: int = 0, start: int = 0, world_size: int = 1,
+                 repeats: Repeats | None = None) -> None:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.start, self.world_size = seed, rank, start, world_size
+        self.repeats = repeats
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
@@ -65,6 +90,9 @@ class RandomWindows(IterableDataset):
         offsets = np.arange(self.block_size + 1)
         windows = as_array(self.tokens)[starts.numpy()[:, None] + offsets]  # (B, T + 1)
         windows = torch.from_numpy(windows.astype(np.int64))
+        if self.repeats is not None:  # this rank's first windows replaced: a stream of its own
+            windows = self.repeats.mix(windows, torch.Generator().manual_seed(
+                derived_seed(self.seed, self.rank, n, 1)))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self):
@@ -214,6 +242,13 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
+    @property
+    def repeats(self) -> Repeats | None:
+        """The repeated strings mixed into training batches (``data.repeat_fraction``), or None."""
+        if self.config.repeat_fraction == 0 or self.tokenizer is None:
+            return None
+        return Repeats(self.config.repeat_fraction, self.config.repeat_length, self.tokenizer.vocab_size)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # On resume Lightning restores global_step before asking for this loader.
@@ -228,7 +263,7 @@ class CharDataModule(L.LightningDataModule):
                                         state=resumed, start=start)
             return DataLoader(self.stream, batch_size=None, num_workers=0)
         windows = RandomWindows(self.train_tokens, self.block_size, self.config.batch_size,
-                                self.seed, rank=rank, start=start, world_size=world)
+                                self.seed, rank=rank, start=start, world_size=world, repeats=self.repeats)
         return DataLoader(windows, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)
 

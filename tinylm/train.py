@@ -31,7 +31,7 @@ from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
-from tinylm.learner.adapter import Settings
+from tinylm.learner.adapter import LearnerError, Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
@@ -87,7 +87,10 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     if "test/bpc" in metrics:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     if run_dir(config.paths.output_dir).last.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={where} prompt={_shell_quoted(_prompt(trainer))}")
+        own = config.model.learner_attention  # the user's own file, named by the user: it runs
+        file = f" attention_file={shlex.quote(own[0])}" if own else ""
+        prompt = _shell_quoted(_prompt(trainer))
+        lines.append(f"sample:      tinylm sample ckpt={where}{file} prompt={prompt}")
     if config.logger == "tensorboard":
         lines.append(f"tensorboard: {tensorboard_command(where, config)}")
     return "\n".join(lines)
@@ -176,6 +179,10 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
             print(precision, flush=True)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    except SystemExit as exit:  # Lightning's answer to a Ctrl-C before training began
+        if isinstance(exit.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     except RuntimeError as error:  # gloo's lost connections are plain RuntimeErrors
         # A timeout is torch's DistError; any other error is ours to see only if no peer died.
         if trainer.world_size > 1 and (isinstance(error, dist.DistError) or ranks.lost_any()):
@@ -223,9 +230,12 @@ def check_learner_attention(config: TrainConfig) -> TrainConfig:
     model = config.model
     target = model.attention
     settings = Settings(model.d_model, model.heads, model.block_size, model.dropout, model.bias)
-    report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
-                                 key="model.attention", settings=settings,
-                                 kwargs_key="model.attention_kwargs")
+    try:
+        report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
+                                     key="model.attention", settings=settings,
+                                     kwargs_key="model.attention_kwargs")
+    except LearnerError as error:  # its file or constructor fails: nothing to train, nothing written
+        raise ConfigError(f"model.attention: {error}") from None
     if (refusal := report.refusal(target)) is not None:
         raise ConfigError(f"model.attention: {refusal}")
     print(f"model.attention={target}: {report}")
@@ -248,9 +258,15 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
     unit = row_unit(source) + ("s" if data.documents != 1 else "")
     cache = "read back from the datasets cache" if data.from_cache else "read and cached"
     test = f", {len(data.test_tokens):,} test" if data.test_tokens is not None else ""
-    return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
+    line = (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
             f"and {len(data.val_tokens):,} validation{test} {tokens}, a vocabulary of "
             f"{data.tokenizer.vocab_size}")
+    if (repeats := data.repeats) is not None:
+        line += (f"\ndata: {repeats.count(config.data.batch_size)} of each training batch's "
+                 f"{config.data.batch_size} windows are a random string of {repeats.length} {tokens} "
+                 f"repeated to fill the window, not text "
+                 f"(data.repeat_fraction={config.data.repeat_fraction}); validation is text only")
+    return line
 
 
 def rank_zero() -> bool:

@@ -101,7 +101,7 @@ def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     out = write_explorer(config.out, history.labels, history.steps.tolist(), maps, scores,
                          title=f"attention of {config.ckpt} over training")
     last = {name: torch.from_numpy(values[-1]) for name, values in history.scores.items()}
-    table = HeadScores(**last).table(layers, heads)
+    table = HeadScores.from_mapping(last).table(layers, heads)
     return (
         f"{table}\n\n(the scores at step {int(history.steps[-1])})\n"
         f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on the run's probe of {n} "

@@ -78,13 +78,12 @@ def watch_callbacks(config: TrainConfig, data: CharDataModule,
     if attention.enabled:
         # The default probe: real text the model is not trained on, as long as a context.
         probe = attention.probe or default_probe(tokenizer, data.val_tokens[:block_size].tolist())
-        windows = None
-        if attention.ablation is not None:  # the same validation windows at every record
-            windows = validation_windows(data.val_tokens, attention.ablation_windows, block_size)
+        # The same validation windows at every record: for the ablation and icl/score.
+        windows = validation_windows(data.val_tokens, attention.ablation_windows, block_size)
         callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
                                        every_n_steps=attention.every_n_steps, windows=windows,
-                                       ablation=attention.ablation or "zero",
-                                       history=history))
+                                       ablation=attention.ablation, history=history,
+                                       period=attention.repeat_length))
     samples = config.callbacks.samples
     if samples.enabled:
         prompt = samples.prompt

@@ -1,6 +1,6 @@
 """``tinylm bench``: training speed against a bare PyTorch loop (here), and the benchmarks
-``bench.task`` picks: ``data`` (bench_data), ``sample`` (bench_sample), ``norms``
-(bench_norms), ``speedrun`` (bench_speedrun). Speed targets live here, never in unit tests;
+``bench.task`` picks: ``data`` (bench_data), ``sample`` (bench_sample), ``norms`` (bench_norms),
+``speedrun`` (bench_speedrun), ``step`` (bench_step). Speed targets live here, never in unit tests;
 results are medians.
 
     python scripts/bench.py experiment=cpu_quick data.source=PATH bench.steps=200
@@ -9,6 +9,7 @@ results are medians.
     NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=sample   # nanoGPT's beside
     python scripts/bench.py bench.task=norms                                # LayerNorm vs RMSNorm
     NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=speedrun data.source=input.txt
+    python scripts/bench.py bench.task=step experiment=speedrun bench.steps=20  # the step's split
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tinylm.tools.bench_data import bench_data
 from tinylm.tools.bench_norms import bench_norms
 from tinylm.tools.bench_sample import bench_sample
 from tinylm.tools.bench_speedrun import bench_speedrun
+from tinylm.tools.bench_step import bench_step
 from tinylm.tools.measures import (
     flops_per_token,
     mean_ms,
@@ -57,6 +59,8 @@ def run(config: BenchRunConfig) -> None:
         result = bench_data(config)
     elif config.bench.task == "speedrun":
         result = bench_speedrun(config, config.bench)
+    elif config.bench.task == "step":
+        result = bench_step(config, config.bench)
     elif config.bench.task == "norms":
         result = bench_norms(config.model, config.data.batch_size, config.bench)
     else:
