@@ -11,7 +11,7 @@ from conftest import run_script
 TRAIN_KEYS = {
     "ms_per_step", "mean_ms_per_step", "tokens_per_sec", "flops_per_token", "achieved_gflops",
     "peak_gflops", "mfu", "startup_s", "peak_rss_mb", "data_prep_cold_s", "data_prep_cached_s",
-    "bare_ms_per_step", "lightning_overhead",
+    "bare_ms_per_step", "lightning_overhead", "lightning_overhead_rounds", "machine",
 }
 SAMPLE_KEYS = {"cached_tokens_per_sec", "uncached_tokens_per_sec", "speedup", "same_tokens"}
 
@@ -34,10 +34,14 @@ def test_sample_benchmark_reports_both_paths() -> None:
 def test_train_benchmark_reports_every_figure(small_text: Path) -> None:
     result = run_script("bench.py", f"data.source={small_text}", "bench.steps=5", "bench.warmup=2",
                         "model.layers=1", "model.d_model=32", "model.block_size=16",
-                        "callbacks.progress_bar.refresh_rate=0")
+                        "callbacks.progress_bar.refresh_rate=0", "bench.repeats=2")
     assert result.returncode == 0, result.stderr[-2000:]
     figures = last_json(result.stdout)
     assert TRAIN_KEYS <= figures.keys()
+    # The halves took turns, each round's ratio beside its load; the machine's kind beside all.
+    assert "bench: round 2/2: the bare loop" in result.stderr
+    assert len(figures["lightning_overhead_rounds"].split("(load ")) == 3
+    assert "float32 matmuls" in figures["machine"] and "threads" in figures["machine"]
     assert figures["ms_per_step"] > 0 and figures["mean_ms_per_step"] > 0 and 0 < figures["mfu"] < 1
     assert figures["startup_s"] > 0 and figures["data_prep_cold_s"] > 0
 
