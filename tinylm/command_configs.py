@@ -28,6 +28,10 @@ class AttentionScriptConfig:
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
     attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
+    # Who wrote a prediction: each component's direct part of the logit of the next character, as
+    # a table (the explorer always has it: click a character).
+    attribute: bool = False
+    position: int | None = None  # the prediction made at this position; null: of the prompt's last character
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")

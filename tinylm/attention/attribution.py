@@ -17,13 +17,15 @@ before the cap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tinylm.attention.patching import output_projection
-from tinylm.model import TransformerLM, evaluating
+from tinylm.model import CausalSelfAttention, TransformerLM, evaluating
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ def attribute(model: TransformerLM, idx: Tensor) -> Attribution:
         return hook
 
     for layer, block in enumerate(model.blocks):
-        proj = output_projection(block.attn, config.d_model)
-        if proj is not None and block.attn.__class__.__name__ == "CausalSelfAttention":
+        proj = output_projection(block.attn)
+        if proj is not None and isinstance(block.attn, CausalSelfAttention):
             hooks.append(proj.register_forward_pre_hook(heads_hook(layer, proj)))
         else:  # a learner's class: its heads may be mixed inside it; the layer's attention whole
             hooks.append(block.attn.register_forward_hook(whole_hook(f"layer {layer} attention")))
@@ -118,3 +120,63 @@ def attribute(model: TransformerLM, idx: Tensor) -> Attribution:
         names.append("final norm bias")
         logits = torch.cat([logits, (bias.double() @ unembedding.T).expand(1, T, -1)])
     return Attribution(names, logits.cpu(), model_logits.cpu())
+
+
+FROZEN = "the final norm's scale frozen at that position"
+
+
+def targets(result: Attribution, ids: Tensor, position: int) -> tuple[int, str, int]:
+    """The token to explain at ``position`` of ``ids`` (1, T): the one that came next in the
+    prompt, or at its last position the model's likeliest; how it was chosen; its top alternative."""
+    T = ids.size(1)
+    if position + 1 < T:
+        target, kind = int(ids[0, position + 1]), "next in the prompt"
+    else:
+        target, kind = None, "the model's likeliest"
+    target, alternative = result.choice(position, target)
+    return target, kind, alternative
+
+
+def table(result: Attribution, ids: Tensor, position: int, decode: Callable[[int], str],
+          softcap: float | None = None) -> str:
+    """Who wrote the prediction at ``position``: a markdown row per component with its direct part
+    of the logit of the next token, of the top alternative, and their difference."""
+    target, kind, alternative = targets(result, ids, position)
+    shown_t, shown_a = repr(decode(target)), repr(decode(alternative))
+    t, a = result.logits[:, position, target], result.logits[:, position, alternative]
+    after = repr(decode(int(ids[0, position])))
+    lines = [
+        f"who wrote the prediction at position {position} (after {after}): the direct part of each "
+        f"component in the logit of {shown_t} ({kind}) and of {shown_a} (the top alternative), "
+        f"{frozen_note(softcap)}",
+        "",
+        f"| component | {shown_t} | {shown_a} | difference |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {name} | {t[c]:+.3f} | {a[c]:+.3f} | {t[c] - a[c]:+.3f} |"
+              for c, name in enumerate(result.names)]
+    model_t, model_a = result.model_logits[position, target], result.model_logits[position, alternative]
+    lines += [f"| **sum** | {t.sum():+.3f} | {a.sum():+.3f} | {t.sum() - a.sum():+.3f} |",
+              f"| the model's logit | {model_t:+.3f} | {model_a:+.3f} | {model_t - model_a:+.3f} |"]
+    return "\n".join(lines)
+
+
+def frozen_note(softcap: float | None) -> str:
+    return FROZEN + ("" if softcap is None else f"; logits before model.logit_softcap={softcap:g}")
+
+
+def explorer_data(result: Attribution, ids: Tensor, n: int, decode: Callable[[int], str],
+                  softcap: float | None = None) -> dict[str, Any]:
+    """For the explorer page: at each of the first ``n`` positions, each component's direct part
+    of the next token's logit (``t``) and of the top alternative's (``a``)."""
+    positions = []
+    for position in range(n):
+        target, kind, alternative = targets(result, ids, position)
+        positions.append({
+            "target": decode(target), "alternative": decode(alternative), "kind": kind,
+            "t": [round(v, 4) for v in result.logits[:, position, target].tolist()],
+            "a": [round(v, 4) for v in result.logits[:, position, alternative].tolist()],
+            "total": float(result.model_logits[position, target]),
+            "alt_total": float(result.model_logits[position, alternative]),
+        })
+    return {"names": result.names, "positions": positions, "note": frozen_note(softcap)}

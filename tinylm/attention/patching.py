@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from tinylm.errors import TinyLMError
-from tinylm.learner.reference import find_weights
 from tinylm.model import TransformerLM, evaluating
 
 
@@ -30,29 +29,17 @@ class HeadsUnreachable(TinyLMError):
     """The heads' outputs of a learner's attention class cannot be found."""
 
 
-def output_projection(attention: nn.Module, d_model: int) -> nn.Linear | None:
+def output_projection(attention: nn.Module) -> nn.Linear | None:
     """The Linear layer that reads the heads side by side and writes the residual stream:
-    tinylm's ``proj``, or a learner's class's output projection; None when there is none found."""
+    tinylm's ``proj``, or the one ``tinylm.learner.module.LearnerAttention.proj`` finds in a
+    learner's class (o_proj, out_proj, W_O ...); None when there is none."""
     proj = getattr(attention, "proj", None)
-    if isinstance(proj, nn.Linear):
-        return proj
-    inner = getattr(attention, "inner", None)  # tinylm.learner.module.LearnerAttention
-    if inner is None:
-        return None
-    try:
-        weights, _ = find_weights(inner, d_model)
-    except LookupError:
-        return None
-    if weights.get("o") is None:
-        return None
-    out_weight = weights["o"][0]
-    return next((m for m in inner.modules() if isinstance(m, nn.Linear) and m.weight.shape == out_weight.shape
-                 and torch.equal(m.weight, out_weight)), None)
+    return proj if isinstance(proj, nn.Linear) else None
 
 
 def projections(model: TransformerLM) -> list[nn.Linear]:
     """Every layer's output projection; raises HeadsUnreachable saying what is missing."""
-    found = [output_projection(block.attn, model.config.d_model) for block in model.blocks]
+    found = [output_projection(block.attn) for block in model.blocks]
     if any(p is None for p in found):
         raise HeadsUnreachable(
             "the attention class has no output projection tinylm can find (a Linear named o_proj, "
