@@ -19,7 +19,7 @@ from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
 from tinylm.hf import is_export, read_export
-from tinylm.integrity import DamagedCheckpoint, intact_alternatives, verify
+from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.learner.source import AttentionSource, sha256_of
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
@@ -74,10 +74,7 @@ def verified(path: str | Path, key: str = "ckpt") -> Path:
 
 
 def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
-    intact = intact_alternatives(path)
-    instead = (f"use the intact {intact[0].name} beside it: {key}={intact[0]}" if intact else
-               f"no intact checkpoint is left beside it ({path.parent}): train again")
-    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); {instead}")
+    return CheckpointError(refusal(key, path, reason))
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:

@@ -61,6 +61,7 @@ from tinylm.preflight import check_checkpoint, check_export, check_sweep_strateg
 from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
 from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
+from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
@@ -129,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"error: {name!r} is not a tinylm command; choose one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         raise SystemExit(2)
-    return run_hydra(command, arguments)
+    try:
+        return run_hydra(command, arguments)
+    except KeyboardInterrupt:  # before Hydra began the job (within it, the job says more)
+        print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def usage() -> str:
@@ -176,9 +181,19 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             config = build(command.schema, cfg)
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
-            return relaunchable(command.name, given, lambda: _function(command.task)(config))
+            try:
+                return relaunchable(command.name, given, lambda: _function(command.task)(config))
+            except OSError as error:  # a run directory that cannot be written: one line
+                raise unwritable(error) or error from None
 
-        return exit_on_error(job, cleanup=discard_unused_run_dir)
+        run_dir, bookkeeping = hydra_run_dir()
+        fresh = only_bookkeeping(run_dir, bookkeeping)  # else a run resumed in its directory
+        try:
+            return exit_on_error(job, cleanup=discard_unused_run_dir)
+        except KeyboardInterrupt:  # before training began: the callbacks handle it after
+            if fresh:
+                remove_run_dir(run_dir)
+            return exit_on_error(lambda: _raise(stopped_at_start(removed=fresh)))
 
     given = list(arguments)
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
@@ -314,6 +329,15 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
         return run()
     except (HydraException, OmegaConfBaseException) as error:
         raise hydra_error(error, command, arguments) from None
+    except OSError as error:  # Hydra making the run directory
+        raise unwritable(error) or error from None
+    except KeyboardInterrupt:  # before Hydra made the run directory, or while it did
+        discard_unused_run_dir()
+        raise stopped_at_start(removed=True) from None
+
+
+def _raise(error: BaseException) -> Any:
+    raise error
 
 
 def hydra_error(error: Exception, command: Command, arguments: Sequence[str]) -> ConfigError:
@@ -447,6 +471,16 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
         raise SystemExit(error.exit_code) from None
 
 
+def hydra_run_dir() -> tuple[Path, set[Path]]:
+    """This job's run directory and the files of Hydra's own bookkeeping in it."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir).absolute()
+    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
+    if hydra.output_subdir is not None:
+        bookkeeping.add(run_dir / hydra.output_subdir)
+    return run_dir, bookkeeping
+
+
 def discard_unused_run_dir() -> None:
     """Remove the directory Hydra made for this job if it holds nothing but Hydra's own
     bookkeeping (``.hydra/`` and the job's log): after a run stopped on bad input, that is
@@ -454,12 +488,8 @@ def discard_unused_run_dir() -> None:
     Empty parents (``outputs/<date>``) go too, up to the working directory."""
     if not HydraConfig.initialized():
         return
-    hydra = HydraConfig.get()
-    run_dir = Path(hydra.runtime.output_dir).absolute()
+    run_dir, bookkeeping = hydra_run_dir()
     forget(run_dir)  # this run's lock goes with it
-    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
-    if hydra.output_subdir is not None:
-        bookkeeping.add(run_dir / hydra.output_subdir)
     if not run_dir.is_dir() or run_dir == Path.cwd():
         return
     entries = list(run_dir.iterdir())

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw", "muon")
 MUON_DTYPES = ("auto", "float32", "bfloat16")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
+DEFAULT_VAL_FRACTION = 0.1
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
 
 
@@ -160,7 +161,9 @@ class DataConfig:
     # Train from the source without downloading it whole (a Hub dataset or a Hub-layout
     # directory): its "train" split streamed, its validation split held in memory.
     streaming: bool = False
-    val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
+    # The last fraction of the concatenated text, as in nanoGPT; null: 0.1. Not with streaming,
+    # whose validation split is the source's own.
+    val_fraction: float | None = None
     # A test split after the validation split (enwik8's 90/5/5): evaluated once, on the best
     # checkpoint, when training ends (test/loss, test/bpc). 0: none.
     test_fraction: float = 0.0
@@ -199,8 +202,13 @@ class DataConfig:
         except LookupError:
             raise ConfigError(f"data.encoding: {self.encoding!r} is not an encoding Python knows; "
                               f"use e.g. utf-8, latin-1, cp1252, shift_jis or gb18030") from None
+        require(not self.streaming or self.val_fraction is None, "data.val_fraction",
+                "is not used with data.streaming=true (the validation split is the source's own); "
+                "leave it out, or set data.streaming=false")
+        if self.val_fraction is None:
+            object.__setattr__(self, "val_fraction", 0.0 if self.streaming else DEFAULT_VAL_FRACTION)
         require(
-            0.0 < self.val_fraction < 1.0,
+            self.streaming or 0.0 < self.val_fraction < 1.0,
             "data.val_fraction",
             f"must be in (0, 1), got {self.val_fraction}",
         )
@@ -439,8 +447,12 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337
     ckpt_path: str | None = None  # resume from this checkpoint
+    # Seconds a process of a data-parallel run waits for the others before it gives up (the
+    # process group's timeout): the bound on how long a job outlives a process that hangs.
+    ddp_timeout: int = 300
 
     def __post_init__(self) -> None:
+        require(self.ddp_timeout >= 1, "ddp_timeout", f"must be at least 1 second, got {self.ddp_timeout}")
         require(self.logger in LOGGERS, "logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         check_trainer_settings(self.trainer, open_ended=self.optim.decay_steps is not None)
 

@@ -3,6 +3,7 @@
 - ``checkpoints``: ``best.ckpt`` (lowest val/loss) and ``last.ckpt`` (to resume);
 - ``safety``: exact resumes (``StepSeed``), a clean stop on a signal, a clear stop on divergence;
 - ``metrics``: the training scalars, the progress bar, TensorBoard's HPARAMS tab;
+- ``ranks``: several processes end with the same weights, and one that dies is named;
 - ``watch``: attention maps, head scores and text samples in TensorBoard.
 """
 
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from tinylm.attention.ablation import validation_windows
 from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
+from tinylm.callbacks.ranks import RankLost, Ranks, WeightsDiffer, weights_digest
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
 from tinylm.rundir import RunDir
@@ -29,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttentionMaps", "DivergedError", "HParamsLogger", "Interrupted", "LastCheckpoint", "Periodic",
-    "ProgressBar", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples", "TrainingMetrics",
-    "best_checkpoint", "build_callbacks", "watch_callbacks",
+    "ProgressBar", "RankLost", "Ranks", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples",
+    "TrainingMetrics",
+    "WeightsDiffer", "best_checkpoint", "build_callbacks", "watch_callbacks", "weights_digest",
 ]
 
 
@@ -49,6 +52,7 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
         StopOnSignal(last, paths.resume_command()),
         StopOnNonFiniteLoss(last, config.optim.lr),
         TrainingMetrics(),
+        Ranks(),
         *extra,
     ]
     refresh_rate = config.callbacks.progress_bar.refresh_rate
