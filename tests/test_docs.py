@@ -26,7 +26,7 @@ from conftest import REPO
 from tinylm.sources import embedded_corpus
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SCRIPTS = {"train", "sample", "attention", "compare", "export", "bench", "soak", "check-attention"}
+SCRIPTS = {"train", "sample", "attention", "patch", "compare", "export", "bench", "soak", "check-attention"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Shell variables the docs use inside commands, and a value for each.
 SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "1"}
