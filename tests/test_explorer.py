@@ -105,6 +105,38 @@ def test_in_chromium_a_checkpoint_page_has_one_step(browser: Browser, pages: dic
     assert browser.evaluate("document.querySelectorAll('#text span').length") == len("ROMEO: What say you?")
 
 
+def test_in_chromium_clicking_a_character_shows_who_wrote_its_prediction(browser: Browser,
+                                                                           pages: dict[str, Path]) -> None:
+    browser.open(pages["checkpoint"])
+    assert browser.evaluate("document.querySelectorAll('#attribution .bar-row').length") == 0
+    x, y = browser.centre('#text span[data-pos="3"]')
+    browser.click(x, y)  # pins position 3 ('E' of "ROMEO"): the bars of the prediction of 'O'
+    bars = browser.evaluate("Array.from(document.querySelectorAll('#attribution .bar-row'))"
+                            ".map(r => [r.dataset.component, Number(r.dataset.value)])")
+    names = [name for name, _ in bars]
+    assert names[0] == "embeddings: tokens" and "layer 1 head 3" in names and names[-1] == "final norm bias"
+    header = browser.evaluate("document.querySelector('#attribution div').textContent")
+    assert "logit of 'O' (next in the prompt)" in header and "frozen" in header
+    total = float(re.search(r"logit of 'O' \(next in the prompt\) (-?[\d.]+)", header)[1])
+    assert sum(value for _, value in bars) == pytest.approx(total, abs=0.01)  # the parts make the logit
+
+
+def test_in_chromium_the_slider_marks_where_induction_heads_formed(browser: Browser, tmp_path: Path) -> None:
+    maps = np.tril(np.full((3, 1, 1, 4, 4), 60, np.uint8))
+    line = "induction heads formed around step 20: layer 0 head 0 (prefix matching 0.05 → 0.70)"
+    page = write_explorer(tmp_path / "marked.html", list("abcd"), [0, 20, 40], maps,
+                          {"entropy": np.zeros((3, 1, 1))}, marks={20: line})
+    browser.open(page)
+    assert browser.evaluate("document.getElementById('step').getAttribute('list')") == "step-marks"
+    assert browser.evaluate("Array.from(document.querySelectorAll('#step-marks option')).map(o => o.value)"
+                            ) == ["1"]
+    assert not browser.evaluate("document.getElementById('step-label').textContent").endswith("◆")
+    x, y = browser.centre("#marks button")
+    browser.click(x, y)
+    assert browser.evaluate("document.getElementById('step-label').textContent") == "step 20 (2 of 3) ◆"
+    assert browser.evaluate("document.querySelector('#marks button').textContent") == "◆ " + line
+
+
 HOSTILE = '<!--<script>" </script> <!--TITLE--> /*DATA*/ &amp;'
 
 

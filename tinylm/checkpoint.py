@@ -18,7 +18,8 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
-from tinylm.integrity import DamagedCheckpoint, intact_alternatives, verify
+from tinylm.hf import is_export, read_export
+from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.learner.source import AttentionSource, sha256_of
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
@@ -73,10 +74,7 @@ def verified(path: str | Path, key: str = "ckpt") -> Path:
 
 
 def _corrupt(key: str, path: Path, reason: str) -> CheckpointError:
-    intact = intact_alternatives(path)
-    instead = (f"use the intact {intact[0].name} beside it: {key}={intact[0]}" if intact else
-               f"no intact checkpoint is left beside it ({path.parent}): train again")
-    return CheckpointError(f"{key}: {path} is truncated or corrupt ({reason}); {instead}")
+    return CheckpointError(refusal(key, path, reason))
 
 
 def model_config_of(checkpoint: dict[str, Any]) -> ModelConfig:
@@ -139,20 +137,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
     trained with a learner's attention class also needs ``attention_file``, that class's file
-    (the one it was trained with, unless ``attention_file_changed``)."""
-    checkpoint = read_checkpoint(path, key)
-    tokenizer = tokenizer_of(checkpoint)
-    config = with_attention_file(model_config_of(checkpoint), attention_file,
-                                 record=AttentionSource.from_checkpoint(checkpoint), run_dir=run_dir_of(path),
+    (the one it was trained with, unless ``attention_file_changed``). ``path`` may also be a
+    directory ``tinylm export`` wrote (the Hugging Face layout)."""
+    record, run_dir = None, None
+    if is_export(path):
+        config, tokenizer, state = read_export(path)
+    else:
+        checkpoint = read_checkpoint(path, key)
+        tokenizer, config = tokenizer_of(checkpoint), model_config_of(checkpoint)
+        state = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()
+                 if name.startswith("model.")}
+        record, run_dir = AttentionSource.from_checkpoint(checkpoint), run_dir_of(path)
+    config = with_attention_file(config, attention_file, record=record, run_dir=run_dir,
                                  changed=attention_file_changed)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
     config = dataclasses.replace(config, dropout=0.0)
     model = GenerativeLM(config, tokenizer.vocab_size)
-    state = {
-        name.removeprefix("model."): tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith("model.")
-    }
     if config.learner_attention is not None:
         _check_parameters(model, state, config.learner_attention)
     model.load_state_dict(state)

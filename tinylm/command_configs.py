@@ -1,5 +1,6 @@
 """The settings of every command but ``train`` (whose are ``tinylm.config``), typed and checked:
-``sample``, ``attention``, ``compare``, ``check-attention``, and the lab tools ``bench`` and ``soak``."""
+``sample``, ``attention``, ``patch``, ``compare``, ``check-attention``, and the lab tools ``bench``
+and ``soak``."""
 
 from __future__ import annotations
 
@@ -27,11 +28,34 @@ class AttentionScriptConfig:
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
     attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
+    # Who wrote a prediction: each component's direct part of the logit of the next character, as
+    # a table (the explorer always has it: click a character).
+    attribute: bool = False
+    position: int | None = None  # the prediction made at this position; null: of the prompt's last character
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
         check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Settings of ``tinylm patch`` (configs/patch.yaml): activation patching per head."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    clean: str = MISSING  # a prompt whose next character the model gets right
+    corrupt: str = MISSING  # the same length, changed where it matters: the model predicts otherwise
+    out: str = "patch.png"  # the layer × head heatmap of the recovery
+    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+
+    def __post_init__(self) -> None:
+        for key, text in (("clean", self.clean), ("corrupt", self.corrupt)):
+            require(len(text) >= 2, key, f"needs at least 2 characters, got {text!r}")
+        require(len(self.clean) == len(self.corrupt), "corrupt",
+                f"must be as long as clean: {len(self.corrupt)} characters against {len(self.clean)}; "
+                f"change the characters that matter, keep the length")
+        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=patch.png")
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,19 @@ class SampleConfig(SamplingConfig):
         object.__setattr__(self, "compile", str(self.compile).lower())  # a YAML true is a bool
         require(bool(self.prompt), "prompt", "must hold at least one character")
         require(self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of ``tinylm export`` (configs/export.yaml): a checkpoint in the Hugging Face format."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    out: str = MISSING  # the directory to write: config.json, model.safetensors, the tokenizer
+    overwrite: bool = False  # replace what an earlier export wrote in out
+
+    def __post_init__(self) -> None:
+        require(bool(self.ckpt), "ckpt", "is required: ckpt=path/to/last.ckpt or a run directory")
+        require(bool(self.out), "out", "is required: the directory to write, e.g. out=my-model")
 
 
 @dataclass(frozen=True)

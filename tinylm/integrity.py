@@ -14,8 +14,10 @@ Torch-free (zipfile and hashlib), so the torch-free checks can use it too.
 from __future__ import annotations
 
 import hashlib
+import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 SEAL = "tinylm.sha256"  # the record's name inside the archive's top-level directory
 CHUNK = 1 << 20
@@ -29,44 +31,76 @@ class DamagedCheckpoint(Exception):
         self.reason = reason
 
 
-def _digest(archive: zipfile.ZipFile) -> str:
+def _digest(archive: zipfile.ZipFile, file: BinaryIO) -> str:
+    """The SHA-256 of every byte torch.save wrote before its index (each record's header, padding
+    and data), which is where the seal record goes; every record is also read back through
+    zipfile, which checks its CRC-32 and that the index agrees with it."""
+    records = [info for info in archive.infolist() if info.filename.rpartition("/")[2] != SEAL]
+    last = max(records, key=lambda info: info.header_offset)
+    file.seek(last.header_offset)
+    header = file.read(30)  # a zip local header: signature ... name length, extra length
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("a record's header is damaged")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    end = last.header_offset + 30 + name_length + extra_length + last.compress_size
     sha = hashlib.sha256()
-    for info in archive.infolist():
-        if info.filename.rpartition("/")[2] == SEAL:
-            continue
-        sha.update(info.filename.encode() + b"\0" + info.file_size.to_bytes(8, "little"))
-        with archive.open(info) as record:  # zipfile also checks each record's CRC-32
-            while chunk := record.read(CHUNK):
-                sha.update(chunk)
+    file.seek(0)
+    while (left := end - file.tell()) > 0 and (chunk := file.read(min(CHUNK, left))):
+        sha.update(chunk)
+    for info in records:
+        with archive.open(info) as record:
+            while record.read(CHUNK):
+                pass
     return sha.hexdigest()
 
 
 def seal(path: str | Path) -> str:
     """Add the checksum record to the checkpoint at ``path`` (a zip archive torch.save wrote);
     returns the checksum."""
-    with zipfile.ZipFile(path, "a") as archive:
+    with open(path, "r+b") as file, zipfile.ZipFile(file, "a") as archive:
         top = archive.namelist()[0].partition("/")[0]
-        digest = _digest(archive)
+        digest = _digest(archive, file)
         archive.writestr(f"{top}/{SEAL}", digest)
     return digest
+
+
+CHANGED = "its checksum does not match its content: it changed after it was written"
 
 
 def verify(path: str | Path) -> bool:
     """Check the checkpoint at ``path`` against its checksum: True when it matches, False when
     the file carries none (written before checksums, or by another program). Raises
     DamagedCheckpoint when its content is not what was sealed, OSError when it cannot be read."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            seals = [n for n in archive.namelist() if n.rpartition("/")[2] == SEAL]
-            if not seals:
-                return False
+    with open(path, "rb") as file:
+        try:
+            archive = zipfile.ZipFile(file)
+        except Exception:  # BadZipFile, or whatever a damaged index makes zipfile raise
+            raise DamagedCheckpoint("not a complete zip archive, as torch.save writes") from None
+        return _matches(archive, file)
+
+
+def _matches(archive: zipfile.ZipFile, file: BinaryIO) -> bool:
+    with archive:
+        seals = [n for n in archive.namelist() if n.rpartition("/")[2] == SEAL]
+        if not seals:
+            return False
+        try:
             recorded = archive.read(seals[-1]).decode("ascii", "replace").strip()
-            found = _digest(archive)
-    except (zipfile.BadZipFile, EOFError, ValueError) as error:  # a damaged index, a bad CRC-32
-        raise DamagedCheckpoint(f"its records do not read back whole: {error}") from None
+            found = _digest(archive, file)
+        except Exception:  # a record's CRC-32, header or offset: whatever damage makes zipfile raise
+            raise DamagedCheckpoint(CHANGED) from None
     if found != recorded:
-        raise DamagedCheckpoint("its checksum does not match its content: it changed after it was written")
+        raise DamagedCheckpoint(CHANGED)
     return True
+
+
+def refusal(key: str, path: Path, reason: str) -> str:
+    """The line refusing the damaged checkpoint ``path``, named by setting ``key``: what is wrong,
+    and the intact checkpoint beside it to use instead, if there is one."""
+    intact = intact_alternatives(path)
+    instead = (f"use the intact {intact[0].name} beside it: {key}={intact[0]}" if intact
+               else "no intact checkpoint is beside it: train again")
+    return f"{key}: {path} is truncated or corrupt ({reason}); {instead}"
 
 
 def intact_alternatives(path: str | Path) -> list[Path]:

@@ -72,8 +72,9 @@ class LitLM(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # Written every trainer.log_every_n_steps steps, at global_step - 1: the step whose
-        # batch it is, as TrainingMetrics writes train/lr and the speeds.
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        # batch it is, as TrainingMetrics writes train/lr and the speeds. Averaged over the
+        # processes: the loss of the global batch, the same on 1 process or on several.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:

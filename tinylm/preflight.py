@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinylm.command_configs import AttentionScriptConfig, SampleConfig
+from tinylm.command_configs import AttentionScriptConfig, ExportConfig, PatchConfig, SampleConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.memory import check_before_torch
-from tinylm.rundir import checkpoint_path, run_dir
+from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, run_dir
 from tinylm.sources import check_source
 
 
@@ -26,19 +27,48 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> None:
     once torch can see it), and that ``data.source`` can be had. ``overrides`` (the command
     line's) say which key to name when it does not fit."""
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).absolute()}")
+    if config.ckpt_path is not None:
+        check_intact(Path(config.ckpt_path).expanduser(), "ckpt_path")
     check_before_torch(config, overrides)
     check_source(config.data)
 
 
-def check_checkpoint(config: SampleConfig | AttentionScriptConfig, overrides: Sequence[str] = ()) -> None:
+def check_checkpoint(config: SampleConfig | AttentionScriptConfig | PatchConfig | ExportConfig,
+                     overrides: Sequence[str] = ()) -> None:
     """That ``ckpt`` names a checkpoint file, or a run directory holding one (or, for the
     explorer, its record of attention over training)."""
     path = checkpoint_path(config.ckpt)
     explores_run = (isinstance(config, AttentionScriptConfig) and Path(config.out).suffix.lower() == ".html"
                     and run_dir(config.ckpt).attention_history.is_file())
-    if not path.is_file() and not explores_run:
-        raise ConfigError(f"ckpt: no checkpoint file at {path.resolve()}")
+    exported = (path / EXPORTED_CONFIG).is_file()  # a directory tinylm export wrote
+    if not path.is_file() and not explores_run and not exported:
+        raise ConfigError(f"ckpt: no checkpoint file at {path.absolute()}")
+    if path.is_file():
+        check_intact(path, "ckpt")
+
+
+def check_intact(path: Path, key: str) -> None:
+    """That the checkpoint at ``path`` matches the checksum it was written with: a damaged file
+    is refused before torch loads (the loaders check again, for callers from Python)."""
+    try:
+        verify(path)
+    except DamagedCheckpoint as error:
+        raise ConfigError(refusal(key, path, error.reason)) from None
+    except OSError:
+        return  # unreadable: the loader says so, with the reason
+
+
+def check_export(config: ExportConfig, overrides: Sequence[str] = ()) -> None:
+    """That ``ckpt`` is there and that ``out`` is a new (or empty) directory, or ``overwrite`` allows
+    replacing it."""
+    check_checkpoint(config, overrides)
+    out = Path(config.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out.resolve()} is a file; give a directory to write the model into")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        raise ConfigError(f"out: {out.resolve()} already holds files; choose a new directory, or pass "
+                          f"overwrite=true to replace it")
 
 
 # Strategies that start their processes without re-running the script.

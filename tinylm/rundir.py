@@ -15,6 +15,7 @@ from pathlib import Path
 
 BEST = "best"  # the stem Lightning's ModelCheckpoint is given
 LAST = "last"
+EXPORTED_CONFIG = "config.json"  # what marks a directory tinylm export wrote (the Hugging Face layout)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def run_of(ckpt: str | Path) -> RunDir | None:
 
 
 def checkpoint_path(ckpt: str | Path) -> Path:
-    """``ckpt`` itself, or for a run directory its checkpoints/last.ckpt."""
+    """``ckpt`` itself (a file, or a directory ``tinylm export`` wrote: it holds config.json), or
+    for a run directory its checkpoints/last.ckpt."""
     path = Path(ckpt).expanduser()
-    return run_dir(path).last if path.is_dir() else path
+    exported = (path / EXPORTED_CONFIG).is_file()
+    return run_dir(path).last if path.is_dir() and not exported else path

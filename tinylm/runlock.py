@@ -28,6 +28,10 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "PMI_RANK",
 _held: dict[Path, list[int]] = {}  # resolved directory -> [fd, how many holds]
 
 
+class RunDirUnwritable(TinyLMError):
+    """The run directory cannot be made, or written to."""
+
+
 class RunDirInUse(TinyLMError):
     """Another live process trains in this run directory."""
 
@@ -59,14 +63,22 @@ def acquire(root: str | Path, key: str = "hydra.run.dir") -> None:
     """Hold the lock of run directory ``root`` (made if need be) until ``release`` or the end of
     the process; a second hold by this process only counts. Raises RunDirInUse naming the live
     holder's PID; prints one line when it takes over a lock a dead process left."""
-    root = Path(root).expanduser().resolve()
+    given = Path(root).expanduser()
+    try:
+        root = given.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the mkdir below names it
+        root = given.absolute()
     if root in _held:
         _held[root][1] += 1
         return
-    root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            given.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunDirUnwritable(f"{key}: cannot write {given} ({error.strerror}); "
+                                   f"choose a directory you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

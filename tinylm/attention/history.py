@@ -40,6 +40,10 @@ class History:
         return self.maps[index].astype(np.float32) / 255.0
 
 
+# Scores renamed since older runs recorded them: the old name → today's (the same definition).
+RENAMED = {"induction": "prefix_matching"}
+
+
 def load_history(path: str | Path, key: str = "ckpt") -> History:
     """The archive at ``path``, checked: anything else (another archive, a pickled array, one
     missing a part or of the wrong shape) is a ConfigError naming ``key``, in one line."""
@@ -47,7 +51,8 @@ def load_history(path: str | Path, key: str = "ckpt") -> History:
         with np.load(path, allow_pickle=False) as archive:
             names = [name for name in archive.files if name not in ("probe", "steps", "maps")]
             history = History(labels=archive["probe"].tolist(), steps=archive["steps"],
-                              maps=archive["maps"], scores={name: archive[name] for name in names})
+                              maps=archive["maps"],
+                              scores={RENAMED.get(name, name): archive[name] for name in names})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise ConfigError(f"{key}: {path} is not an attention history tinylm can read "
                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "

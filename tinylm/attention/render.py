@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from tinylm.attention import attribution
 from tinylm.attention.ablation import ablation_scores, can_ablate
 from tinylm.attention.explorer import write_explorer
+from tinylm.attention.formation import find_formation
 from tinylm.attention.history import load_history
 from tinylm.attention.maps import attention_maps, encode_probe, head_scores
 from tinylm.attention.pictures import AttentionFigure
@@ -59,11 +61,14 @@ def render_attention(config: AttentionScriptConfig) -> str:
     shown = maps[layers][:, 0][:, heads][..., :n, :n].numpy()  # the map of the first n tokens
     titles = [scores.title(layer, head) for layer in layers for head in heads]
     out = Path(config.out).expanduser()
+    written = attribution.attribute(model, ids)  # who wrote each prediction: cheap, one pass
+    decode, softcap = (lambda token: tokenizer.decode([token])), model.config.logit_softcap
     if out.suffix.lower() == ".html":
         picked = {name: values[layers][:, heads].numpy()[None] for name, values in scores.items()}
         weights = (shown * 255).round().astype("uint8")[None]  # (1, L, H, n, n)
+        bars = attribution.explorer_data(written, ids, n, decode, softcap) if n == ids.size(1) else None
         write_explorer(out, labels[:n], [checkpoint_step(config.ckpt)], weights, picked,
-                       title=f"attention of {config.ckpt}")
+                       title=f"attention of {config.ckpt}", attribution=bars)
     else:
         figure = AttentionFigure(labels[:n], rows=len(layers), cols=len(heads))
         figure.draw(shown, titles)
@@ -73,8 +78,16 @@ def render_attention(config: AttentionScriptConfig) -> str:
     cropped = ""
     if n < len(labels):
         cropped = f" (the first {n} of {len(labels)}; max_chars= shows more)"
+    attributed = ""
+    if config.attribute:
+        T = ids.size(1)
+        position = T - 2 if config.position is None else config.position  # T - 2 predicts the last
+        if not -T <= position < T:
+            raise ConfigError(f"position: the prompt has {T} positions (0 to {T - 1}), got {position}")
+        position %= T
+        attributed = attribution.table(written, ids, position, decode, softcap) + "\n\n"
     return (
-        f"{scores.table(layers, heads)}\n\n"
+        f"{scores.table(layers, heads)}\n\n{attributed}"
         f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on {n} characters{cropped}"
     )
 
@@ -98,12 +111,18 @@ def explore_run(config: AttentionScriptConfig, path: Path) -> str:
     layers, heads = pick(config.layer, L, "layer", "layers"), pick(config.head, H, "head", "heads")
     maps = history.maps[:, layers][:, :, heads]  # (S, layers, heads, n, n)
     scores = {name: values[:, layers][:, :, heads] for name, values in history.scores.items()}
+    formed = None
+    if "prefix_matching" in history.scores:
+        formed = find_formation(history.steps, history.scores["prefix_matching"],
+                                history.scores.get("prev_token"))
+    marks = {formed.step: formed.line()} if formed is not None else None
     out = write_explorer(config.out, history.labels, history.steps.tolist(), maps, scores,
-                         title=f"attention of {config.ckpt} over training")
+                         title=f"attention of {config.ckpt} over training", marks=marks)
     last = {name: torch.from_numpy(values[-1]) for name, values in history.scores.items()}
-    table = HeadScores(**last).table(layers, heads)
+    table = HeadScores.from_mapping(last).table(layers, heads)
     return (
         f"{table}\n\n(the scores at step {int(history.steps[-1])})\n"
-        f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on the run's probe of {n} "
+        + (f"{formed.line()} (marked on the slider)\n" if formed is not None else "")
+        + f"wrote {out}: {len(layers)} layer(s) × {len(heads)} head(s) on the run's probe of {n} "
         f"characters, {len(history.steps)} steps ({int(history.steps[0])} to {int(history.steps[-1])})"
     )
