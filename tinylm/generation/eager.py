@@ -114,12 +114,18 @@ class OneTokenStep:
 
 
 @contextmanager
-def native_kernels() -> Iterator[None]:
+def native_kernels(one_thread: bool = False) -> Iterator[None]:
     """torch's own CPU kernels instead of oneDNN's inside the block: oneDNN sets up a primitive
-    at each GELU call, which costs more than the GELU of a few rows (docs/performance.md)."""
-    enabled = torch.backends.mkldnn.enabled
+    at each GELU call, which costs more than the GELU of a few rows (docs/performance.md).
+    ``one_thread``: on one thread, for one row's kernels, too small to share: a second thread
+    adds a barrier to each, and on a busy machine a wait for that thread to be scheduled."""
+    enabled, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.backends.mkldnn.enabled = False
+    if one_thread:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = enabled
+        if one_thread:
+            torch.set_num_threads(threads)
