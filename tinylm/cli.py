@@ -58,9 +58,19 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
 from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
-from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
+from tinylm.resume import (
+    RunFinished,
+    check_unfinished,
+    continued_run,
+    override_value,
+    quoted_value,
+    requeue_note,
+    resume_arguments,
+    run_settings,
+)
+from tinylm.rundir import run_dir
 from tinylm.runlock import acquire, first_process, forget
-from tinylm.schema import build, config_error, schema
+from tinylm.schema import as_plain, build, config_error, schema
 from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
 
 T = TypeVar("T")
@@ -210,23 +220,33 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     """Before Hydra writes anything: a resume of a run (``ckpt_path=`` naming it) completed with
     that run's own settings, said in one line, or ended at once if the run is finished; and the
     lock of the run directory taken where the command line names it (a resume, ``hydra.run.dir=``),
-    so a second run into a live one is refused before it touches a file there."""
+    so a second run into a live one is refused before it touches a file there. A directory that
+    holds a stopped run of the same settings (a requeued job) is resumed from its last.ckpt; one
+    that holds a run of other settings is refused (``tinylm.resume.continued_run``)."""
     arguments, resumed = resume_arguments(arguments)
-    if resumed is not None:
-        overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
-        max_steps = build(TrainConfig, compose("train", overrides)).max_steps
-        try:
-            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
-        except RunFinished as finished:
-            print(f"run: {finished}")
-            raise SystemExit(0) from None
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     directory = next((override_value(a) for a in reversed(arguments) if a.startswith("hydra.run.dir=")), None)
-    if directory and not multirun and first_process():
-        own = resumed is not None and resumed.root == Path(directory)
-        acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
-    if resumed is not None:
-        print(resumed.note, flush=True)
+    overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
+    note = resumed.note if resumed is not None else None
+    try:
+        if resumed is not None:
+            max_steps = build(TrainConfig, compose("train", overrides)).max_steps
+            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
+        if directory and not multirun and first_process():
+            own = resumed is not None and resumed.root == Path(directory)
+            acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
+        if resumed is None and directory and not multirun and run_dir(str(directory)).last.is_file():
+            # A requeued job, or the same command again: its own run, if the settings agree.
+            config, root = build(TrainConfig, compose("train", overrides)), Path(str(directory))
+            last = continued_run(root, run_settings(as_plain(config)), config.max_steps, key="hydra.run.dir")
+            if last is not None:
+                arguments = [*arguments, f"ckpt_path={quoted_value(str(last))}"]
+                note = requeue_note(root, last)
+    except RunFinished as finished:
+        print(f"run: {finished}")
+        raise SystemExit(0) from None
+    if note is not None:
+        print(note, flush=True)
     return arguments
 
 

@@ -135,7 +135,7 @@ class LitLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Marks the file as ours; the tokenizer, vocabulary and model config are in its
         # hyper_parameters.
-        checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
+        checkpoint.setdefault("tinylm", {}).update(format=FORMAT_VERSION, best_val_loss=self.best_val_loss)
         if self.model_config.learner_attention is not None:  # the file's hash: loads check they use it
             file, name = self.model_config.learner_attention
             run = self.trainer.default_root_dir if self._trainer is not None else "."

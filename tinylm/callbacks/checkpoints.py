@@ -7,9 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 
 from tinylm.model import evaluating
+from tinylm.resume import SETTINGS_KEY
 
 
 def best_checkpoint(path: Path) -> ModelCheckpoint:
@@ -73,3 +74,16 @@ def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Ten
     enough (without this pass, a diverging run's last.ckpt held the step whose loss was inf)."""
     with evaluating(module), torch.no_grad():
         return module.loss(batch)
+
+
+class RecordSettings(Callback):
+    """Writes the run's settings (``tinylm.resume.run_settings``) into each of its checkpoints, so
+    a run started into a directory holding one can tell whether it is the same run (a requeued
+    job, which continues it) or another (refused)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("tinylm", {})[SETTINGS_KEY] = dict(self.settings)
