@@ -71,6 +71,7 @@ from tinylm.resume import (
 from tinylm.rundir import run_dir
 from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import as_plain, build, config_error, schema
+from tinylm.search import check_trial, searching, trial_name
 from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
 
 T = TypeVar("T")
@@ -164,6 +165,7 @@ def register_configs() -> None:
     for command in COMMANDS.values():
         store.store(name=f"{command.name}_schema", node=schema(command.schema))
     OmegaConf.register_new_resolver("tinylm.suffix", run_name_suffix, replace=True)
+    OmegaConf.register_new_resolver("tinylm.trial", trial_name, replace=True)
 
 
 MAX_NAME_CHARS = 120  # of the overrides in a run directory's name (file names hold 255 bytes)
@@ -468,6 +470,8 @@ class CheckSweep(HydraCallback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         exit_on_error(lambda: check_sweep(COMMANDS[self.command], overrides))
+        if searching(config.hydra):  # every trial's config differs only in what is searched
+            exit_on_error(lambda: check_trial(build(TrainConfig, compose(self.command, overrides))))
 
 
 # --------------------------------------------------------------------------- errors

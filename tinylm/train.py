@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import shlex
+import sys
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinylm.callbacks import RankLost, Ranks, RecordSettings, StopOnSignal, build_callbacks
+from tinylm.callbacks import DivergedError, RankLost, Ranks, RecordSettings, StopOnSignal, build_callbacks
 from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
@@ -42,6 +43,7 @@ from tinylm.resume import RunFinished, checkpoint_state, continued_run, requeue_
 from tinylm.rundir import RunDir, run_dir, shown
 from tinylm.runlock import holding, remove_leftovers
 from tinylm.schema import as_plain, check_trainer_arguments
+from tinylm.search import searching
 from tinylm.sources import row_unit
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # what trains on a CUDA GPU when one is there
@@ -52,7 +54,20 @@ RESUMABLE_CHANGES = ("attention", "dropout")
 def run(config: TrainConfig) -> float | None:
     """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep), its config
     checked by the CLI; a sweep's jobs were all checked, DDP strategy included, before the first.
-    A job whose directory holds an unfinished run of its settings (requeued) continues it."""
+    A job whose directory holds an unfinished run of its settings (requeued) continues it.
+    Returns the run's best val/bpc: what a search (``hparams_search=``) minimises; a trial that
+    diverged is a failed trial (NaN) and the search goes on."""
+    try:
+        best = _run(config)
+    except DivergedError as error:
+        if not searching(HydraConfig.get()):
+            raise
+        print(f"{error.label}: {error}", file=sys.stderr, flush=True)
+        return math.nan
+    return best / math.log(2) if best is not None else None
+
+
+def _run(config: TrainConfig) -> float | None:
     overrides = list(HydraConfig.get().overrides.task)
     if config.ckpt_path is None and not config.trainer.get("fast_dev_run"):
         root = Path(config.paths.output_dir)
