@@ -21,6 +21,7 @@ from tinylm.generation.stream import GenerativeLM
 from tinylm.hf import is_export, read_export
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
+from tinylm.weights import is_weights, preferred, read_weights
 
 FORMAT_VERSION = 1
 
@@ -92,9 +93,14 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
                     attention_file: str | None = None) -> tuple[GenerativeLM, Tokenizer]:
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
-    from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
-    trained with a learner's attention class also needs ``attention_file``, that class's file."""
-    if is_export(path):  # a directory tinylm export wrote: the Hugging Face layout
+    from a .ckpt file alone (or the run's model.safetensors, when it holds the same weights; or a
+    model.safetensors or directory ``tinylm export`` wrote); ``key`` names the setting that gave
+    the path, for errors. A model trained with a learner's attention class also needs
+    ``attention_file``, that class's file."""
+    path = preferred(path)  # a run's model.safetensors over its last.ckpt: no pickle at all
+    if is_weights(path):
+        config, tokenizer, state = read_weights(path)
+    elif is_export(path):  # a directory tinylm export wrote: the Hugging Face layout
         config, tokenizer, state = read_export(path)
     else:
         checkpoint = read_checkpoint(path, key)

@@ -4,6 +4,7 @@
     <run>/tb/                          the TensorBoard run
     <run>/checkpoints/last.ckpt        the latest good state, to resume or sample
     <run>/checkpoints/best.ckpt        the lowest val/loss
+    <run>/checkpoints/model.safetensors the final weights, with the config and vocabulary, no pickle
     <run>/checkpoints/attention.npz    the probe's attention at every record (the explorer's slider)
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 BEST = "best"  # the stem Lightning's ModelCheckpoint is given
 LAST = "last"
+WEIGHTS = "model.safetensors"  # the final weights beside last.ckpt (tinylm.weights)
 EXPORTED_CONFIG = "config.json"  # what marks a directory tinylm export wrote (the Hugging Face layout)
 
 
@@ -34,6 +36,10 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.checkpoints / f"{BEST}.ckpt"
+
+    @property
+    def weights(self) -> Path:
+        return self.checkpoints / WEIGHTS
 
     @property
     def attention_history(self) -> Path:

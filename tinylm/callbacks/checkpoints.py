@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from tinylm.model import evaluating
+from tinylm.rundir import WEIGHTS
+from tinylm.weights import save_weights
 
 
 def best_checkpoint(path: Path) -> ModelCheckpoint:
@@ -21,7 +23,8 @@ def best_checkpoint(path: Path) -> ModelCheckpoint:
 
 class LastCheckpoint(Callback):
     """Keeps ``path`` (a run's last.ckpt) current: after each validation, every ``every_n_steps``
-    optimizer steps if set, and when training ends, so a resume never repeats work.
+    optimizer steps if set, and when training ends, so a resume never repeats work. When
+    training ends it also writes the weights beside it as model.safetensors (tinylm.weights).
 
     It only ever holds good weights: all finite, and giving a finite loss (the validation loss,
     or for a periodic save the loss on the batch just trained on). So when training diverges,
@@ -60,6 +63,11 @@ class LastCheckpoint(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        if self.saved_step == trainer.global_step and trainer.is_global_zero:
+            # The same good weights as last.ckpt, in a file that loads without pickle; written
+            # after it, so loaders know it is current (tinylm.weights.preferred).
+            save_weights(self.path.with_name(WEIGHTS), pl_module.model, pl_module.model_config,
+                         pl_module.tokenizer, trainer.global_step)
 
 
 def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
