@@ -9,16 +9,18 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tinylm.config import ModelConfig
+from tinylm.config import NOTEBOOK_CLASS, ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
 from tinylm.hf import is_export, read_export
+from tinylm.learner.registry import registered
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
 from tinylm.weights import is_weights, preferred, read_weights
@@ -77,10 +79,21 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
                         ) -> ModelConfig:
     """``config`` with its learner's attention class taken from ``attention_file``, the file the
     user names: a checkpoint records the file and class it was trained with, and never imports
-    code by itself."""
+    code by itself. A class defined in a notebook is recorded by its name and a hash of its
+    source; ``attention_file`` is then that class as registered (``tinylm.learner.registry``)."""
     if config.learner_attention is None:
         return config
     file, name = config.learner_attention
+    if file.startswith(f"{NOTEBOOK_CLASS}@"):
+        given = (attention_file or "").rpartition(":")[::2]  # (notebook@<hash>, class) as registered
+        if registered(attention_file or "") is None or given[1] != name:
+            raise CheckpointError(f"{key}: this model's attention is the class {name} defined in a notebook "
+                                  f"(source hash {file.partition('@')[2]}); tinylm keeps no code, so pass "
+                                  f"the class: tinylm.load(..., {key}={name})")
+        if given[0] != file:
+            print(f"note: the class {name} given has changed since this model was trained (source hash "
+                  f"{given[0].partition('@')[2]}, trained with {file.partition('@')[2]})", file=sys.stderr)
+        return dataclasses.replace(config, attention=attention_file)
     if attention_file is None:
         raise CheckpointError(f"{key}: this checkpoint's attention is the class {name} of {file}; tinylm "
                               f"imports no code a checkpoint names, so name the file: {key}={file}")
@@ -91,7 +104,8 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
-                    attention_file: str | None = None) -> tuple[GenerativeLM, Tokenizer]:
+                    attention_file: str | None = None, attention_key: str = "attention_file"
+                    ) -> tuple[GenerativeLM, Tokenizer]:
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone (or the run's model.safetensors, when it holds the same weights; or a
     model.safetensors or directory ``tinylm export`` wrote); ``key`` names the setting that gave
@@ -107,7 +121,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         tokenizer, config = tokenizer_of(checkpoint), model_config_of(checkpoint)
         state = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()
                  if name.startswith("model.")}
-    config = with_attention_file(config, attention_file)
+    config = with_attention_file(config, attention_file, attention_key)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
     config = dataclasses.replace(config, dropout=0.0)
     model = GenerativeLM(config, tokenizer.vocab_size)

@@ -157,11 +157,15 @@ def run_name_suffix(overrides: str) -> str:
     return f"_{name}" if name else ""
 
 
-def run_hydra(command: Command, arguments: list[str]) -> Any:
+def run_hydra(command: Command, arguments: list[str], exit: bool = True) -> Any:
     """Run ``command`` through ``hydra.main`` with ``arguments`` as its command line: Hydra
     composes the config, the schema builds and checks it, the command's torch-free check runs,
-    and only then is the command's module imported (torch, Lightning: seconds) and its task run."""
+    and only then is the command's module imported (torch, Lightning: seconds) and its task run.
+    ``exit=False`` (the notebook API): a mistake raises its TinyLMError instead of exiting, and
+    the task's result is returned."""
     register_configs()
+    result: list[Any] = []
+    failed: list[TinyLMError] = []  # exit=False: raised once Hydra is done (it reports a failed job itself)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
     def app(cfg: Any) -> Any:
@@ -169,15 +173,29 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             config = build(command.schema, cfg)
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
-            return _function(command.task)(config)
+            result.append(_function(command.task)(config))
+            return result[-1]
 
-        return exit_on_error(job, cleanup=discard_unused_run_dir)
+        if exit:
+            return exit_on_error(job, cleanup=discard_unused_run_dir)
+        try:
+            return job()
+        except TinyLMError as error:
+            if error.bad_input:
+                discard_unused_run_dir()
+            failed.append(error)
 
-    arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
-    sys.argv = [f"tinylm {command.name}", *arguments]
+    arguments = exit_on_error(lambda: hydra_arguments(command, arguments), exit=exit)
+    argv, sys.argv = sys.argv, [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    return exit_on_error(lambda: _translating(command, arguments, app))
+    try:
+        returned = exit_on_error(lambda: _translating(command, arguments, app), exit=exit)
+    finally:
+        sys.argv = argv
+    if failed:
+        raise failed[0]
+    return result[-1] if result and not exit else returned
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
@@ -381,10 +399,10 @@ class CheckSweep(HydraCallback):
 # --------------------------------------------------------------------------- errors
 
 
-def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None, exit: bool = True) -> T:
     """Run ``run``; a TinyLMError becomes ``<label>: <message>`` on stderr and its exit status
-    (``error: ...`` and 2 for a mistake). For bad input ``cleanup`` runs first: it removes what
-    the failed run wrote, so a mistake leaves nothing behind.
+    (``error: ...`` and 2 for a mistake), or with ``exit=False`` is raised again. For bad input
+    ``cleanup`` runs first: it removes what the failed run wrote, so a mistake leaves nothing behind.
 
     Set TINYLM_DEBUG=1 to get the full traceback instead.
     """
@@ -393,7 +411,7 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
     except TinyLMError as error:
         if cleanup is not None and error.bad_input:
             cleanup()
-        if os.environ.get("TINYLM_DEBUG"):
+        if os.environ.get("TINYLM_DEBUG") or not exit:
             raise
         print(f"{error.label}: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
