@@ -7,7 +7,7 @@ The same as ``tinylm attention``; ``layer=`` and ``head=`` pick one layer or hea
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["attention", *sys.argv[1:]])

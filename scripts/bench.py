@@ -8,7 +8,7 @@ The same as ``tinylm bench``; settings: every training key, plus bench.* (config
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["bench", *sys.argv[1:]])

@@ -3,7 +3,7 @@ the same as ``tinylm check-attention``. Prints a checklist and names the mistake
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["check-attention", *sys.argv[1:]])

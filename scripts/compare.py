@@ -4,7 +4,7 @@ and prints a markdown table."""
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["compare", *sys.argv[1:]])

@@ -7,7 +7,7 @@ The same as ``tinylm sample``; settings and their defaults: configs/sample.yaml.
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["sample", *sys.argv[1:]])

@@ -5,7 +5,7 @@ with status 1. The same as ``tinylm soak``; settings: configs/soak.yaml.
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["soak", *sys.argv[1:]])

@@ -6,7 +6,7 @@ line, and ``-m`` sweeps over comma-separated values.
 
 import sys
 
-from tinylm.cli import main
+from tinylm import command as main
 
 if __name__ == "__main__":
     main(["train", *sys.argv[1:]])

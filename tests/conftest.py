@@ -23,6 +23,7 @@ _CACHE = Path(tempfile.mkdtemp(prefix="tinylm-tests-hf-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_CACHE)
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
+os.environ["XDG_CACHE_HOME"] = str(_CACHE / "user")  # tinylm.machine's measurements
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
@@ -202,6 +203,41 @@ def quick_overrides(text: Path, run_dir: Path, *extra: str, script: bool = False
         "trainer.log_every_n_steps=5", "callbacks.progress_bar.refresh_rate=0",
         "trainer.enable_model_summary=false", *extra,
     ]
+
+
+# A run small enough for several processes on 2 cores: fp32, no dropout, the learning rate's
+# schedule fixed at 20 steps whatever trainer.max_steps says, so a run stopped at step 10 and
+# resumed is the same run; data.batch_size is each process's share of a global batch of 8.
+TINY_RUN = ["model.layers=1", "model.d_model=32", "model.heads=2", "model.block_size=32", "model.dropout=0",
+            "optim.warmup_steps=2", "optim.decay_steps=20", "trainer.val_check_interval=10",
+            "trainer.log_every_n_steps=1", "callbacks.progress_bar.refresh_rate=0",
+            "callbacks.samples.enabled=false", "trainer.enable_model_summary=false",
+            "trainer.accelerator=cpu"]
+GLOBAL_BATCH = 8
+
+
+@pytest.fixture(scope="session")
+def one_process(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The reference for runs on several processes: the tiny run on one process with the whole
+    global batch, 20 steps ("run", its scalars) and the same stopped at step 10 ("half", its
+    last.ckpt), both trained in this process."""
+    from tinylm.config import TrainConfig  # here: Lightning loads only for the tests that train
+    from tinylm.train import fit
+
+    runs = {}
+    for name, steps in (("run", 20), ("half", 10)):
+        run_dir = tmp_path_factory.mktemp(f"one-process-{name}")
+        values = compose(f"data.source={small_text}", f"paths.output_dir={run_dir}", *TINY_RUN,
+                         f"data.batch_size={GLOBAL_BATCH}", f"trainer.max_steps={steps}")
+        fit(TrainConfig.from_dict(values))
+        runs[name] = run_dir
+    return {"dir": runs["run"], "scalars": scalars(runs["run"]),
+            "half": runs["half"] / "checkpoints" / "last.ckpt"}
+
+
+def tinylm_command(*args: str) -> list[str]:
+    """The installed ``tinylm`` command, as a user types it (beside this Python)."""
+    return [str(Path(sys.executable).parent / "tinylm"), *args]
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 300,

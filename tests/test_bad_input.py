@@ -7,6 +7,8 @@ The README's "When things go wrong" table lists the same cases.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from conftest import (
     train_cli,
 )
 
-HUB_SECONDS = 15  # an unreachable Hub: a short probe, not datasets' minutes of retries
+HUB_SECONDS = 30  # an unreachable Hub: the probe's deadline, not datasets' minutes of retries
 
 
 # ---------------------------------------------------------------- config: before torch, < 3 s
@@ -75,9 +77,33 @@ def silent_listener() -> Iterator[int]:
         yield port
 
 
-@pytest.mark.parametrize("hub", ["closed port", "never answers"])
+@pytest.fixture
+def trickling_listener() -> Iterator[int]:
+    """A server on 127.0.0.1 that answers every request, the probe included, a byte a second:
+    each read comes well inside any read timeout, the answer never within a minute."""
+
+    def trickle(connection) -> bool:
+        def send() -> None:
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n":
+                    connection.sendall(bytes([byte]))
+                    time.sleep(1)
+            except OSError:
+                pass  # the client gave up, or the test ended
+
+        threading.Thread(target=send, daemon=True).start()
+        return True
+
+    with local_server(trickle) as port:
+        yield port
+
+
+HUBS = {"never answers": "silent_listener", "trickles a byte a second": "trickling_listener"}
+
+
+@pytest.mark.parametrize("hub", ["closed port", *HUBS])
 def test_an_unreachable_hub_fails_fast(hub: str, workdir, request) -> None:
-    port = closed_port() if hub == "closed port" else request.getfixturevalue("silent_listener")
+    port = closed_port() if hub == "closed port" else request.getfixturevalue(HUBS[hub])
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
     result, seconds, _ = train_cli(workdir, "data.source=karpathy/tiny_shakespeare", env=env)
     assert_one_line_error(result, workdir, "data.source='karpathy/tiny_shakespeare'",

@@ -11,7 +11,7 @@ from conftest import run_script
 TRAIN_KEYS = {
     "ms_per_step", "mean_ms_per_step", "tokens_per_sec", "flops_per_token", "achieved_gflops",
     "peak_gflops", "mfu", "startup_s", "peak_rss_mb", "data_prep_cold_s", "data_prep_cached_s",
-    "bare_ms_per_step", "lightning_overhead",
+    "bare_ms_per_step", "lightning_overhead", "lightning_overhead_rounds", "machine",
 }
 SAMPLE_KEYS = {"cached_tokens_per_sec", "uncached_tokens_per_sec", "speedup", "same_tokens"}
 
@@ -34,10 +34,14 @@ def test_sample_benchmark_reports_both_paths() -> None:
 def test_train_benchmark_reports_every_figure(small_text: Path) -> None:
     result = run_script("bench.py", f"data.source={small_text}", "bench.steps=5", "bench.warmup=2",
                         "model.layers=1", "model.d_model=32", "model.block_size=16",
-                        "callbacks.progress_bar.refresh_rate=0")
+                        "callbacks.progress_bar.refresh_rate=0", "bench.repeats=2")
     assert result.returncode == 0, result.stderr[-2000:]
     figures = last_json(result.stdout)
     assert TRAIN_KEYS <= figures.keys()
+    # The halves took turns, each round's ratio beside its load; the machine's kind beside all.
+    assert "bench: round 2/2: the bare loop" in result.stderr
+    assert len(figures["lightning_overhead_rounds"].split("(load ")) == 3
+    assert "float32 matmuls" in figures["machine"] and "threads" in figures["machine"]
     assert figures["ms_per_step"] > 0 and figures["mean_ms_per_step"] > 0 and 0 < figures["mfu"] < 1
     assert figures["startup_s"] > 0 and figures["data_prep_cold_s"] > 0
 
@@ -118,3 +122,13 @@ def test_sample_benchmark_times_the_compiled_step_and_nanogpt_beside_in_batches(
 def test_speedrun_benchmark_needs_nanogpt() -> None:
     result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
     assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_step_benchmark_splits_the_step_and_times_torchs_muon_beside_ours(small_text: Path) -> None:
+    result = run_script("bench.py", "bench.task=step", "experiment=speedrun", f"data.source={small_text}",
+                        "bench.steps=3", "bench.warmup=1", "model.layers=1", "model.d_model=32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    assert figures["precision"].startswith("precision: 32-true, Muon's iterations in ")
+    assert figures["forward_backward_ms"] > 0 and figures["muon_ms"] > 0 and figures["torch_muon_ms"] > 0
+    assert figures["muon_ms"] <= figures["optimizer_ms"] and 0 < figures["optimizer_share"] < 1

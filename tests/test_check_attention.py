@@ -26,7 +26,18 @@ VERDICTS = {
     "mask_after_softmax.py": "mask applied after the softmax",
     "no_mask.py": "no causal mask",
     "heads_merged_wrong.py": "heads merged in the wrong order",
+    "diagonal_hidden.py": "finite: its output is NaN at position 0 of 7: the diagonal hidden",
+    "diagonal_hidden_tril.py": "the diagonal hidden",
+    "mask_off_by_one.py": "the mask off by one: each position sees the next",
+    "mask_filled_with_zero.py": "masked scores filled with 0.0, which does not hide a key",
+    "mask_buffer_short.py": "context: mask buffer tril built for 32 positions; the model trains with 64",
+    "dropout_at_eval.py": "repeatable: its output changes between two identical calls in eval mode",
+    "relu_after_projections.py": "a relu after the Q/K/V projections",
+    "heads_wrong_width.py": "heads of the wrong width: it attends with 12 head(s) of width 4",
 }
+# the lines that must not appear with those mistakes: no verdict blames causality, gradients or
+# precision for what an earlier line explains
+ONLY = {"diagonal_hidden.py": "finite", "dropout_at_eval.py": "repeatable", "mask_buffer_short.py": "context"}
 
 
 def test_every_example_is_checked() -> None:
@@ -42,8 +53,13 @@ def test_each_example_s_verdict_names_its_mistake(name: str) -> None:
         assert report.ok, str(report)
         return
     assert not report.ok
-    assert f"{expected}" in attention and "reproduces it exactly" in attention, attention
-    assert len(report.mistakes) == 1, report.mistakes  # the one mistake, nothing else
+    if name in ONLY:  # named by its own line; every other line holds or is not run
+        failed = [line.text for line in report.lines if not line.ok]
+        assert len(failed) == 1 and failed[0].startswith(expected), str(report)
+        assert report.refusal("x").startswith("x is refused before training: " + ONLY[name])
+    else:
+        assert f"{expected}" in attention and "reproduces it exactly" in attention, attention
+        assert len(report.mistakes) == 1, report.mistakes  # the one mistake, nothing else
     # Each line is one line, marked.
     assert all(str(line)[0] in "✓✗" and "\n" not in str(line) for line in report.lines)
 
@@ -236,8 +252,8 @@ def test_the_command_prints_the_checklist_and_exits_1_on_a_mistake() -> None:
     mistaken = run_script("check_attention.py", f"{EXAMPLES / 'scale_d_model.py'}:MultiHeadAttention")
     assert mistaken.returncode == 1, mistaken.stderr
     lines = mistaken.stdout.splitlines()
-    assert len(lines) == 6 and lines[3].startswith("✗ attention:")
-    assert sum(line.startswith("✓") for line in lines) == 4
+    assert len(lines) == 7 and lines[4].startswith("✗ attention:")
+    assert sum(line.startswith("✓") for line in lines) == 5
     right = run_script("check_attention.py", f"{EXAMPLES / 'correct.py'}:MultiHeadAttention",
                        "d_model=32", "heads=2")
     assert right.returncode == 0 and "Traceback" not in right.stderr, right.stderr
@@ -304,8 +320,8 @@ def test_the_command_takes_key_value_for_kwargs_and_the_layer_map(tmp_path: Path
      "--kwargs: tinylm takes key=value; write kwargs.d_feat=48 kwargs.dropout_p=0.0"),
     (["--map", "q=W_Q,k=W_K"], "--map: tinylm takes key=value; write map.q=W_Q map.k=W_K"),
     (["map.qvk=c_attn"], "map.qvk: unknown key; did you mean map.qkv? known keys are q, k, v, o, qkv"),
-    (["head=8"], "head: unknown key; did you mean heads? known keys are attention, d_model, heads, kwargs, "
-                 "map"),
+    (["head=8"], "head: unknown key; did you mean heads? known keys are attention, d_model, heads, "
+                 "block_size, kwargs, map"),
     (["heads=5"], "heads: 5 heads do not divide d_model=48; choose a divisor of d_model"),
     (["docs/x.py:Other"], "attention: given twice ('attention=docs/x.py:Mine' and 'docs/x.py:Other'); "
                           "name one class"),
@@ -323,3 +339,45 @@ def test_an_old_flag_exits_2_with_its_new_spelling() -> None:
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: --kwargs: tinylm takes key=value; write kwargs.dropout_p=0.0"]
+
+
+LEARNERS = REPO / "tests" / "learners"  # classes written the way the tutorials write them
+
+
+@pytest.mark.parametrize("target, kwargs, header, verdict", [
+    # nanoGPT's CausalSelfAttention(config): a config object; its mask buffer built for 32 positions
+    ("nanogpt_config.py:CausalSelfAttention", {},
+     "CausalSelfAttention(config: n_embd=48, n_head=4, dropout=0.0, bias=True, block_size=64): 4 head(s) "
+     "of width 12", "context: mask buffer bias built for 32 positions; the model trains with 64: at T=64"),
+    # the LLM book's MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=False)
+    ("llm_book.py:MultiHeadAttention", {},
+     "MultiHeadAttention(d_in=48, d_out=48, num_heads=4, context_length=64, dropout=0.0): 4 head(s) of "
+     "width 12", None),
+    # the ML book's nn.Parameter matrices used as W @ x: one head of the full width, masked with 0.0
+    ("ml_book_parameters.py:SelfAttentionParams", {}, "SelfAttentionParams(d=48): 1 head(s) of width 48",
+     "masked scores filled with 0.0, which does not hide a key reproduces it exactly"),
+    # F.dropout without training=self.training, hidden by kwargs.attention_dropout=0.0
+    ("dropout_kwarg.py:MyMultiHeadAttention", {"attention_dropout": 0.0}, "4 head(s) of width 12",
+     "repeatable: with attention_dropout=0.1 (its default) its output changes between two identical calls "
+     "in eval mode: dropout with training=self.training? The ✓ lines hold only because "
+     "kwargs.attention_dropout=0.0"),
+])
+def test_every_constructor_learners_write(target: str, kwargs: dict, header: str, verdict: str | None
+                                          ) -> None:
+    report, _ = check_target(f"{LEARNERS / target}", kwargs=kwargs)
+    assert header in report.header, report.header
+    if verdict is None:
+        assert report.ok, str(report)
+    else:
+        assert not report.ok and verdict in str(report), str(report)
+
+
+def test_parameter_projections_are_mapped_by_name(tmp_path: Path) -> None:
+    source = (LEARNERS / "ml_book_parameters.py").read_text()
+    for old, new in [("U_query", "A"), ("U_key", "B"), ("U_value", "C")]:
+        source = source.replace(old, new)
+    path = learner_file(tmp_path, source)
+    report, _ = check_target(f"{path}:SelfAttentionParams")
+    assert "name them, e.g. map.q=W_Q" in report.verdict("attention")
+    mapped, _ = check_target(f"{path}:SelfAttentionParams", mapping={"q": "A", "k": "B", "v": "C"})
+    assert "masked scores filled with 0.0" in mapped.verdict("attention"), str(mapped)

@@ -213,3 +213,21 @@ def test_the_script_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path}: no TensorBoard event files")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_column_names_the_step_induction_heads_formed_at(tmp_path: Path, compare) -> None:
+    write_run(tmp_path / "formed", 4, [3.0, 2.5, 2.4, 2.3])
+    write_run(tmp_path / "never", 4, [3.0, 2.5, 2.4, 2.3])
+    for name, rise in (("formed", [0.02, 0.04, 0.61, 0.72, 0.75]), ("never", [0.02, 0.05, 0.08, 0.1, 0.12])):
+        writer = SummaryWriter(str(tmp_path / name / "tb"))
+        for step, value in zip([0, 5, 10, 15, 20], rise, strict=True):
+            writer.add_scalar("heads/prefix_matching/layer_1_head_2", value, step)
+            writer.add_scalar("heads/prefix_matching/layer_0_head_0", 0.01, step)
+            writer.add_scalar("heads/prev_token/layer_0_head_0", 0.9, step)
+        writer.close()
+    out, _, status = compare(str(tmp_path))
+    assert status == 0
+    header, _, *rows = [line.split(" | ") for line in out.strip().splitlines()]
+    column = header.index("induction heads")
+    cells = {row[0].strip("| "): row[column] for row in rows}
+    assert cells == {"formed": "step 10", "never": "—"}  # the steepest rise to ≥ 0.3 ends at 10

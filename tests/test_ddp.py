@@ -1,72 +1,51 @@
-"""Two-process data parallel training on the CPU (``ddp_spawn``: plain ``ddp`` would relaunch
-pytest): each rank its own batches from one shared memory-mapped token file, one validation
-result, one set of files."""
+"""Data-parallel training on the CPU with Lightning's plain ``ddp`` (it starts the other
+processes by running the command again): from ``tinylm train`` and ``python scripts/train.py``.
+A step's windows are drawn for the whole global batch, each process taking its slice, so 2
+processes of B/2 follow the curve of 1 process of B, and a checkpoint resumes on either."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, quick_overrides, scalars
-from lightning.pytorch.callbacks import Callback
+from conftest import GLOBAL_BATCH, REPO, TINY_RUN, scalars, tinylm_command
 
-from tinylm.config import TrainConfig
-from tinylm.train import fit
+TOLERANCE = 1e-4
 
 
-class RankProbe(Callback):
-    """Each process writes what it saw to <out>/rank<N>.json (spawned processes share no memory)."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.seen: dict = {"first_batch": None, "val_windows": [], "val_loss": []}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.seen["first_batch"] is None:
-            self.seen["first_batch"] = batch[0].tolist()
-            # The token file this process reads, and whether it is mapped into its memory.
-            path = trainer.datamodule.train_tokens.path
-            self.seen["token_file"] = path
-            self.seen["mapped"] = path in Path("/proc/self/maps").read_text()
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.seen["val_windows"].append(0)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seen["val_windows"][-1] += len(batch[0])
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self.seen["val_loss"].append(float(trainer.callback_metrics["val/loss"]))
-        self.seen["world_size"] = trainer.world_size
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+def assert_same_curve(run_dir: Path, reference: dict, steps: range) -> None:
+    """train/loss at ``steps`` and every val/loss equal to the one-process run's."""
+    mine, theirs = scalars(run_dir), reference["scalars"]
+    losses = dict(mine["train/loss"])
+    assert sorted(losses) == list(steps)
+    for step in steps:
+        assert losses[step] == pytest.approx(dict(theirs["train/loss"])[step], abs=TOLERANCE), step
+    for step, value in mine["val/loss"]:
+        assert value == pytest.approx(dict(theirs["val/loss"])[step], abs=TOLERANCE), step
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_as_one(small_text: Path, tmp_path: Path) -> None:
-    run_dir, probes = tmp_path / "run", tmp_path / "probes"
-    probes.mkdir()
-    values = compose(*quick_overrides(
-        small_text, run_dir, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
-        "trainer.max_steps=10", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1"))
-    fit(TrainConfig.from_dict(values), extra_callbacks=[RankProbe(probes)])
+@pytest.mark.parametrize("entry", ["tinylm train", "python scripts/train.py"])
+def test_plain_ddp_on_two_processes_follows_one_process(entry: str, one_process: dict, small_text: Path,
+                                                        tmp_path: Path) -> None:
+    # scripts/train.py resumes the one-process run's step-10 checkpoint: another world size.
+    resume = entry.startswith("python")
+    command = [sys.executable, str(REPO / "scripts" / "train.py")] if resume else tinylm_command("train")
+    run_dir = tmp_path / "run"
+    args = [f"data.source={small_text}", f"hydra.run.dir={run_dir}", *TINY_RUN, "trainer.devices=2",
+            "trainer.strategy=ddp", f"data.batch_size={GLOBAL_BATCH // 2}", "trainer.max_steps=20"]
+    if resume:
+        args.append(f"ckpt_path={one_process['half']}")
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
 
-    rank0, rank1 = (json.loads((probes / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0["world_size"] == rank1["world_size"] == 2
-    assert rank0["first_batch"] != rank1["first_batch"]  # each rank its own random windows
-    assert rank0["token_file"] == rank1["token_file"] and rank0["mapped"] and rank1["mapped"]
-    windows = len(small_text.read_text()[int(30_000 * 0.9):]) // 32  # validation windows in all
-    for mine, theirs in zip(rank0["val_windows"], rank1["val_windows"], strict=True):  # split
-        assert mine < windows and mine + theirs >= windows
-    assert len(rank0["val_loss"]) == 2 and rank0["val_loss"] == rank1["val_loss"]  # synced
-
+    assert result.stdout.count("run: ") == 1 and result.stdout.count("data: ") == 1  # said once
+    assert (run_dir / "train_ddp_process_1.log").is_file()  # Lightning started the second process
+    assert_same_curve(run_dir, one_process, range(10 if resume else 0, 20))
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
-    events = [f for f in files if f.startswith("tb/events.out.tfevents")]
-    assert len(events) == 1, files
-    assert sorted(set(files) - set(events)) == ["checkpoints/attention.npz", "checkpoints/best.ckpt",
-                                                "checkpoints/last.ckpt", "tb/hparams.yaml"]
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    logged = scalars(run_dir)
-    assert [v for _, v in logged["val/loss"]] == pytest.approx(rank0["val_loss"])
-    assert len(logged["train/loss"]) == 10  # one process logs, once per step
+    assert [f for f in files if f.startswith("tb/events")] == [f for f in files if "events" in f]
+    assert len([f for f in files if f.startswith("tb/events")]) == 1, files
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20

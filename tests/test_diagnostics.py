@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from tinylm.attention.scores import HeadScores, entropy, first_token, induction, prev_token, row_entropy
+from tinylm.attention.scores import (
+    HeadScores,
+    duplicate_token,
+    entropy,
+    first_token,
+    prefix_matching,
+    prev_token,
+    row_entropy,
+)
 
 
 def uniform_causal(T: int) -> torch.Tensor:
@@ -46,12 +54,33 @@ def test_uniform_attention_has_prev_token_weight_one_over_t_plus_one() -> None:
 
 def test_an_exact_induction_pattern_scores_one() -> None:
     weights = induction_head(period=10)
-    assert induction(weights, period=10).item() == 1.0
+    assert prefix_matching(weights, period=10).item() == 1.0
     assert prev_token(weights).item() < 0.1  # and it is not mistaken for a previous-token head
 
 
 def test_a_previous_token_head_is_not_an_induction_head() -> None:
-    assert induction(previous_token_head(20), period=10).item() == 0.0
+    assert prefix_matching(previous_token_head(20), period=10).item() == 0.0
+
+
+def duplicate_head(period: int) -> torch.Tensor:
+    """On a sequence repeated twice, each query of the second copy attends to its own token's
+    first occurrence, t - period; the first copy attends to itself."""
+    weights = torch.eye(2 * period)
+    for t in range(period, 2 * period):
+        weights[t] = 0.0
+        weights[t, t - period] = 1.0
+    return weights
+
+
+def test_duplicate_token_is_the_weight_on_earlier_copies_of_the_query_token() -> None:
+    ids = torch.arange(6).repeat(2)  # 6 distinct tokens, twice
+    assert duplicate_token(duplicate_head(6), ids).item() == 1.0
+    assert duplicate_token(induction_head(6), ids).item() == 0.0  # the token after, not the copy
+    assert prefix_matching(duplicate_head(6), period=6).item() == 0.0
+    uniform = duplicate_token(uniform_causal(12), ids).item()  # one copy among t+1 keys
+    assert uniform == pytest.approx(sum(1 / (t + 1) for t in range(6, 12)) / 6)
+    # Text without a repeated token has no query to average over: NaN, never a made-up 0.
+    assert duplicate_token(uniform_causal(6), torch.arange(6)).isnan().item()
 
 
 def test_uniform_causal_rows_have_entropy_log2_t_plus_one() -> None:
@@ -79,15 +108,16 @@ def test_scores_keep_the_leading_dimensions() -> None:
     maps = maps[None].expand(2, 3, 10, 10)  # (batch, heads, T, T)
     assert prev_token(maps).shape == (2, 3)
     assert prev_token(maps)[1, 0].item() == 1.0
-    assert induction(maps, period=5)[0, 2].item() == 1.0
+    assert prefix_matching(maps, period=5)[0, 2].item() == 1.0
 
 
 def test_head_scores_average_over_the_batch() -> None:
     text = torch.stack([previous_token_head(10), uniform_causal(10)])[None, None]  # (L=1, B=1, H=2, T, T)
     repeated = torch.stack([induction_head(5), uniform_causal(10)])[None, None].repeat(1, 3, 1, 1, 1)
-    scores = HeadScores.from_maps(text, repeated, period=5)
+    ids = torch.arange(5).repeat(2).expand(3, 10)  # (B'=3, 2·period): 5 distinct tokens twice
+    scores = HeadScores.from_maps(text, repeated, period=5, repeated_ids=ids)
     assert scores.prev_token.shape == (1, 2)
-    assert scores.prev_token[0, 0].item() == 1.0 and scores.induction[0, 0].item() == 1.0
+    assert scores.prev_token[0, 0].item() == 1.0 and scores.prefix_matching[0, 0].item() == 1.0
     table = scores.table()
     assert "| 0 | 0 | 0.000 | 1.000 | 1.000 |" in table
     assert len(table.splitlines()) == 2 + 2  # header, rule, one row per head
@@ -97,4 +127,4 @@ def test_weights_of_the_wrong_shape_are_refused() -> None:
     with pytest.raises(ValueError, match="shape"):
         entropy(torch.ones(3, 4))
     with pytest.raises(ValueError, match="at least 11 positions"):
-        induction(uniform_causal(10), period=10)
+        prefix_matching(uniform_causal(10), period=10)

@@ -80,10 +80,14 @@ def test_images_are_pngs_wider_for_a_layer_than_for_a_head(run) -> None:
     assert layer.width > 2 * head.width
 
 
-def test_four_diagnostics_for_every_head(run) -> None:
+def test_the_diagnostics_of_every_head_and_of_the_model(run) -> None:
     _, logged = run
     scalars = logged.Tags()["scalars"]
-    for name in SCORES:
+    for tag in ("icl/score", "icl/induction_loss"):
+        assert [event.step for event in logged.Scalars(tag)] == [0, 10, 20]
+    # An untrained model predicts the repeated random characters no better than chance.
+    assert logged.Scalars("icl/induction_loss")[0].value > 3.0  # about ln(vocabulary)
+    for name in (*SCORES, "copying"):
         for layer in range(LAYERS):
             for head in range(HEADS):
                 tag = f"heads/{name}/layer_{layer}_head_{head}"
@@ -92,6 +96,8 @@ def test_four_diagnostics_for_every_head(run) -> None:
                 assert [event.step for event in logged.Scalars(tag)] == [0, 10, 20]
                 if name == "entropy":  # the probe is BLOCK characters long
                     assert all(0 <= v <= math.log2(BLOCK) for v in values)
+                elif name == "copying":  # a share of signed eigenvalues
+                    assert all(-1 <= v <= 1 for v in values)
                 else:
                     assert all(0 <= v <= 1 for v in values)
 
@@ -113,7 +119,7 @@ def test_the_run_keeps_its_attention_beside_the_checkpoints(run) -> None:
     assert history.steps.tolist() == [0, 10, 20]
     assert history.maps.shape == (3, LAYERS, HEADS, BLOCK, BLOCK) and history.maps.dtype.name == "uint8"
     assert len(history.labels) == BLOCK
-    assert set(history.scores) == {*SCORES, "ablation"}
+    assert set(history.scores) == {*SCORES, "copying", "ablation"}
     logged_prev = [e.value for e in logged.Scalars("heads/prev_token/layer_1_head_2")]
     assert history.scores["prev_token"][:, 1, 2].tolist() == pytest.approx(logged_prev, abs=1e-6)
 
@@ -163,7 +169,7 @@ def test_every_n_steps_logs_without_validation(small_text: Path, tmp_path: Path)
     fit(TrainConfig.from_dict(values))
     logged = events(tmp_path)
     assert [i.step for i in logged.Images("attention/layer_0/head_0")] == [0, 4, 8, 12]
-    assert [s.step for s in logged.Scalars("heads/induction/layer_1_head_3")] == [0, 4, 8, 12]
+    assert [s.step for s in logged.Scalars("heads/prefix_matching/layer_1_head_3")] == [0, 4, 8, 12]
     assert [t.step for t in logged.Tensors("samples")] == [0, 6, 12]
 
 

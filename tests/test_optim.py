@@ -17,7 +17,7 @@ from tinylm.model import TransformerLM
 from tinylm.optim import MuonWithAdamW, build_optimizer
 from tinylm.train import fit
 
-MUON = OptimConfig(name="muon", lr=3e-3, muon_lr=0.02)
+MUON = OptimConfig(name="muon", lr=3e-3, muon_lr=0.02, muon_dtype="bfloat16")  # torch.optim.Muon's dtype
 
 
 def small_model(seed: int = 0) -> TransformerLM:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path: Pat
     finally:
         process.kill()
         process.communicate()
-    assert (tmp_path / "last.ckpt.tmp").stat().st_size > 0  # it was killed mid-write
+    temp = tmp_path / f"last.ckpt.{process.pid}.tmp"  # named per process
+    assert temp.stat().st_size > 0  # it was killed mid-write
     assert torch.load(path, weights_only=True)["step"] == 1
 
 
@@ -153,29 +155,73 @@ def test_kill_9_at_a_random_step_then_resume_matches_an_uninterrupted_run(small_
             assert value == pytest.approx(reference, abs=1e-6), f"{tag} at step {s}, killed at {step}"
 
 
+def signal_args(text: Path, run: Path) -> list[str]:
+    """A run whose logging (every 4 steps), validation (every 10) and periodic checkpoint (every
+    7) fall on different grids, so a stop lands off at least one of them."""
+    return quick_overrides(text, run, "model.dropout=0.1", "trainer.max_steps=30",
+                           "trainer.val_check_interval=10", "trainer.log_every_n_steps=4",
+                           "callbacks.checkpoint.every_n_steps=7", script=True)
+
+
+SPEEDS = ("train/tokens_per_sec", "hp/tokens_per_sec")  # timings: no two runs share them
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_text: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_script("train.py", *signal_args(small_text, run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {tag: values for tag, values in scalars(run).items() if tag not in SPEEDS}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_a_checkpoint_and_stops_cleanly(signum: int, small_text: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    process = start_script("train.py", *quick_overrides(
-        small_text, run_dir, "trainer.max_steps=100000", "trainer.val_check_interval=1000",
-        "callbacks.checkpoint.every_n_steps=5", script=True))
-    last = run_dir / "checkpoints" / "last.ckpt"
+def test_a_signal_stop_then_the_printed_command_resumes_exactly(signum: int, small_text: Path, tmp_path: Path,
+                                                                uninterrupted: dict) -> None:
+    run = tmp_path / "run"
+    process = start_script("train.py", *signal_args(small_text, run))
+    last = run / "checkpoints" / "last.ckpt"
     try:
-        _wait_for_checkpoint(process, last, 5)  # training is under way
+        _wait_for_checkpoint(process, last, 7)  # training is under way
+        time.sleep(random.uniform(0, 1))  # a random step after it
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    name = signal.Signals(signum).name
     assert process.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
     message = stderr.strip().splitlines()[-1]
-    stopped = re.fullmatch(rf"stopped: {name} received; training stopped after step (\d+) and saved "
-                           rf"(\S+); resume with ckpt_path=(\S+)", message)
+    stopped = re.fullmatch(rf"stopped: {signal.Signals(signum).name} received; training stopped after "
+                           rf"step (\d+) and saved (\S+); resume with: (tinylm train ckpt_path=\S+)", message)
     assert stopped, message
-    assert Path(stopped[2]) == Path(stopped[3]) == last
-    assert torch.load(last, weights_only=True)["global_step"] == int(stopped[1]) >= 5
+    step = int(stopped[1])
+    assert Path(stopped[2]) == last and torch.load(last, weights_only=True)["global_step"] == step
+    # The stop wrote nothing an uninterrupted run does not: no validation or pictures of its own.
+    for tag, values in scalars(run).items():
+        assert tag in SPEEDS or set(values) <= set(uninterrupted[tag]), f"{tag}, stopped at step {step}"
+
+    command = shlex.split(stopped[3])  # run exactly as printed
+    resumed = subprocess.run([sys.executable, "-m", "tinylm", *command[1:]], capture_output=True, text=True,
+                             cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.startswith(f"resuming {run} from step {step} with the settings it was started with")
+    got = {tag: values for tag, values in scalars(run).items() if tag not in SPEEDS}  # one TensorBoard run
+    assert sorted(got) == sorted(uninterrupted), f"stopped at step {step}"
+    for tag, expected in uninterrupted.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in expected], f"{tag}, stopped at step {step}"
+        for (s, value), (_, reference) in zip(got[tag], expected, strict=True):
+            assert value == pytest.approx(reference, abs=1e-6), f"{tag} at step {s}, stopped at {step}"
+
+    before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    finished = subprocess.run([sys.executable, "-m", "tinylm", *command[1:]], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+    assert finished.returncode == 0 and finished.stderr == ""
+    assert finished.stdout.startswith(f"run: {run} is finished: 30 of trainer.max_steps=30 steps are trained")
+    changed = subprocess.run([sys.executable, "-m", "tinylm", *command[1:], "model.heads=8"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert changed.returncode == 2
+    assert changed.stderr.startswith(f"error: model.heads: {run} was trained with the default model.heads; ")
+    assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # nothing written
 
 
 DIVERGING = ("optim.lr=1e4", "optim.warmup_steps=1000", "optim.min_lr=0", "optim.grad_clip=0",

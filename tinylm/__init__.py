@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any
 
 __version__ = "0.1.0"
@@ -27,6 +28,17 @@ _LAZY = {
     "load": ("tinylm.notebook.api", "load"),
     "compare": ("tinylm.notebook.api", "compare"),
 }
+
+
+def command(argv: Sequence[str] | None = None) -> Any:
+    """The ``tinylm`` command (``tinylm.cli.main``), which a Ctrl-C stops in one line even while
+    it is still loading."""
+    try:
+        from tinylm.cli import main  # here, inside the try: a Ctrl-C while it loads is caught too
+    except KeyboardInterrupt:
+        print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
+    return main(argv)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m tinylm <command> ...``: the same as the ``tinylm`` command."""
 
-from tinylm.cli import main
+from tinylm import command
 
-main()
+command()

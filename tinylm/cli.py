@@ -50,6 +50,7 @@ from tinylm.command_configs import (
     CheckAttentionConfig,
     CompareConfig,
     ExportConfig,
+    PatchConfig,
     SampleConfig,
     SoakRunConfig,
 )
@@ -57,11 +58,16 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
 from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
+from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
+from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import build, config_error, schema
+from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+# What Lightning's ddp runs to start a run's other processes: `python <it> <command> <arguments>`.
+RELAUNCH = Path(__file__).with_name("launch") / "run_tinylm.py"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ COMMANDS = {
                 "tinylm.sample:run", "sample", SampleConfig, check_checkpoint),
         Command("attention", "draw a checkpoint's attention: tinylm attention ckpt=RUN_DIR out=attn.png",
                 "tinylm.attention.render:run", "attention", AttentionScriptConfig, check_checkpoint),
+        Command("patch", "which heads carry a prediction: tinylm patch ckpt=RUN_DIR clean=... corrupt=...",
+                "tinylm.patch:run", "patch", PatchConfig, check_checkpoint),
         Command("compare", "compare runs: tinylm compare multirun/DATE/TIME sort=val_bpc",
                 "tinylm.compare:run", "compare", CompareConfig, positional="dirs",
                 retired={"--sort": "sort={}", "--csv": "csv=true", "--plot": "plot={}"}),
@@ -122,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"error: {name!r} is not a tinylm command; choose one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         raise SystemExit(2)
-    return run_hydra(command, arguments)
+    try:
+        return run_hydra(command, arguments)
+    except KeyboardInterrupt:  # before Hydra began the job (within it, the job says more)
+        print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def usage() -> str:
@@ -173,19 +185,36 @@ def run_hydra(command: Command, arguments: list[str], exit: bool = True) -> Any:
             config = build(command.schema, cfg)
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
-            result.append(_function(command.task)(config))
-            return result[-1]
+            try:
+                result.append(relaunchable(command.name, given, lambda: _function(command.task)(config)))
+                return result[-1]
+            except OSError as error:  # a run directory that cannot be written: one line
+                raise unwritable(error) or error from None
 
-        if exit:
-            return exit_on_error(job, cleanup=discard_unused_run_dir)
+        run_dir, bookkeeping = hydra_run_dir()
+        fresh = only_bookkeeping(run_dir, bookkeeping)  # else a run resumed in its directory
         try:
-            return job()
-        except TinyLMError as error:
-            if error.bad_input:
-                discard_unused_run_dir()
-            failed.append(error)
+            if exit:
+                return exit_on_error(job, cleanup=discard_unused_run_dir)
+            try:
+                return job()
+            except TinyLMError as error:
+                if error.bad_input:
+                    discard_unused_run_dir()
+                failed.append(error)
+        except KeyboardInterrupt:  # before training began: the callbacks handle it after
+            if fresh:
+                remove_run_dir(run_dir)
+            if not exit:
+                failed.append(stopped_at_start(removed=fresh))
+                return None
+            return exit_on_error(lambda: _raise(stopped_at_start(removed=fresh)))
 
+    given = list(arguments)
     arguments = exit_on_error(lambda: hydra_arguments(command, arguments), exit=exit)
+    if command.name == "train":
+        arguments = exit_on_error(lambda: claim_run_dir(arguments), exit=exit)
+    # Hydra reads its arguments from here and names the command in its messages.
     argv, sys.argv = sys.argv, [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -196,6 +225,42 @@ def run_hydra(command: Command, arguments: list[str], exit: bool = True) -> Any:
     if failed:
         raise failed[0]
     return result[-1] if result and not exit else returned
+
+
+def claim_run_dir(arguments: list[str]) -> list[str]:
+    """Before Hydra writes anything: a resume of a run (``ckpt_path=`` naming it) completed with
+    that run's own settings, said in one line, or ended at once if the run is finished; and the
+    lock of the run directory taken where the command line names it (a resume, ``hydra.run.dir=``),
+    so a second run into a live one is refused before it touches a file there."""
+    arguments, resumed = resume_arguments(arguments)
+    if resumed is not None:
+        overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
+        max_steps = build(TrainConfig, compose("train", overrides)).max_steps
+        try:
+            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
+        except RunFinished as finished:
+            print(f"run: {finished}")
+            raise SystemExit(0) from None
+    multirun = any(a in ("-m", "--multirun") for a in arguments)
+    directory = next((override_value(a) for a in reversed(arguments) if a.startswith("hydra.run.dir=")), None)
+    if directory and not multirun and first_process():
+        own = resumed is not None and resumed.root == Path(directory)
+        acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
+    if resumed is not None:
+        print(resumed.note, flush=True)
+    return arguments
+
+
+def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
+    """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
+    starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
+    sys.argv[1:]`` under ``python -m tinylm``) plus the run directory. Hydra has read its
+    arguments by now."""
+    shown, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
+    try:
+        return task()
+    finally:
+        sys.argv = shown
 
 
 def hydra_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
@@ -251,17 +316,18 @@ def gather_positional(command: Command, arguments: Sequence[str]) -> list[str]:
 
 
 PATH_KEYS = ("ckpt", "ckpt_path")  # a run directory's name holds "=" and ",": quoted for Hydra
+TEXT_KEYS = {"sample": ("prompt",), "attention": ("prompt",), "patch": ("clean", "corrupt")}  # any text
 
 
 def quote_arguments(command: Command, arguments: Sequence[str]) -> list[str]:
-    """``arguments`` as Hydra can parse them: a prompt quoted whatever it holds, and a checkpoint
-    path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
+    """``arguments`` as Hydra can parse them: a prompt (``TEXT_KEYS``) quoted whatever it holds, and
+    a checkpoint path holding "=" (a run directory named by its overrides: ``<time>_model.heads=8``) quoted
     as well; a path without "=" is left as it is (``ckpt_path=a,b`` may be a sweep)."""
     quoted = []
     for argument in arguments:
-        key, _, value = argument.partition("=")
-        if command.name in ("sample", "attention"):
-            argument = quote_prompt(argument)
+        key, sep, value = argument.partition("=")
+        if sep and key in TEXT_KEYS.get(command.name, ()):  # quoted as a prompt, under its own key
+            argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
         if key in PATH_KEYS and "=" in value and not (value[:1] == value[-1:] and value[:1] in "'\""):
             argument = quote_prompt(f"prompt={value}").replace("prompt=", f"{key}=", 1)
         quoted.append(argument)
@@ -284,6 +350,15 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
         return run()
     except (HydraException, OmegaConfBaseException) as error:
         raise hydra_error(error, command, arguments) from None
+    except OSError as error:  # Hydra making the run directory
+        raise unwritable(error) or error from None
+    except KeyboardInterrupt:  # before Hydra made the run directory, or while it did
+        discard_unused_run_dir()
+        raise stopped_at_start(removed=True) from None
+
+
+def _raise(error: BaseException) -> Any:
+    raise error
 
 
 def hydra_error(error: Exception, command: Command, arguments: Sequence[str]) -> ConfigError:
@@ -417,6 +492,16 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
         raise SystemExit(error.exit_code) from None
 
 
+def hydra_run_dir() -> tuple[Path, set[Path]]:
+    """This job's run directory and the files of Hydra's own bookkeeping in it."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir).absolute()
+    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
+    if hydra.output_subdir is not None:
+        bookkeeping.add(run_dir / hydra.output_subdir)
+    return run_dir, bookkeeping
+
+
 def discard_unused_run_dir() -> None:
     """Remove the directory Hydra made for this job if it holds nothing but Hydra's own
     bookkeeping (``.hydra/`` and the job's log): after a run stopped on bad input, that is
@@ -424,11 +509,8 @@ def discard_unused_run_dir() -> None:
     Empty parents (``outputs/<date>``) go too, up to the working directory."""
     if not HydraConfig.initialized():
         return
-    hydra = HydraConfig.get()
-    run_dir = Path(hydra.runtime.output_dir).absolute()
-    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
-    if hydra.output_subdir is not None:
-        bookkeeping.add(run_dir / hydra.output_subdir)
+    run_dir, bookkeeping = hydra_run_dir()
+    forget(run_dir)  # this run's lock goes with it
     if not run_dir.is_dir() or run_dir == Path.cwd():
         return
     entries = list(run_dir.iterdir())

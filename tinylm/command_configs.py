@@ -1,5 +1,6 @@
 """The settings of every command but ``train`` (whose are ``tinylm.config``), typed and checked:
-``sample``, ``attention``, ``compare``, ``check-attention``, and the lab tools ``bench`` and ``soak``."""
+``sample``, ``attention``, ``patch``, ``compare``, ``check-attention``, and the lab tools ``bench``
+and ``soak``."""
 
 from __future__ import annotations
 
@@ -17,18 +18,44 @@ class AttentionScriptConfig:
     """Settings of ``tinylm attention`` (configs/attention.yaml)."""
 
     ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
-    prompt: str = "To be, or not to be"  # at least 2 and at most model.block_size characters
+    # at least 2 and at most model.block_size characters; null: "To be, or not to be" (a run
+    # directory's .html page: the probe the run recorded)
+    prompt: str | None = None
     out: str = "attention.png"  # a PNG; or .html: the interactive explorer (a run directory: over training)
     layer: int | None = None  # null: every layer; -1: the last
     head: int | None = None  # null: every head
     max_chars: int = 64  # the picture shows the first max_chars positions of the prompt
     ablation: str | None = "zero"  # each head's loss rise on the prompt without it; "mean"; null: off
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
+    # Who wrote a prediction: each component's direct part of the logit of the next character, as
+    # a table (the explorer always has it: click a character).
+    attribute: bool = False
+    position: int | None = None  # the prediction made at this position; null: of the prompt's last character
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", "is empty; give a path for the PNG (or .html), e.g. out=attention.png")
         check_ablation(self.ablation, "ablation")
         require(self.max_chars >= 2, "max_chars", f"must be at least 2, got {self.max_chars}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Settings of ``tinylm patch`` (configs/patch.yaml): activation patching per head."""
+
+    ckpt: str = MISSING  # a .ckpt file, or a run directory (then its checkpoints/last.ckpt)
+    clean: str = MISSING  # a prompt whose next character the model gets right
+    corrupt: str = MISSING  # the same length, changed where it matters: the model predicts otherwise
+    out: str = "patch.png"  # the layer × head heatmap of the recovery
+    attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+
+    def __post_init__(self) -> None:
+        for key, text in (("clean", self.clean), ("corrupt", self.corrupt)):
+            require(len(text) >= 2, key, f"needs at least 2 characters, got {text!r}")
+        require(len(self.clean) == len(self.corrupt), "corrupt",
+                f"must be as long as clean: {len(self.corrupt)} characters against {len(self.clean)}; "
+                f"change the characters that matter, keep the length")
+        require(bool(self.out), "out", "is empty; give a path for the PNG, e.g. out=patch.png")
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,7 @@ class SampleConfig(SamplingConfig):
     drop_unknown: bool = False  # drop prompt characters the model has never seen, instead of failing
     device: str = "auto"  # auto: cuda when available, else cpu
     attention_file: str | None = None  # the file of the learner's attention class a checkpoint names
+    attention_file_changed: bool = False  # true: load an attention_file whose sha256 is not the checkpoint's
     # compile the one-token step (tinylm.generation.decode): true, false, or auto: when the
     # generation is long enough to pay the compile back (docs/sampling.md#compiling-the-decode-step)
     compile: str = "auto"
@@ -76,7 +104,8 @@ class BenchConfig:
 
     # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
     # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
-    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run
+    # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run;
+    # step: a training step's forward + backward against its optimiser update
     task: str = "train"
     steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
@@ -99,7 +128,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun")
+BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun", "step")
 
 
 @dataclass(frozen=True)
@@ -172,6 +201,7 @@ class CheckAttentionConfig:
     attention: str = MISSING  # path/to/file.py:ClassName; also accepted as the first argument, without key
     d_model: int = 48  # the width it is built with, unless kwargs names its width argument
     heads: int = 4  # the heads it is built with, unless kwargs names its head argument
+    block_size: int = 64  # every check also runs at this context, as training calls it (model.block_size)
     # its constructor's arguments as given (kwargs.dropout_p=0.0): free-form, no + needed
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     map: LayerNames = field(default_factory=LayerNames)
@@ -180,5 +210,6 @@ class CheckAttentionConfig:
         require(bool(self.attention), "attention",
                 "is required: tinylm check-attention path/to/file.py:ClassName")
         require(self.d_model >= 1, "d_model", f"must be at least 1, got {self.d_model}")
+        require(self.block_size >= 2, "block_size", f"must be at least 2, got {self.block_size}")
         require(self.heads >= 1 and self.d_model % self.heads == 0, "heads",
                 f"{self.heads} heads do not divide d_model={self.d_model}; choose a divisor of d_model")

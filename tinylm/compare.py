@@ -2,7 +2,8 @@
 
 ``tinylm compare multirun/<date>/<time>`` prints a markdown table: each run's name,
 the hyperparameters that differ between the runs, its size, how far it trained, its final and
-best validation loss and bits per character, its throughput and wall time. Everything is read
+best validation loss and bits per character, the step its induction heads formed at (if they
+did), its throughput and wall time. Everything is read
 from the runs' TensorBoard event files (``tinylm.runs``).
 """
 
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tinylm.attention.formation import find_formation
 from tinylm.command_configs import CompareConfig
 from tinylm.errors import TinyLMError
 from tinylm.runs import Run, find_runs
@@ -46,6 +49,7 @@ class Row:
     best_val_loss: float | None
     val_bpc: float | None
     best_val_bpc: float | None
+    induction_step: int | None  # where its induction heads formed (tinylm.attention.formation)
     tokens_per_sec: float | None
     wall_time: float  # seconds
 
@@ -55,9 +59,31 @@ class Row:
 
 
 METRICS = ("params", "steps", "val_loss", "best_val_loss", "val_bpc", "best_val_bpc",
-           "tokens_per_sec", "wall_time")
-HEADINGS = ("params", "steps", "val/loss", "best val/loss", "val/bpc", "best val/bpc", "tokens/s",
-            "wall time")
+           "induction_step", "tokens_per_sec", "wall_time")
+HEADINGS = ("params", "steps", "val/loss", "best val/loss", "val/bpc", "best val/bpc", "induction heads",
+            "tokens/s", "wall time")
+HEAD_TAG = re.compile(r"heads/(prefix_matching|prev_token)/layer_(\d+)_head_(\d+)")
+
+
+def induction_step(run: Run) -> int | None:
+    """The step its induction heads formed at, by the rule of ``tinylm.attention.formation`` on
+    its logged ``heads/prefix_matching`` and ``heads/prev_token`` curves; None: none formed."""
+    points = {}  # (score, layer, head) → {step: value}
+    for tag, values in run.scalars.items():
+        if (match := HEAD_TAG.fullmatch(tag)) is not None:
+            name, layer, head = match[1], int(match[2]), int(match[3])
+            points[name, layer, head] = {p.step: p.value for p in values}
+    if not any(key[0] == "prefix_matching" for key in points):
+        return None
+    steps = sorted({step for values in points.values() for step in values})
+    layers = 1 + max(key[1] for key in points)
+    heads = 1 + max(key[2] for key in points)
+    shape = (len(steps), layers, heads)
+    curves = {name: np.full(shape, np.nan) for name in ("prefix_matching", "prev_token")}
+    for (name, layer, head), values in points.items():
+        curves[name][:, layer, head] = [values.get(step, np.nan) for step in steps]
+    formed = find_formation(steps, curves["prefix_matching"], curves["prev_token"])
+    return formed.step if formed is not None else None
 
 
 def summarize(run: Run) -> Row:
@@ -86,7 +112,7 @@ def summarize(run: Run) -> Row:
         params=int(params) if params is not None else None,
         steps=max(logged_steps) if logged_steps else None,
         val_loss=last("val/loss"), best_val_loss=best("val/loss"),
-        val_bpc=last("val/bpc"), best_val_bpc=best("val/bpc"),
+        val_bpc=last("val/bpc"), best_val_bpc=best("val/bpc"), induction_step=induction_step(run),
         tokens_per_sec=tokens_per_sec, wall_time=run.wall_time,
     )
 
@@ -117,20 +143,31 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
     return sorted(rows, key=order)
 
 
+def metric_columns(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """(metric, heading) of the table's metric columns: "induction heads" only when some run's
+    induction heads formed (a run of text alone rarely makes them)."""
+    shown = [(m, h) for m, h in zip(METRICS, HEADINGS, strict=True)]
+    if all(row.induction_step is None for row in rows):
+        shown = [(m, h) for m, h in shown if m != "induction_step"]
+    return shown
+
+
 def markdown(rows: Sequence[Row], keys: Sequence[str]) -> str:
     """A markdown table: run, the hyperparameters ``keys``, then the metrics."""
-    header = ["run", *keys, *HEADINGS]
+    columns = metric_columns(rows)
+    header = ["run", *keys, *(heading for _, heading in columns)]
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "---|" * (1 + len(keys)) + "---:|" * len(HEADINGS)]
+             "|" + "---|" * (1 + len(keys)) + "---:|" * len(columns)]
     for row in rows:
-        metrics = [
-            _number(row.params, "{:,}"), _number(row.steps, "{:,}"),
-            _number(row.val_loss, "{:.4f}") if row.validated else "no validation yet",
-            _number(row.best_val_loss, "{:.4f}"), _number(row.val_bpc, "{:.4f}"),
-            _number(row.best_val_bpc, "{:.4f}"), _number(row.tokens_per_sec, "{:,.0f}"),
-            _duration(row.wall_time),
-        ]
-        cells = [row.run, *(_hparam(row.hparams.get(k)) for k in keys), *metrics]
+        formatted = {
+            "params": _number(row.params, "{:,}"), "steps": _number(row.steps, "{:,}"),
+            "val_loss": _number(row.val_loss, "{:.4f}") if row.validated else "no validation yet",
+            "best_val_loss": _number(row.best_val_loss, "{:.4f}"), "val_bpc": _number(row.val_bpc, "{:.4f}"),
+            "best_val_bpc": _number(row.best_val_bpc, "{:.4f}"),
+            "induction_step": _number(row.induction_step, "step {:,}"),
+            "tokens_per_sec": _number(row.tokens_per_sec, "{:,.0f}"), "wall_time": _duration(row.wall_time),
+        }
+        cells = [row.run, *(_hparam(row.hparams.get(k)) for k in keys), *(formatted[m] for m, _ in columns)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -139,10 +176,11 @@ def csv_table(rows: Sequence[Row], keys: Sequence[str]) -> str:
     """The same table as CSV, numbers unformatted; empty cells where nothing was logged."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run", *keys, *METRICS[:-1], "wall_time_s", "validated"])
+    metrics = [m for m, _ in metric_columns(rows)]
+    writer.writerow(["run", *keys, *metrics[:-1], "wall_time_s", "validated"])
     for row in rows:
         writer.writerow([row.run, *(_hparam(row.hparams.get(k), missing="") for k in keys),
-                         *("" if getattr(row, m) is None else getattr(row, m) for m in METRICS),
+                         *("" if getattr(row, m) is None else getattr(row, m) for m in metrics),
                          str(row.validated).lower()])
     return out.getvalue()
 

@@ -20,10 +20,12 @@ from tinylm.schema import build, check_trainer_settings
 ATTENTION_PATHS = ("sdpa", "explicit")
 POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu", "relu2")
+MLPS = ("gelu", "swiglu", "relu2", "none")
 OPTIMIZERS = ("adamw", "muon")
+MUON_DTYPES = ("auto", "float32", "bfloat16")
 SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
+DEFAULT_VAL_FRACTION = 0.1
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
 NOTEBOOK_CLASS = "notebook"  # model.attention=notebook@<hash>:Class: a class of a notebook cell
 
@@ -42,10 +44,15 @@ class ModelConfig:
     # "sdpa": fused kernel (fast); "explicit": softmax(QKᵀ/√d)V by hand; "path/to/file.py:ClassName":
     # your own attention class inside tinylm's blocks (checked first: tinylm check-attention)
     attention: str = "sdpa"
+    # the other arguments of that class's constructor (model.attention_kwargs.context_length=64),
+    # free-form, no + needed; recorded in checkpoints and used again on load
+    attention_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"open": True})
     # Architecture variants; the defaults are nanoGPT's (GPT-2's) choices.
     position: str = "learned"  # "learned" embeddings, "rope" (rotary), "none" (causal mask only)
     norm: str = "layernorm"  # or "rmsnorm": no centring, no bias
-    mlp: str = "gelu"  # "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden); "relu2": ReLU(x)²
+    # "swiglu": a gated MLP with 2/3 the hidden width (see mlp_hidden); "relu2": ReLU(x)²;
+    # "none": no MLP, an attention-only model (experiment=induction)
+    mlp: str = "gelu"
     kv_heads: int | None = None  # heads of keys and values; null: heads (plain multi-head attention)
     qk_norm: bool = False  # normalise each head's queries and keys before their dot product
     zero_init: bool = False  # the projections into the residual stream start at 0: blocks start as identities
@@ -82,6 +89,9 @@ class ModelConfig:
             f"must be one of {', '.join(ATTENTION_PATHS)} or path/to/file.py:ClassName, "
             f"got {self.attention!r}",
         )
+        require(not self.attention_kwargs or self.learner_attention is not None, "model.attention_kwargs",
+                f"are for a class of your own (model.attention=path/to/file.py:ClassName), not "
+                f"model.attention={self.attention}; remove them")
         if self.learner_attention is not None:
             fixed = [("position", self.position, "learned"), ("qk_norm", self.qk_norm, False),
                      ("kv_heads", self.kv_heads, self.heads)]
@@ -154,12 +164,19 @@ class DataConfig:
     # Train from the source without downloading it whole (a Hub dataset or a Hub-layout
     # directory): its "train" split streamed, its validation split held in memory.
     streaming: bool = False
-    val_fraction: float = 0.1  # the last fraction of the concatenated text, as in nanoGPT
+    # The last fraction of the concatenated text, as in nanoGPT; null: 0.1. Not with streaming,
+    # whose validation split is the source's own.
+    val_fraction: float | None = None
     # A test split after the validation split (enwik8's 90/5/5): evaluated once, on the best
     # checkpoint, when training ends (test/loss, test/bpc). 0: none.
     test_fraction: float = 0.0
     batch_size: int = 12
     val_batch_size: int = 64
+    # This fraction of each training batch's windows (rounded) are not text but a random string
+    # of repeat_length tokens repeated to fill the window: text that only induction predicts
+    # (experiment=induction). Validation stays the text alone. 0: text only.
+    repeat_fraction: float = 0.0
+    repeat_length: int = 32
     num_workers: int = 0  # batches are cut from a memory-mapped file: workers only add overhead
 
     def __post_init__(self) -> None:
@@ -188,8 +205,13 @@ class DataConfig:
         except LookupError:
             raise ConfigError(f"data.encoding: {self.encoding!r} is not an encoding Python knows; "
                               f"use e.g. utf-8, latin-1, cp1252, shift_jis or gb18030") from None
+        require(not self.streaming or self.val_fraction is None, "data.val_fraction",
+                "is not used with data.streaming=true (the validation split is the source's own); "
+                "leave it out, or set data.streaming=false")
+        if self.val_fraction is None:
+            object.__setattr__(self, "val_fraction", 0.0 if self.streaming else DEFAULT_VAL_FRACTION)
         require(
-            0.0 < self.val_fraction < 1.0,
+            self.streaming or 0.0 < self.val_fraction < 1.0,
             "data.val_fraction",
             f"must be in (0, 1), got {self.val_fraction}",
         )
@@ -201,6 +223,12 @@ class DataConfig:
         require(not self.streaming or self.test_fraction == 0, "data.test_fraction",
                 "must be 0 with data.streaming=true (its validation split is the source's)")
         require(self.batch_size >= 1, "data.batch_size", f"must be at least 1, got {self.batch_size}")
+        require(0.0 <= self.repeat_fraction <= 1.0, "data.repeat_fraction",
+                f"must be in [0, 1], got {self.repeat_fraction}")
+        require(self.repeat_length >= 1, "data.repeat_length",
+                f"must be at least 1, got {self.repeat_length}")
+        require(not self.streaming or self.repeat_fraction == 0, "data.repeat_fraction",
+                "must be 0 with data.streaming=true (repeats are mixed into random windows only)")
         require(
             self.val_batch_size >= 1,
             "data.val_batch_size",
@@ -216,7 +244,7 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay to min_lr, as nanoGPT trains; or Muon for the
     blocks' matrices with AdamW for the rest (embeddings, head, gains, biases)."""
 
-    name: str = "adamw"  # "muon": torch.optim.Muon for the 2-D weights inside the blocks, AdamW for the rest
+    name: str = "adamw"  # "muon": Muon (tinylm.muon) for the blocks' 2-D weights, AdamW for the rest
     lr: float = 1e-3  # AdamW's peak rate (with optim.name=muon: that of the embeddings, head, gains, biases)
     min_lr: float = 1e-4
     weight_decay: float = 0.1  # applied to 2-D weights only (matmuls and embeddings)
@@ -228,6 +256,9 @@ class OptimConfig:
     fused: bool = True  # one kernel for the whole update: faster on CPU than a loop (docs/performance.md)
     muon_lr: float = 0.02  # optim.name=muon: Muon's peak rate (torch's "original" per-shape adjustment)
     muon_momentum: float = 0.95  # optim.name=muon: Muon's (Nesterov) momentum
+    # optim.name=muon: the dtype of its Newton–Schulz iterations; "auto": bfloat16 where this
+    # machine runs bfloat16 matmuls faster than float32 (measured once: tinylm.machine), else float32
+    muon_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.name in OPTIMIZERS, "optim.name",
@@ -236,6 +267,8 @@ class OptimConfig:
         require(self.muon_lr > 0, "optim.muon_lr", f"must be positive, got {self.muon_lr}")
         require(0 <= self.muon_momentum < 1, "optim.muon_momentum",
                 f"must be in [0, 1), got {self.muon_momentum}")
+        require(self.muon_dtype in MUON_DTYPES, "optim.muon_dtype",
+                f"must be one of {', '.join(MUON_DTYPES)}, got {self.muon_dtype!r}")
         require(
             0 <= self.min_lr <= self.lr,
             "optim.min_lr",
@@ -317,13 +350,20 @@ class AttentionMapsConfig:
     # + 1 characters each, the same every time) when each head's output is removed; one
     # forward pass of those windows per head. "zero", "mean" (its mean output instead), or null: off.
     ablation: str | None = "zero"
-    ablation_windows: int = 8
+    ablation_windows: int = 8  # also the windows of icl/score
+    # The random sequences repeated twice that prefix_matching, duplicate_token and
+    # icl/induction_loss are measured on: this many distinct tokens each (at most the vocabulary
+    # and block_size / 2). null: as many as those allow.
+    repeat_length: int | None = None
 
     def __post_init__(self) -> None:
         _check_every_n_steps(self.every_n_steps, "callbacks.attention.every_n_steps")
         check_ablation(self.ablation, "callbacks.attention.ablation")
         require(self.ablation_windows >= 1, "callbacks.attention.ablation_windows",
                 f"must be at least 1, got {self.ablation_windows}")
+        require(self.repeat_length is None or self.repeat_length >= 2, "callbacks.attention.repeat_length",
+                f"must be at least 2 (or null: as long as the vocabulary and context allow), "
+                f"got {self.repeat_length}")
         require(
             self.probe is None or len(self.probe) >= 2,
             "callbacks.attention.probe",
@@ -410,8 +450,12 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337
     ckpt_path: str | None = None  # resume from this checkpoint
+    # Seconds a process of a data-parallel run waits for the others before it gives up (the
+    # process group's timeout): the bound on how long a job outlives a process that hangs.
+    ddp_timeout: int = 300
 
     def __post_init__(self) -> None:
+        require(self.ddp_timeout >= 1, "ddp_timeout", f"must be at least 1 second, got {self.ddp_timeout}")
         require(self.logger in LOGGERS, "logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         check_trainer_settings(self.trainer, open_ended=self.optim.decay_steps is not None)
 

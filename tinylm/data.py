@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
@@ -36,29 +37,62 @@ def derived_seed(*key: int) -> int:
 
 
 
+class Repeats:
+    """``data.repeat_fraction``: the first round(fraction · B) windows of a batch become a random
+    string of ``length`` tokens (uniform over the vocabulary) repeated to fill the window, text
+    whose every token after the first copy follows from the copy before: induction's task."""
+
+    def __init__(self, fraction: float, length: int, vocab_size: int) -> None:
+        self.fraction, self.length, self.vocab_size = fraction, length, vocab_size
+
+    def count(self, batch_size: int) -> int:
+        return round(self.fraction * batch_size)
+
+    def mix(self, windows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``windows`` (B, T+1) with its first ``count(B)`` rows replaced by repeated strings."""
+        k, span = self.count(windows.size(0)), windows.size(1)
+        if k == 0:
+            return windows
+        strings = torch.randint(self.vocab_size, (k, self.length), generator=generator)  # (k, length)
+        copies = -(-span // self.length)  # enough copies to cover the window
+        windows = windows.clone()
+        windows[:k] = strings.repeat(1, copies)[:, :span]
+        return windows
+
+
 class RandomWindows(IterableDataset):
     """Training batches as nanoGPT draws them: ``batch_size`` windows of ``block_size + 1``
     tokens at uniformly random offsets; inputs are the first ``block_size`` tokens of each
     window, targets the last ``block_size`` (the same text shifted by one).
 
-    Batch n comes from a generator seeded with (seed, rank, n): the data order is a function
-    of the step alone, so a resumed run draws exactly the batches it would have drawn.
+    Batch n is one slice of a global batch of ``batch_size × world_size`` windows drawn by a
+    generator seeded with (seed, 0, n) (0: the key one process always used), process ``rank``
+    taking windows [rank·B, (rank + 1)·B). The data order is then a function of the step alone,
+    whatever the number of processes: a resumed run draws exactly the batches it would have
+    drawn, on one process or on several, and 2 processes of B/2 windows see what 1 of B sees.
     ``tokens`` is ``Tokens`` (a memory map), a numpy array or a 1-D tensor; windows are read
     from it in its compact dtype and widened to int64 per batch.
     """
 
     def __init__(self, tokens: Tokens | np.ndarray | torch.Tensor, block_size: int, batch_size: int,
-                 seed: int, rank: int = 0, start: int = 0) -> None:
+                 seed: int, rank: int = 0, start: int = 0, world_size: int = 1,
+                 repeats: Repeats | None = None) -> None:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.seed, self.rank, self.start = seed, rank, start
+        self.seed, self.rank, self.start, self.world_size = seed, rank, start, world_size
+        self.repeats = repeats
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number ``n``: inputs and targets, each (batch_size, block_size)."""
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, n))
-        starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, 0, n))
+        every = torch.randint(len(self.tokens) - self.block_size, (self.batch_size * self.world_size,),
+                              generator=generator)  # the global batch's window offsets
+        starts = every[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         offsets = np.arange(self.block_size + 1)
         windows = as_array(self.tokens)[starts.numpy()[:, None] + offsets]  # (B, T + 1)
         windows = torch.from_numpy(windows.astype(np.int64))
+        if self.repeats is not None:  # this rank's first windows replaced: a stream of its own
+            windows = self.repeats.mix(windows, torch.Generator().manual_seed(
+                derived_seed(self.seed, self.rank, n, 1)))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self):
@@ -208,13 +242,19 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
+    @property
+    def repeats(self) -> Repeats | None:
+        """The repeated strings mixed into training batches (``data.repeat_fraction``), or None."""
+        if self.config.repeat_fraction == 0 or self.tokenizer is None:
+            return None
+        return Repeats(self.config.repeat_fraction, self.config.repeat_length, self.tokenizer.vocab_size)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # On resume Lightning restores global_step before asking for this loader.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        rank = trainer.global_rank if trainer else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if self.config.streaming:
-            world = trainer.world_size if trainer else 1
             rows = self.train_rows
             if world > 1:
                 rows = split_dataset_by_node(rows, rank=rank, world_size=world)
@@ -223,7 +263,7 @@ class CharDataModule(L.LightningDataModule):
                                         state=resumed, start=start)
             return DataLoader(self.stream, batch_size=None, num_workers=0)
         windows = RandomWindows(self.train_tokens, self.block_size, self.config.batch_size,
-                                self.seed, rank=rank, start=start)
+                                self.seed, rank=rank, start=start, world_size=world, repeats=self.repeats)
         return DataLoader(windows, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)
 
@@ -252,11 +292,19 @@ class CharDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """``data.test_fraction``: the test split, in consecutive windows like validation."""
-        windows = SequentialWindows(self.test_tokens, self.block_size)
-        return DataLoader(windows, batch_size=self.config.val_batch_size, shuffle=False,
-                          num_workers=self.config.num_workers)
+        return self._whole_split(SequentialWindows(self.test_tokens, self.block_size))
 
     def val_dataloader(self) -> DataLoader:
-        windows = SequentialWindows(self.val_tokens, self.block_size)
-        return DataLoader(windows, batch_size=self.config.val_batch_size, shuffle=False,
+        return self._whole_split(SequentialWindows(self.val_tokens, self.block_size))
+
+    def _whole_split(self, windows: SequentialWindows) -> DataLoader:
+        """Every window of a split once, however many processes share it: each takes every
+        world_size-th window, none repeated (torch's DistributedSampler would repeat some to
+        even out the processes' counts, and weigh them twice in the combined loss)."""
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(windows, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        return DataLoader(windows, batch_size=self.config.val_batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.config.num_workers)

@@ -19,6 +19,8 @@ from torchmetrics import MeanMetric
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig
 from tinylm.learner.module import attention_for
+from tinylm.learner.registry import registered, source_sha256
+from tinylm.learner.source import AttentionSource
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
 from tinylm.schema import as_plain, build
@@ -71,9 +73,15 @@ class LitLM(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # Written every trainer.log_every_n_steps steps, at global_step - 1: the step whose
-        # batch it is, as TrainingMetrics writes train/lr and the speeds.
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        # batch it is, as TrainingMetrics writes train/lr and the speeds. Averaged over the
+        # processes: the loss of the global batch, the same on 1 process or on several.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        # A stop asked for between steps (a signal: tinylm.callbacks.safety.StopOnSignal) ends
+        # training before this batch: -1 is Lightning's way to end the epoch here.
+        return -1 if self.trainer.should_stop else None
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch[1].numel())
@@ -129,6 +137,19 @@ class LitLM(L.LightningModule):
         # Marks the file as ours; the tokenizer, vocabulary and model config are in its
         # hyper_parameters.
         checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
+        if (source := self.attention_source()) is not None:  # the class's hash: loads check they use it
+            checkpoint["tinylm"]["attention_source"] = source
+
+    def attention_source(self) -> dict[str, Any] | None:
+        """Where a learner's attention class came from (``tinylm.learner.source``): its file and that
+        file's hash, or for a class of a notebook cell, its name and its source's hash."""
+        if self.model_config.learner_attention is None:
+            return None
+        file, name = self.model_config.learner_attention
+        if (cls := registered(self.model_config.attention)) is not None:
+            return AttentionSource("notebook", name, source_sha256(cls)).as_dict()
+        run = self.trainer.default_root_dir if self._trainer is not None else "."
+        return AttentionSource.of_file(file, name, run).as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_loss = checkpoint.get("tinylm", {}).get("best_val_loss", math.inf)

@@ -15,6 +15,7 @@ That is nanoGPT's (GPT-2's) architecture, the default. Each later refinement is 
     model.norm=rmsnorm      x / rms(x) · g instead of LayerNorm: no centring, no bias
     model.mlp=swiglu        proj(SiLU(gate·x) ⊙ (up·x)), a gated MLP, instead of proj(GELU(fc·x))
     model.mlp=relu2         proj(ReLU(fc·x)²): squared ReLU (modded-nanogpt's choice)
+    model.mlp=none          no MLP at all: an attention-only model, the setting of circuit studies
     model.kv_heads=1..H     grouped-query attention: H query heads share kv_heads key/value heads
     model.qk_norm=true      queries and keys normalised per head before Q·Kᵀ
     model.zero_init=true    the projections into the residual stream start at zero
@@ -252,14 +253,16 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = make_norm(config.norm, config.d_model, config.bias)
         self.attn = attention(config)
-        self.ln_2 = make_norm(config.norm, config.d_model, config.bias)
-        self.mlp = MLP(config)
+        attention_only = config.mlp == "none"
+        self.ln_2 = None if attention_only else make_norm(config.norm, config.d_model, config.bias)
+        self.mlp = None if attention_only else MLP(config)
 
     def forward(self, x: Tensor, need_weights: bool = False, cache: LayerCache | None = None,
                 rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         attended, weights = self.attn(self.ln_1(x), need_weights, cache, rope)
         x = x + attended
-        x = x + self.mlp(self.ln_2(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_2(x))
         return x, weights
 
 
@@ -298,8 +301,8 @@ class TransformerLM(nn.Module):
         # their initial weights by 1/√(2·layers) to keep its variance independent of depth.
         # With zero_init they start at 0: every block begins as the identity (modded-nanogpt).
         for block in self.blocks:
-            for projection in (getattr(block.attn, "proj", None), block.mlp.proj):
-                if projection is None:  # a learner's attention: its output projection has no known name
+            for projection in (getattr(block.attn, "proj", None), getattr(block.mlp, "proj", None)):
+                if projection is None:  # a learner's attention (no known output projection), or no MLP
                     continue
                 if config.zero_init:
                     nn.init.zeros_(projection.weight)

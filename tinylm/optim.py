@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from tinylm.config import OptimConfig
+from tinylm.machine import fastest_dtype
+from tinylm.muon import Muon
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, fused: bool = True) -> torch.optim.Optimizer:
@@ -39,9 +41,17 @@ def build_optimizer(model: nn.Module, config: OptimConfig, fused: bool = True) -
                               fused=fused and config.fused)
     if not hidden:
         return adamw
-    muon = torch.optim.Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum,
-                            weight_decay=config.weight_decay)
+    muon = Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=config.weight_decay,
+                ns_dtype=muon_dtype(config, hidden[0].device))
     return MuonWithAdamW(muon, adamw)
+
+
+def muon_dtype(config: OptimConfig, device: torch.device | str = "cpu") -> str:
+    """The dtype Muon's Newton–Schulz iterations run in: ``optim.muon_dtype``, where "auto" is
+    the faster of bfloat16 and float32 on ``device`` (measured once per machine)."""
+    if config.muon_dtype != "auto":
+        return config.muon_dtype
+    return "bfloat16" if fastest_dtype(device) == torch.bfloat16 else "float32"
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -50,7 +60,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     that owns the group; and its ``state`` is theirs, one dict (their parameters are disjoint),
     so ``state_dict`` and ``load_state_dict`` are the base class's."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
         self.muon, self.adamw = muon, adamw
         super().__init__([*muon.param_groups, *adamw.param_groups], {})
         self._share()
@@ -72,5 +82,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        dtypes = [group["ns_dtype"] for group in self.muon.param_groups]
         super().load_state_dict(state_dict)  # builds new group dicts and a new state dict
         self._share()
+        for group, dtype in zip(self.muon.param_groups, dtypes, strict=True):
+            group["ns_dtype"] = dtype  # the machine's, not the checkpoint's (see Muon.load_state_dict)

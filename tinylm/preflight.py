@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinylm.command_configs import AttentionScriptConfig, ExportConfig, SampleConfig
+from tinylm.command_configs import AttentionScriptConfig, ExportConfig, PatchConfig, SampleConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.memory import check_before_torch
-from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, run_dir
+from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, preferred, run_dir
 from tinylm.sources import check_source
 
 
@@ -26,12 +27,14 @@ def check_train(config: TrainConfig, overrides: Sequence[str] = ()) -> None:
     once torch can see it), and that ``data.source`` can be had. ``overrides`` (the command
     line's) say which key to name when it does not fit."""
     if config.ckpt_path is not None and not Path(config.ckpt_path).expanduser().is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).resolve()}")
+        raise ConfigError(f"ckpt_path: no checkpoint file at {Path(config.ckpt_path).absolute()}")
+    if config.ckpt_path is not None:
+        check_intact(Path(config.ckpt_path).expanduser(), "ckpt_path")
     check_before_torch(config, overrides)
     check_source(config.data)
 
 
-def check_checkpoint(config: SampleConfig | AttentionScriptConfig | ExportConfig,
+def check_checkpoint(config: SampleConfig | AttentionScriptConfig | PatchConfig | ExportConfig,
                      overrides: Sequence[str] = ()) -> None:
     """That ``ckpt`` names a checkpoint file, or a run directory holding one (or, for the
     explorer, its record of attention over training)."""
@@ -40,7 +43,20 @@ def check_checkpoint(config: SampleConfig | AttentionScriptConfig | ExportConfig
                     and run_dir(config.ckpt).attention_history.is_file())
     exported = (path / EXPORTED_CONFIG).is_file()  # a directory tinylm export wrote
     if not path.is_file() and not explores_run and not exported:
-        raise ConfigError(f"ckpt: no checkpoint file at {path.resolve()}")
+        raise ConfigError(f"ckpt: no checkpoint file at {path.absolute()}")
+    if path.is_file() and preferred(path) == path:  # model.safetensors checks its own tensors
+        check_intact(path, "ckpt")
+
+
+def check_intact(path: Path, key: str) -> None:
+    """That the checkpoint at ``path`` matches the checksum it was written with: a damaged file
+    is refused before torch loads (the loaders check again, for callers from Python)."""
+    try:
+        verify(path)
+    except DamagedCheckpoint as error:
+        raise ConfigError(refusal(key, path, error.reason)) from None
+    except OSError:
+        return  # unreadable: the loader says so, with the reason
 
 
 def check_export(config: ExportConfig, overrides: Sequence[str] = ()) -> None:

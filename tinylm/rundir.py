@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,47 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.root / "tb"
 
+    @property
+    def overrides(self) -> Path:
+        """The command line's overrides the run was started with (Hydra writes them)."""
+        return self.root / ".hydra" / "overrides.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the run training here (tinylm.runlock): one run per directory."""
+        return self.root / ".lock"
+
+    def holds(self, path: str | Path) -> bool:
+        """Whether ``path`` is inside this run directory."""
+        return Path(path).expanduser().resolve().is_relative_to(self.root.resolve())
+
+    def resume_command(self) -> str:
+        """The command that continues this run, as a user would type it: the run directory
+        names its own settings (its .hydra/overrides.yaml)."""
+        target = self.root if self.overrides.is_file() else self.last
+        return f"tinylm train ckpt_path={shlex.quote(shown(target))}"
+
 
 def run_dir(path: str | Path) -> RunDir:
     return RunDir(Path(path).expanduser())
+
+
+def shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it is below it, as a user would type it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run_of(ckpt: str | Path) -> RunDir | None:
+    """The run directory ``ckpt`` (a run directory, or a checkpoint in its checkpoints/) belongs
+    to: the one whose .hydra/overrides.yaml records its settings; None for a lone file."""
+    path = Path(ckpt).expanduser()
+    root = path if path.is_dir() else path.parent.parent
+    run = run_dir(root)
+    return run if run.overrides.is_file() else None
 
 
 def checkpoint_path(ckpt: str | Path) -> Path:
@@ -60,3 +99,14 @@ def checkpoint_path(ckpt: str | Path) -> Path:
     path = Path(ckpt).expanduser()
     exported = (path / EXPORTED_CONFIG).is_file()
     return run_dir(path).last if path.is_dir() and not exported else path
+
+
+def preferred(path: str | Path) -> Path:
+    """The file to load for ``path`` (a checkpoint): the model.safetensors beside it when ``path``
+    is a run's last.ckpt and that file was written after it, else ``path`` itself."""
+    path = Path(path).expanduser()
+    weights = path.with_name(WEIGHTS)
+    if path.name == f"{LAST}.ckpt" and weights.is_file() and (
+            not path.is_file() or weights.stat().st_mtime >= path.stat().st_mtime):
+        return weights
+    return path

@@ -35,7 +35,8 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
     if device == "auto":
         device = "cpu"
-    model, tokenizer = load_checkpoint(path, map_location=device, attention_file=config.attention_file)
+    model, tokenizer = load_checkpoint(path, map_location=device, attention_file=config.attention_file,
+                                       attention_file_changed=config.attention_file_changed)
 
     prompt = config.prompt
     if not config.drop_unknown:

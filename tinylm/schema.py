@@ -204,6 +204,9 @@ def check_trainer_settings(trainer: dict[str, Any], open_ended: bool = False) ->
         "trainer.max_steps",
         f"must be an integer, got {max_steps!r}",
     )
+    steps = "give a positive number of steps"
+    require(max_steps >= -1, "trainer.max_steps", f"is negative ({max_steps}); {steps}")
+    require(max_steps != 0, "trainer.max_steps", f"is 0: nothing would be trained; {steps}")
     require(
         max_steps > 0 or open_ended,
         "trainer.max_steps",

@@ -8,10 +8,13 @@ unreachable Hub is reported in seconds.
 from __future__ import annotations
 
 import codecs
+import errno
 import functools
 import glob
 import os
 import re
+import stat
+import threading
 import urllib.error
 import urllib.request
 from importlib.resources import files
@@ -29,7 +32,8 @@ OFFLINE_HINT = ("offline alternatives: the default data.source=builtin:tiny_shak
 SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-HUB_PROBE_TIMEOUT_S = 5.0
+HUB_PROBE_TIMEOUT_S = 5.0  # connect, and each read
+HUB_PROBE_DEADLINE_S = 10.0  # the whole probe, whatever the server does
 
 
 class DataError(TinyLMError):
@@ -64,7 +68,22 @@ def check_text_files(files: list[str], encoding: str = "utf-8") -> None:
         _check_text_file(Path(name), encoding)
 
 
+# Byte-order marks, the longer first (UTF-32 LE's begins with UTF-16 LE's), with the setting that reads each.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def _check_text_file(path: Path, encoding: str) -> None:
+    with path.open("rb") as file:
+        start = file.read(4)
+    marked = next((name for bom, name in BOMS if start.startswith(bom)), None)
+    if marked is not None and not codecs.lookup(encoding).name.startswith(marked):
+        raise DataError(f"data.source: {path} is {marked.upper()} text (it starts with a {marked.upper()} "
+                        f"byte-order mark), not {encoding}; read it with data.encoding={marked}")
+    _check_decodes(path, encoding)
+
+
+def _check_decodes(path: Path, encoding: str) -> None:
     # A NUL byte means a binary file (a program, an archive, an image) in any encoding that
     # writes NUL as one zero byte (ASCII and its extensions, UTF-8); UTF-16 and -32 are full of them.
     nul_is_binary = "\0".encode(encoding) == b"\0"
@@ -108,34 +127,78 @@ def local_files(source: str | tuple[str, ...]) -> list[str] | None:
     """The files ``source`` names; None when it names a directory or a Hub id."""
     if isinstance(source, str):
         path = Path(source).expanduser()
-        if path.is_dir() or not (path.exists() or glob.has_magic(source) or _looks_like_path(source)):
+        if path.is_dir() or not (os.path.lexists(path) or glob.has_magic(source) or _looks_like_path(source)):
             return None
     patterns = [source] if isinstance(source, str) else list(source)
     files: list[str] = []
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
-        matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
         if not matches:
             raise DataError(f"data.source: no file matches {pattern!r}; {OFFLINE_HINT}")
         for match in matches:
+            if (kind := not_a_file(Path(match))) is not None:
+                raise DataError(f"data.source: {kind}; give a text file, a directory of them, or a glob")
             if not Path(match).is_file():
                 raise DataError(
-                    f"data.source: file not found: {Path(match).resolve()}; fix the path, "
+                    f"data.source: file not found: {Path(match).absolute()}; fix the path, "
                     f"or use a Hub dataset id, or data=pydocs"
                 )
         files.extend(matches)
     return files
 
 
+SPECIAL_FILES = {stat.S_ISFIFO: "a FIFO (a named pipe)", stat.S_ISCHR: "a character device",
+                 stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+
+
+def not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it exists but is no regular file or directory to read text from
+    (a FIFO, a device, a socket, a loop of symbolic links), said with its path; else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} is a loop of symbolic links (one points, through others, back at itself)"
+        return None  # not there: said as such where it matters
+    for test, kind in SPECIAL_FILES.items():
+        if test(mode):
+            return f"{path} is {kind}, not a file"
+    return None
+
+
+DATASET_CARD = "README.md"  # a Hub-layout directory's description, not its data
+
+
 def directory_files(path: Path) -> list[str]:
     """The text files of directory ``path`` (recursively, in name order), each read whole as
-    one document; [] when it holds data files laid out like a Hub repo, which datasets reads
-    with their splits. Raises a DataError when it holds neither."""
-    found = sorted(p for p in path.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if any(p.suffix.lower() in FILE_BUILDERS for p in found):
+    one document; [] when it holds data files of one kind laid out like a Hub repo, which
+    datasets reads with their splits. Raises a DataError when it holds neither, or when a file
+    of it would be left out (another kind of file beside them): every file is used, or the run
+    is refused naming what would be left out and the glob that chooses."""
+    entries = []
+    for p in sorted(path.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(path).parts):
+            continue
+        if (kind := not_a_file(p)) is not None:
+            raise DataError(f"data.source: {kind}, in the directory {path}; remove it, or choose the "
+                            f"files with a glob, e.g. data.source='{path}/**/*.txt'")
+        if p.is_file():
+            entries.append(p)
+    data = [p for p in entries if p.suffix.lower() in FILE_BUILDERS]
+    if data:
+        kinds = sorted({p.suffix.lower() for p in data})
+        used = kinds[0] if len(kinds) == 1 else None
+        left = [p for p in entries if p.suffix.lower() != used and p.relative_to(path) != Path(DATASET_CARD)]
+        if left:
+            _refuse_leaving_out(path, left, sorted({p.suffix.lower() for p in entries if p.suffix.lower()
+                                                    in (*FILE_BUILDERS, *TEXT_SUFFIXES)}))
         return []
-    texts = [str(p) for p in found if p.suffix.lower() in TEXT_SUFFIXES]
+    texts = [str(p) for p in entries if p.suffix.lower() in TEXT_SUFFIXES]
+    left = [p for p in entries if p.suffix.lower() not in TEXT_SUFFIXES]
+    if texts and left:
+        _refuse_leaving_out(path, left, [".txt"])
+    found = entries
     if not texts:
         held = f"holds {len(found)} file(s), none of them" if found else "is empty: it holds no"
         raise DataError(
@@ -143,6 +206,15 @@ def directory_files(path: Path) -> list[str]:
             f"({', '.join(FILE_BUILDERS)}); give a directory of text files, a file, or a glob"
         )
     return texts
+
+
+def _refuse_leaving_out(path: Path, left: list[Path], kinds: list[str]) -> None:
+    names = [str(p.relative_to(path)) for p in left]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    globs = " or ".join(f"data.source='{path}/**/*{kind}'" for kind in kinds)
+    raise DataError(f"data.source: the directory {path} mixes kinds of files, and {len(names)} of them "
+                    f"would be left out ({shown}); choose which to train on with a glob: {globs}, "
+                    f"or a list: data.source=[file1,file2]")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -186,18 +258,34 @@ def check_hub_reachable(source: str) -> None:
         raise DataError(
             f"data.source={source!r} looks like a Hugging Face Hub id, but the Hub at {endpoint} "
             f"cannot be reached ({reason}). If you meant a local path, it does not exist: "
-            f"{Path(source).resolve()}. {OFFLINE_HINT.capitalize()}; or, if the dataset is "
+            f"{Path(source).absolute()}. {OFFLINE_HINT.capitalize()}; or, if the dataset is "
             f"already in your Hugging Face cache, set HF_HUB_OFFLINE=1"
         ) from None
 
 
 @functools.cache  # a successful probe holds for the process: the check and the load share it
 def _probe(endpoint: str) -> None:
-    """Raises OSError (or ValueError for a malformed address) unless ``endpoint`` answers."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return  # the server answered: it is reachable
+    """Raises OSError (or ValueError for a malformed address) unless ``endpoint`` answers, whole,
+    within HUB_PROBE_DEADLINE_S: a timeout bounds each read only, and a server that trickles a
+    byte a second would hold the probe for minutes."""
+    outcome: dict[str, BaseException] = {}
+
+    def ask() -> None:
+        try:
+            request = urllib.request.Request(endpoint, method="HEAD")
+            urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered: it is reachable
+        except BaseException as error:  # handed to the caller
+            outcome["error"] = error
+
+    asking = threading.Thread(target=ask, name="tinylm-hub-probe", daemon=True)
+    asking.start()
+    asking.join(HUB_PROBE_DEADLINE_S)
+    if asking.is_alive():  # left to end on its own: a daemon thread keeps no process alive
+        raise TimeoutError(f"no whole answer within {HUB_PROBE_DEADLINE_S:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def first_line(error: BaseException) -> str:

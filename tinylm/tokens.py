@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 
+from tinylm.runlock import remove_leftovers
 from tinylm.tokenizer import CharTokenizer, Tokenizer
 
 FORMAT = 1  # bump when the file's contents change meaning: old files are then not reused
@@ -112,7 +113,9 @@ def token_file(cache_files: list[str], text_column: str, tokenizer: Tokenizer) -
 
 def write_tokens(path: Path, pieces: Iterable[np.ndarray]) -> None:
     """Write the pieces one after another to ``path``, atomically: processes preparing the same
-    data at once each write their own temporary file, and the last rename wins."""
+    data at once each write their own temporary file, and the last rename wins. What a process
+    killed mid-write left is removed first."""
+    remove_leftovers(path.parent, "tinylm-tokens-*.partial")
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "wb") as out:

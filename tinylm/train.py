@@ -12,27 +12,33 @@ import math
 import shlex
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from lightning import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinylm.callbacks import StopOnSignal, build_callbacks
+from tinylm.callbacks import RankLost, Ranks, StopOnSignal, build_callbacks
 from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
 from tinylm.data import CharDataModule
 from tinylm.errors import ConfigError
+from tinylm.learner.adapter import LearnerError, Settings
 from tinylm.learner.checker.checklist import check_target
 from tinylm.lit import LitLM
 from tinylm.memory import check_fits
+from tinylm.precision import choose_precision
 from tinylm.preflight import check_train
-from tinylm.rundir import run_dir
+from tinylm.rundir import RunDir, run_dir, shown
+from tinylm.runlock import holding, remove_leftovers
 from tinylm.schema import check_trainer_arguments
 from tinylm.sources import row_unit
 
@@ -67,20 +73,26 @@ def summary(config: TrainConfig, trainer: Trainer) -> str:
     """The few lines that end a run: where it is, how well it did, what to run next."""
     if trainer.fast_dev_run:
         return f"fast dev run: {trainer.global_step:,} steps, nothing written"
-    shown = _shown(Path(config.paths.output_dir))
+    where = shown(config.paths.output_dir)
     metrics = trainer.callback_metrics
-    lines = [f"run: {shown} ({trainer.global_step:,} steps)"]
+    lines = [f"run: {where} ({trainer.global_step:,} steps)"]
     best = trainer.checkpoint_callback.best_model_score
     if best is not None:
-        last = float(metrics["val/loss"]) if "val/loss" in metrics else float("nan")
-        lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc); "
-                     f"last {last:.4f}")
+        last = f"; last {float(metrics['val/loss']):.4f}" if "val/loss" in metrics else ""
+        lines.append(f"best val/loss {float(best):.4f} ({float(best) / math.log(2):.4f} bpc){last}")
+    ranks = next((c for c in trainer.callbacks if isinstance(c, Ranks) and c.digest), None)
+    if ranks is not None:
+        lines.append(f"processes: {trainer.world_size} ({trainer.num_nodes} machines × "
+                     f"{trainer.num_devices}), the same weights on each (sha256 {ranks.digest[:16]})")
     if "test/bpc" in metrics:
         lines.append(f"test/bpc {float(metrics['test/bpc']):.4f} (the best checkpoint on the test split)")
     if run_dir(config.paths.output_dir).last.is_file():
-        lines.append(f"sample:      tinylm sample ckpt={shown} prompt={_shell_quoted(_prompt(trainer))}")
+        own = config.model.learner_attention  # the user's own file, named by the user: it runs
+        file = f" attention_file={shlex.quote(own[0])}" if own else ""
+        prompt = _shell_quoted(_prompt(trainer))
+        lines.append(f"sample:      tinylm sample ckpt={where}{file} prompt={prompt}")
     if config.logger == "tensorboard":
-        lines.append(f"tensorboard: {tensorboard_command(shown, config)}")
+        lines.append(f"tensorboard: {tensorboard_command(where, config)}")
     return "\n".join(lines)
 
 
@@ -110,15 +122,6 @@ def tensorboard_command(logdir: str | Path, config: TrainConfig) -> str:
     return f"tensorboard --logdir {logdir} --samples_per_plugin images={max(100, pictures)}"
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the working directory when it is below it, as a user would type it."""
-    path = path.absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def fit(config: TrainConfig, overrides: Sequence[str] = (),
         extra_callbacks: Sequence[Callback] = ()) -> tuple[Trainer, LitLM]:
     """Build everything ``config`` describes and train; returns the Trainer and the LitLM.
@@ -129,17 +132,27 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     last.ckpt.
     """
     check_trainer_arguments(config.trainer, L.Trainer)
+    if config.trainer.get("fast_dev_run"):  # writes nothing, so holds no directory
+        return _fit(config, overrides, extra_callbacks, run_dir(config.paths.output_dir))
+    paths = run_dir(config.paths.output_dir)
+    with holding(paths.root, key="paths.output_dir"):
+        remove_leftovers(paths.checkpoints)  # what a process killed mid-write left
+        return _fit(config, overrides, extra_callbacks, paths)
+
+
+def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequence[Callback],
+         paths: RunDir) -> tuple[Trainer, LitLM]:
     quiet_libraries()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls where the GPU has them
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     if config.model.learner_attention is not None:
-        check_learner_attention(config)
+        config = check_learner_attention(config)
     data = CharDataModule(config.data, block_size=config.model.block_size, seed=config.seed)
     data.prepare()  # load and encode now: data errors come before the model is built
-    if rank_zero():
-        print(loaded(config, data), flush=True)
-    if torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS:
+    on_gpu = torch.cuda.is_available() and str(config.trainer.get("accelerator", "auto")) in GPU_ACCELERATORS
+    config, precision = choose_precision(config, overrides, on_cpu=not on_gpu)
+    if on_gpu:
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
@@ -148,7 +161,6 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
                    max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
-    paths = run_dir(config.paths.output_dir)
     callbacks = build_callbacks(config, data, paths, overrides, extra_callbacks)
     stop = next(callback for callback in callbacks if isinstance(callback, StopOnSignal))
     refresh_rate = config.callbacks.progress_bar.refresh_rate
@@ -157,9 +169,25 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
         logger = TensorBoardLogger(save_dir=paths.root, name=paths.tensorboard.name, version="",
                                    default_hp_metric=False)
 
-    trainer = L.Trainer(**config.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+    ranks = next(callback for callback in callbacks if isinstance(callback, Ranks))
+    trainer_args = {**config.trainer, "strategy": strategy(config)}
+    trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                         default_root_dir=paths.root, enable_progress_bar=refresh_rate > 0)
-    trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    if rank_zero():  # the Trainer has read this process's rank from its launcher
+        print(loaded(config, data), flush=True)
+        if precision:
+            print(precision, flush=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=config.ckpt_path, weights_only=True)
+    except SystemExit as exit:  # Lightning's answer to a Ctrl-C before training began
+        if isinstance(exit.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    except RuntimeError as error:  # gloo's lost connections are plain RuntimeErrors
+        # A timeout is torch's DistError; any other error is ours to see only if no peer died.
+        if trainer.world_size > 1 and (isinstance(error, dist.DistError) or ranks.lost_any()):
+            raise rank_lost(trainer, ranks, config) from error
+        raise
     # One process reports (and exits 128+N); the others end quietly: Lightning's launcher
     # kills all processes when one of the ranks it started exits non-zero.
     if (interrupted := stop.stopped()) and trainer.is_global_zero:
@@ -170,16 +198,53 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     return trainer, module
 
 
-def check_learner_attention(config: TrainConfig) -> None:
-    """Run ``tinylm check-attention`` on the class model.attention names, at the run's width and
-    heads, and print its checklist; refuse a class that is not causal (it would learn to copy the
-    next character from the future)."""
+def strategy(config: TrainConfig) -> str | Strategy:
+    """``trainer.strategy``, a data-parallel one given ``ddp_timeout`` as its process group's
+    timeout (torch's default is half an hour: a cluster job whose process died would idle that
+    long)."""
+    name, trainer = config.trainer.get("strategy", "auto"), config.trainer
+    several = trainer.get("devices", 1) not in (1, "1", [0]) or int(trainer.get("num_nodes", 1)) > 1
+    if name == "auto" and several:
+        name = "ddp"  # what Lightning's auto picks for several processes outside a notebook
+    entry = StrategyRegistry[name] if isinstance(name, str) and name in StrategyRegistry else None
+    if entry is None or not issubclass(entry["strategy"], DDPStrategy):
+        return name
+    return entry["strategy"](**{**entry["init_params"], "timeout": timedelta(seconds=config.ddp_timeout)})
 
-    target = config.model.attention
-    report, _ = check_target(target, config.model.d_model, config.model.heads, key="model.attention")
+
+def rank_lost(trainer: Trainer, ranks: Ranks, config: TrainConfig) -> RankLost:
+    """The one line a surviving process ends with when another died: which, and what is kept."""
+    last = run_dir(config.paths.output_dir).last.absolute()
+    kept = (f"{last} is intact: resume with ckpt_path={last}" if last.is_file()
+            else "no checkpoint was written yet")
+    return RankLost(f"rank {trainer.global_rank}: {ranks.lost(trainer.global_rank)}; training stopped at "
+                    f"step {trainer.global_step} (ddp_timeout={config.ddp_timeout}s); {kept}")
+
+
+def check_learner_attention(config: TrainConfig) -> TrainConfig:
+    """Run ``tinylm check-attention`` on the class model.attention names, at the run's settings
+    (width, heads, block_size, model.attention_kwargs), and print its checklist; refuse a class
+    that is not causal (it would learn to copy the next character from the future) or fails at
+    the run's block_size. Returns the config, its model.heads the class's own head count (a
+    one-head class is drawn and scored as one head)."""
+    model = config.model
+    target = model.attention
+    settings = Settings(model.d_model, model.heads, model.block_size, model.dropout, model.bias)
+    try:
+        report, built = check_target(target, model.d_model, model.heads, dict(model.attention_kwargs),
+                                     key="model.attention", settings=settings,
+                                     kwargs_key="model.attention_kwargs")
+    except LearnerError as error:  # its file or constructor fails: nothing to train, nothing written
+        raise ConfigError(f"model.attention: {error}") from None
     if (refusal := report.refusal(target)) is not None:
         raise ConfigError(f"model.attention: {refusal}")
     print(f"model.attention={target}: {report}")
+    if built.heads != model.heads:
+        print(f"model.heads: {target} has {built.heads} head(s) of its own, so the model is built with "
+              f"model.heads={built.heads}: its attention maps and head scores show those heads")
+        heads = built.heads
+        config = dataclasses.replace(config, model=dataclasses.replace(model, heads=heads, kv_heads=heads))
+    return config
 
 
 def loaded(config: TrainConfig, data: CharDataModule) -> str:
@@ -193,9 +258,15 @@ def loaded(config: TrainConfig, data: CharDataModule) -> str:
     unit = row_unit(source) + ("s" if data.documents != 1 else "")
     cache = "read back from the datasets cache" if data.from_cache else "read and cached"
     test = f", {len(data.test_tokens):,} test" if data.test_tokens is not None else ""
-    return (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
+    line = (f"data: {shown} ({data.documents:,} {unit}, {cache}): {len(data.train_tokens):,} training "
             f"and {len(data.val_tokens):,} validation{test} {tokens}, a vocabulary of "
             f"{data.tokenizer.vocab_size}")
+    if (repeats := data.repeats) is not None:
+        line += (f"\ndata: {repeats.count(config.data.batch_size)} of each training batch's "
+                 f"{config.data.batch_size} windows are a random string of {repeats.length} {tokens} "
+                 f"repeated to fill the window, not text "
+                 f"(data.repeat_fraction={config.data.repeat_fraction}); validation is text only")
+    return line
 
 
 def rank_zero() -> bool:
@@ -209,6 +280,11 @@ def quiet_libraries() -> None:
     every warning stay. Deprecations raised inside Lightning's own code (its use of torch's
     pytree API) are Lightning's to fix, not the user's."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # A resume trains on in its own run directory (or in one hydra.run.dir names on purpose):
+    # ModelCheckpoint's notices about a directory that is not empty, or not the checkpoint's,
+    # would report the expected case.
+    for notice in (r"Checkpoint directory .* exists and is not empty", r"The dirpath has changed from"):
+        warnings.filterwarnings("ignore", message=notice)
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 

@@ -12,9 +12,12 @@ them. ``write_explorer`` builds it from the arrays of ``tinylm.attention.history
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -28,9 +31,14 @@ def viridis_stops(count: int = 9) -> list[list[int]]:
 
 
 def explorer_html(labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
-                  scores: dict[str, np.ndarray], title: str = "attention") -> str:
+                  scores: dict[str, np.ndarray], title: str = "attention",
+                  marks: dict[int, str] | None = None, attribution: dict[str, Any] | None = None) -> str:
     """The page for ``maps`` (S, L, H, n, n) uint8 (weights ×255) at ``steps`` (S,) on the n
-    tokens ``labels`` names (``Tokenizer.labels``), with ``scores`` name → (S, L, H)."""
+    tokens ``labels`` names (``Tokenizer.labels``), with ``scores`` name → (S, L, H).
+
+    ``marks``: step → a line, marked on the slider (where the induction heads formed).
+    ``attribution``: who wrote each prediction (``attribution_data``), shown as bars for the
+    clicked character."""
     maps = np.ascontiguousarray(maps, dtype=np.uint8)
     S, L, H, n, _ = maps.shape
     if len(steps) != S or len(labels) != n:
@@ -45,21 +53,34 @@ def explorer_html(labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
         "scores": {name: np.round(np.asarray(v, np.float64), 4).tolist() for name, v in scores.items()},
         "viridis": viridis_stops(), "gamma": GAMMA,
         "masked": [round(255 * c) for c in MASKED_COLOUR],
+        "marks": [{"index": list(steps).index(step), "step": int(step), "text": text}
+                  for step, text in (marks or {}).items() if step in list(steps)],
+        "attribution": attribution,
     }
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")  # never closes the script
-    return PAGE.replace("/*DATA*/", payload).replace("<!--TITLE-->", _escape(title))
+    return fill_page(title, data)
+
+
+# Inside <script>, "<!--", "<script" and "</script" change how the HTML parser reads on: with
+# every "<" (and ">", "&", the JavaScript line breaks) escaped, no string of the data can.
+_SCRIPT_SAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def fill_page(title: str, data: dict) -> str:
+    """The page with ``title`` (HTML-escaped, quotes too) and ``data`` (JSON, script-safe) in its
+    places: one pass over the template, so nothing substituted is read again as a placeholder."""
+    payload = json.dumps(data, ensure_ascii=False)
+    payload = re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_SAFE[m[0]], payload)
+    text = {"<!--TITLE-->": html.escape(title, quote=True), "/*DATA*/": payload}
+    return re.sub(r"<!--TITLE-->|/\*DATA\*/", lambda m: text[m[0]], PAGE)
 
 
 def write_explorer(path: str | Path, labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
-                   scores: dict[str, np.ndarray], title: str = "attention") -> Path:
+                   scores: dict[str, np.ndarray], title: str = "attention",
+                   marks: dict[int, str] | None = None, attribution: dict[str, Any] | None = None) -> Path:
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(explorer_html(labels, steps, maps, scores, title), encoding="utf-8")
+    path.write_text(explorer_html(labels, steps, maps, scores, title, marks, attribution), encoding="utf-8")
     return path
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 PAGE = """<!DOCTYPE html>
@@ -83,6 +104,13 @@ PAGE = """<!DOCTYPE html>
   .row { overflow-x: auto; font-size: 11px; margin-top: 4px; }
   .row span.hot { outline: 2px solid #d62728; outline-offset: -1px; }
   .row span.query { text-decoration: underline 2px #d62728; }
+  #marks { color: #8c564b; margin-bottom: 6px; }
+  #marks button { font: inherit; color: inherit; background: none; border: 1px dashed #8c564b;
+    border-radius: 3px; cursor: pointer; }
+  #attribution { margin-top: 8px; font-size: 12px; }
+  #attribution .bar-row { display: grid; grid-template-columns: 160px 260px 70px; align-items: center; }
+  #attribution .track { position: relative; height: 10px; background: #f2f2f2; }
+  #attribution .bar { position: absolute; top: 0; height: 10px; }
 </style>
 </head>
 <body>
@@ -93,7 +121,10 @@ PAGE = """<!DOCTYPE html>
   <span id="step-label"></span>
   <span id="query-label"></span>
 </div>
+<datalist id="step-marks"></datalist>
+<div id="marks"></div>
 <div id="text"></div>
+<div id="attribution"></div>
 <div id="grid"></div>
 <script>
 "use strict";
@@ -142,8 +173,10 @@ for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) {
 
 function scoreText(l, h) {
   const s = DATA.scores, f = (name, digits) => s[name] ? s[name][step][l][h].toFixed(digits) : "–";
-  let out = "prev " + f("prev_token", 2) + " · ind " + f("induction", 2) + " · first " + f("first_token", 2)
+  let out = "prev " + f("prev_token", 2) + " · prefix " + f("prefix_matching", 2) + " · dup "
+    + f("duplicate_token", 2) + " · first " + f("first_token", 2)
     + " · " + f("entropy", 1) + " bits";
+  if (s.copying) out += " · copying " + f("copying", 2);
   if (s.ablation) {
     const a = s.ablation[step][l][h];
     out += " · ablation " + (a >= 0 ? "+" : "") + a.toFixed(3) + " nats";
@@ -176,8 +209,9 @@ function drawRow(p) {
 }
 
 function render(full) {
+  const marked = (DATA.marks || []).some(m => m.index === step);
   document.getElementById("step-label").textContent = "step " + DATA.steps[step]
-    + " (" + (step + 1) + " of " + DATA.steps.length + ")";
+    + " (" + (step + 1) + " of " + DATA.steps.length + ")" + (marked ? " ◆" : "");
   document.getElementById("query-label").textContent = "query: position " + query + " '"
     + DATA.chars[query] + "'" + (pinned ? " (pinned: click again to free)" : "");
   Array.from(text.children).forEach((c, i) => c.classList.toggle("query", i === query));
@@ -202,6 +236,49 @@ for (const area of [text, grid]) {
 slider.max = DATA.steps.length - 1; slider.value = step;
 slider.disabled = DATA.steps.length < 2;
 slider.addEventListener("input", () => { step = Number(slider.value); render(true); });
+// Marked steps (where the induction heads formed): a tick on the slider and a button to go there.
+const marksBox = document.getElementById("marks");
+for (const mark of DATA.marks || []) {
+  const option = document.createElement("option");
+  option.value = mark.index; option.label = "step " + mark.step;
+  document.getElementById("step-marks").appendChild(option);
+  slider.setAttribute("list", "step-marks");
+  const button = document.createElement("button");
+  button.textContent = "◆ " + mark.text; button.dataset.step = mark.step; button.className = "mark";
+  button.addEventListener("click", () => { step = mark.index; slider.value = step; render(true); });
+  marksBox.appendChild(button);
+}
+// Who wrote the prediction at the pinned character: one bar per component, its direct part of
+// the logit of the character that came next (and of the top alternative, in the last column).
+const attributionBox = document.getElementById("attribution");
+function drawAttribution() {
+  const A = DATA.attribution;
+  attributionBox.textContent = "";
+  if (!A || !pinned || !A.positions[query]) return;
+  const p = A.positions[query];
+  const head = document.createElement("div");
+  head.textContent = "who wrote the prediction after position " + query + ": logit of '" + p.target
+    + "' (" + p.kind + ") " + p.total.toFixed(2) + ", top alternative '" + p.alternative + "' "
+    + p.alt_total.toFixed(2) + "; each component's direct part, " + A.note;
+  attributionBox.appendChild(head);
+  const most = Math.max(1e-9, ...p.t.map(Math.abs));
+  A.names.forEach((name, c) => {
+    const row = document.createElement("div");
+    row.className = "bar-row"; row.dataset.component = name; row.dataset.value = p.t[c].toFixed(4);
+    const label = document.createElement("span"); label.textContent = name;
+    const track = document.createElement("span"); track.className = "track";
+    const bar = document.createElement("span"); bar.className = "bar";
+    const width = 50 * Math.abs(p.t[c]) / most;
+    bar.style.width = width + "%"; bar.style.left = (p.t[c] >= 0 ? 50 : 50 - width) + "%";
+    bar.style.background = p.t[c] >= 0 ? "#1f77b4" : "#d62728";
+    track.appendChild(bar);
+    const value = document.createElement("span");
+    value.textContent = (p.t[c] >= 0 ? "+" : "") + p.t[c].toFixed(2) + " / " + p.a[c].toFixed(2);
+    row.appendChild(label); row.appendChild(track); row.appendChild(value);
+    attributionBox.appendChild(row);
+  });
+}
+for (const area of [text, grid]) area.addEventListener("click", drawAttribution);
 render(true);
 document.body.dataset.ready = "true";
 </script>

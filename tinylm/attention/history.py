@@ -18,11 +18,14 @@ drops the records at and after its first step before adding its own.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tinylm.errors import ConfigError
 
 
 @dataclass
@@ -37,11 +40,36 @@ class History:
         return self.maps[index].astype(np.float32) / 255.0
 
 
-def load_history(path: str | Path) -> History:
-    with np.load(path, allow_pickle=False) as archive:
-        names = [name for name in archive.files if name not in ("probe", "steps", "maps")]
-        return History(labels=archive["probe"].tolist(), steps=archive["steps"],
-                       maps=archive["maps"], scores={name: archive[name] for name in names})
+# Scores renamed since older runs recorded them: the old name → today's (the same definition).
+RENAMED = {"induction": "prefix_matching"}
+
+
+def load_history(path: str | Path, key: str = "ckpt") -> History:
+    """The archive at ``path``, checked: anything else (another archive, a pickled array, one
+    missing a part or of the wrong shape) is a ConfigError naming ``key``, in one line."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = [name for name in archive.files if name not in ("probe", "steps", "maps")]
+            history = History(labels=archive["probe"].tolist(), steps=archive["steps"],
+                              maps=archive["maps"],
+                              scores={RENAMED.get(name, name): archive[name] for name in names})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ConfigError(f"{key}: {path} is not an attention history tinylm can read "
+                          f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+                          f"delete it, or draw a checkpoint: ckpt=<run>/checkpoints/last.ckpt") from None
+    S = len(history.steps)
+    wrong = [what for what, bad in [
+        ("steps is not (S,) integers", history.steps.ndim != 1 or history.steps.dtype.kind not in "iu"),
+        ("maps is not (S, L, H, n, n) uint8", history.maps.ndim != 5 or history.maps.dtype != np.uint8
+         or history.maps.shape[0] != S or history.maps.shape[3:] != (len(history.labels),) * 2),
+        ("probe is not (n,) text", not all(isinstance(label, str) for label in history.labels)),
+        ("a score is not (S, L, H) numbers", any(v.shape != history.maps.shape[:3] or v.dtype.kind != "f"
+                                                 for v in history.scores.values())),
+    ] if bad]
+    if wrong:
+        raise ConfigError(f"{key}: {path} is not an attention history tinylm wrote ({wrong[0]}); delete it, "
+                          f"or draw a checkpoint: ckpt=<run>/checkpoints/last.ckpt")
+    return history
 
 
 def append_history(path: str | Path, step: int, labels: Sequence[str], weights: np.ndarray,

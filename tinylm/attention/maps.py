@@ -7,15 +7,18 @@ without gradients, on the probe only: training itself keeps the fused kernel.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
+from tinylm.attention.circuits import copying_scores
 from tinylm.attention.scores import HeadScores
 from tinylm.errors import TinyLMError
 from tinylm.model import TransformerLM, evaluating
 from tinylm.tokenizer import Tokenizer
 
-INDUCTION_BATCH = 8  # random sequences averaged per induction score: a steadier curve
+INDUCTION_BATCH = 8  # random sequences averaged per prefix-matching score: a steadier curve
 INDUCTION_SEED = 0
 
 
@@ -45,13 +48,14 @@ def encode_probe(text: str, tokenizer: Tokenizer, block_size: int, key: str = "p
 
 
 def induction_tokens(vocab_size: int, block_size: int, batch: int = INDUCTION_BATCH,
-                     seed: int = INDUCTION_SEED) -> tuple[Tensor, int]:
+                     seed: int = INDUCTION_SEED, period: int | None = None) -> tuple[Tensor, int]:
     """Random sequences repeated twice, (batch, 2·period), and the period.
 
     Each sequence draws ``period`` distinct tokens, so every token of the second copy has
-    exactly one earlier occurrence; period = min(vocab_size, block_size // 2).
+    exactly one earlier occurrence; period = min(vocab_size, block_size // 2), or ``period``
+    when given (at most that).
     """
-    period = min(vocab_size, block_size // 2)
+    period = min(vocab_size, block_size // 2, period or block_size)
     if period < 1:
         raise ValueError(f"block_size={block_size} is too short for an induction probe")
     generator = torch.Generator().manual_seed(seed)
@@ -73,11 +77,14 @@ def attention_maps(model: TransformerLM, idx: Tensor) -> Tensor:
     return torch.stack(maps).float().cpu()  # (L, B, H, T, T)
 
 
-def head_scores(model: TransformerLM, text_ids: Tensor, text_maps: Tensor | None = None) -> HeadScores:
-    """The four diagnostics of every head: entropy, prev_token and first_token on the text
-    ``text_ids`` (1, T) (pass its maps if already computed), induction on repeated random
-    sequences."""
+def head_scores(model: TransformerLM, text_ids: Tensor, text_maps: Tensor | None = None,
+                period: int | None = None) -> HeadScores:
+    """The diagnostics of every head: entropy, prev_token and first_token on the text
+    ``text_ids`` (1, T) (pass its maps if already computed), prefix_matching and
+    duplicate_token on random sequences repeated twice (``induction_tokens``, of ``period``
+    tokens), copying from the weights where they are known."""
     if text_maps is None:
         text_maps = attention_maps(model, text_ids)
-    sequences, period = induction_tokens(model.vocab_size, model.config.block_size)
-    return HeadScores.from_maps(text_maps, attention_maps(model, sequences), period)
+    sequences, period = induction_tokens(model.vocab_size, model.config.block_size, period=period)
+    scores = HeadScores.from_maps(text_maps, attention_maps(model, sequences), period, sequences)
+    return dataclasses.replace(scores, copying=copying_scores(model))

@@ -3,6 +3,7 @@
 - ``checkpoints``: ``best.ckpt`` (lowest val/loss) and ``last.ckpt`` (to resume);
 - ``safety``: exact resumes (``StepSeed``), a clean stop on a signal, a clear stop on divergence;
 - ``metrics``: the training scalars, the progress bar, TensorBoard's HPARAMS tab;
+- ``ranks``: several processes end with the same weights, and one that dies is named;
 - ``watch``: attention maps, head scores and text samples in TensorBoard.
 """
 
@@ -17,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from tinylm.attention.ablation import validation_windows
 from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
+from tinylm.callbacks.ranks import RankLost, Ranks, WeightsDiffer, weights_digest
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
 from tinylm.rundir import RunDir
@@ -29,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttentionMaps", "DivergedError", "HParamsLogger", "Interrupted", "LastCheckpoint", "Periodic",
-    "ProgressBar", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples", "TrainingMetrics",
-    "best_checkpoint", "build_callbacks", "watch_callbacks",
+    "ProgressBar", "RankLost", "Ranks", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples",
+    "TrainingMetrics",
+    "WeightsDiffer", "best_checkpoint", "build_callbacks", "watch_callbacks", "weights_digest",
 ]
 
 
@@ -46,9 +49,10 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
         best_checkpoint(paths.best),
         last,
         StepSeed(config.seed),
-        StopOnSignal(last),
+        StopOnSignal(last, paths.resume_command()),
         StopOnNonFiniteLoss(last, config.optim.lr),
         TrainingMetrics(),
+        Ranks(),
         *extra,
     ]
     refresh_rate = config.callbacks.progress_bar.refresh_rate
@@ -56,7 +60,9 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
         callbacks.append(ProgressBar(refresh_rate=refresh_rate))
     if config.logger == "tensorboard":
         params = flatten(as_plain(config))
-        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params)))
+        continuing = config.ckpt_path is not None and paths.holds(config.ckpt_path)  # its TensorBoard run
+        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params),
+                                       continuing=continuing))
         callbacks.extend(watch_callbacks(config, data, paths.attention_history))
     return callbacks
 
@@ -72,13 +78,12 @@ def watch_callbacks(config: TrainConfig, data: CharDataModule,
     if attention.enabled:
         # The default probe: real text the model is not trained on, as long as a context.
         probe = attention.probe or default_probe(tokenizer, data.val_tokens[:block_size].tolist())
-        windows = None
-        if attention.ablation is not None:  # the same validation windows at every record
-            windows = validation_windows(data.val_tokens, attention.ablation_windows, block_size)
+        # The same validation windows at every record: for the ablation and icl/score.
+        windows = validation_windows(data.val_tokens, attention.ablation_windows, block_size)
         callbacks.append(AttentionMaps(probe, tokenizer, block_size, max_chars=attention.max_chars,
                                        every_n_steps=attention.every_n_steps, windows=windows,
-                                       ablation=attention.ablation or "zero",
-                                       history=history))
+                                       ablation=attention.ablation, history=history,
+                                       period=attention.repeat_length))
     samples = config.callbacks.samples
     if samples.enabled:
         prompt = samples.prompt

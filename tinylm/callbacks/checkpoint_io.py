@@ -11,15 +11,21 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from tinylm.checkpoint import verified
+from tinylm.integrity import seal
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<file>.tmp`` beside the checkpoint, syncs it to disk, then renames it over the
-    old file. A rename within a directory is atomic, so whoever reads the file, including a
-    resume after ``kill -9`` in the middle of a save, finds the old checkpoint or the new one.
+    """Writes ``<file>.<pid>.tmp`` beside the checkpoint (named per process: two writers never
+    share one), seals it with its checksum (``tinylm.integrity``), syncs it to disk, then renames
+    it over the old file. A rename within a directory is atomic, so whoever reads the file,
+    including a resume after ``kill -9`` in the middle of a save, finds the old checkpoint or the
+    new one, checksum included; a kill leaves only the .tmp file, which the next run removes.
 
     Lightning's own save writes to a temp file in $TMPDIR and moves it: a rename only when
     $TMPDIR is on the checkpoint's filesystem, otherwise a copy that a kill can cut short
-    (and a kill leaves the temp file in $TMPDIR). Loads are always ``weights_only=True``.
+    (and a kill leaves the temp file in $TMPDIR). Loads check the checksum, and are always
+    ``weights_only=True``.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
@@ -29,11 +35,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
+        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             with open(temp, "wb") as file:
                 torch.save(checkpoint, file)
-                file.flush()
+            seal(temp)
+            with open(temp, "rb") as file:
                 os.fsync(file.fileno())  # the data is on disk before the name points at it
             os.replace(temp, path)
         except BaseException:
@@ -42,4 +49,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" not in str(path):
+            verified(path, key="ckpt_path")
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)

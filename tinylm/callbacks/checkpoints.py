@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from tinylm.model import evaluating
 from tinylm.rundir import WEIGHTS
@@ -21,10 +21,14 @@ def best_checkpoint(path: Path) -> ModelCheckpoint:
                            enable_version_counter=False)
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps ``path`` (a run's last.ckpt) current: after each validation, every ``every_n_steps``
     optimizer steps if set, and when training ends, so a resume never repeats work. When
     training ends it also writes the weights beside it as model.safetensors (tinylm.weights).
+
+    A ``Checkpoint`` callback, so Lightning runs it after the others, best.ckpt's included: the
+    file then holds what that validation changed (which checkpoint is best, and its score), and
+    a resumed run never takes a worse model for the best.
 
     It only ever holds good weights: all finite, and giving a finite loss (the validation loss,
     or for a periodic save the loss on the batch just trained on). So when training diverges,
@@ -67,7 +71,7 @@ class LastCheckpoint(Callback):
             # The same good weights as last.ckpt, in a file that loads without pickle; written
             # after it, so loaders know it is current (tinylm.weights.preferred).
             save_weights(self.path.with_name(WEIGHTS), pl_module.model, pl_module.model_config,
-                         pl_module.tokenizer, trainer.global_step)
+                         pl_module.tokenizer, trainer.global_step, pl_module.attention_source())
 
 
 def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:

@@ -92,9 +92,11 @@ class HParamsLogger(Callback):
     ``TrainingMetrics``.
     """
 
-    def __init__(self, params: dict[str, Any], highlight: Collection[str] = ()) -> None:
+    def __init__(self, params: dict[str, Any], highlight: Collection[str] = (),
+                 continuing: bool = False) -> None:
         self.params = params
         self.highlight = highlight  # shown first in the tab: the keys set on the command line
+        self.continuing = continuing  # a resumed run writing on in its own TensorBoard run
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -104,8 +106,10 @@ class HParamsLogger(Callback):
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Logged directly: Lightning accepts self.log in on_train_start only per epoch, and an
-        # epoch of the endless training stream may never end. After a resume, global_step is
-        # already the checkpoint's here.
+        # epoch of the endless training stream may never end. A run continued in its own
+        # directory has it already, at step 0.
+        if self.continuing:
+            return
         params = sum(p.numel() for p in pl_module.parameters())  # shared tensors counted once
         if (logger := tensorboard_logger(trainer)) is not None:
             logger.log_metrics({"hp/params": params}, step=trainer.global_step)

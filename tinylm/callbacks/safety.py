@@ -99,16 +99,21 @@ class SecondCtrlC:
 
 class StopOnSignal(Callback):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's notice) during training: the current step
-    finishes, last.ckpt is written, and training stops; ``signum`` then says which signal.
+    finishes, last.ckpt is written, and training stops before the next step; ``signum`` then
+    says which signal.
 
     A signal never interrupts a step half-way (an optimizer step cut short would leave a
-    checkpoint no uninterrupted run has). A second Ctrl-C stops at once, without saving.
+    checkpoint no uninterrupted run has). The stop starts no validation and draws no pictures
+    of its own: it writes no value an uninterrupted run would not write at that step. Only a
+    validation the step was due for anyway runs first (a resumed run would skip it), and
+    last.ckpt is written after it, as in any run. A second Ctrl-C stops at once, without saving.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, checkpoint: LastCheckpoint) -> None:
+    def __init__(self, checkpoint: LastCheckpoint, resume_command: str = "") -> None:
         self.checkpoint = checkpoint
+        self.resume_command = resume_command  # printed as it is: "tinylm train ckpt_path=<run>"
         self.signum: int | None = None  # the signal training stopped on
         self.step: int | None = None  # the step it stopped after
         self._received = 0
@@ -130,16 +135,24 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self._checked_step:
+        if trainer.global_step == self._checked_step or self.signum is not None:
             return  # within gradient accumulation: stop only after an optimizer step
         self._checked_step = trainer.global_step
         # Every process must stop at the same step, and the signal may reach only one.
         received = torch.tensor(self._received, device=trainer.strategy.root_device)
         signum = int(trainer.strategy.reduce(received, reduce_op="max"))
         if signum:
-            self.checkpoint.save(trainer)
-            trainer.should_stop = True
             self.signum, self.step = signum, trainer.global_step
+            if not validation_due(trainer):  # else last.ckpt is written after that validation
+                self.checkpoint.save(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        # The step that saw the signal is over, its logging and due validation included: stop
+        # before this one. Set here, not at the step's end, where Lightning would answer
+        # should_stop with a validation and a write of the step's scalars of its own.
+        if self.signum is not None:
+            trainer.should_stop = True  # LitLM.on_train_batch_start then skips the batch
 
     def _restore(self) -> None:
         if self._second is not None:
@@ -161,16 +174,27 @@ class StopOnSignal(Callback):
         if self.signum is None:
             return None
         path, saved = self.checkpoint.path.absolute(), self.checkpoint.saved_step
+        resume = self.resume_command or f"tinylm train ckpt_path={path}"
         if saved == self.step:
-            kept = f"and saved {path}; resume with ckpt_path={path}"
+            kept = f"and saved {path}; resume with: {resume}"
         elif saved is not None:
-            kept = f"(its weights were not finite, not saved); resume from step {saved}: ckpt_path={path}"
+            kept = f"(its weights were not finite, not saved); resume from step {saved}: {resume}"
         else:
             kept = "(its weights were not finite, not saved); no checkpoint was written"
         return Interrupted(
             f"{signal.Signals(self.signum).name} received; training stopped after step {self.step} {kept}",
             self.signum,
         )
+
+
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates after the batch that just ended: every val_check_interval
+    batches, counted across the endless training stream (check_val_every_n_epoch=null)."""
+    every = trainer.val_check_batch
+    if not trainer.enable_validation or trainer.check_val_every_n_epoch is not None or not every:
+        return False
+    batches = trainer.fit_loop.epoch_loop.total_batch_idx + 1
+    return every != float("inf") and batches % int(every) == 0
 
 
 class DivergedError(TinyLMError):

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from tinylm.attention.ablation import ablation_scores, can_ablate
+from tinylm.attention.circuits import icl_score, induction_loss
+from tinylm.attention.formation import find_formation, none_formed
 from tinylm.attention.history import append_history
-from tinylm.attention.maps import NoWeights, ProbeError, attention_maps, encode_probe, head_scores
+from tinylm.attention.maps import (
+    NoWeights,
+    ProbeError,
+    attention_maps,
+    encode_probe,
+    head_scores,
+    induction_tokens,
+)
 from tinylm.attention.pictures import AttentionFigure, encode_pngs
 from tinylm.attention.scores import HeadScores
 from tinylm.generation.stream import generate
@@ -60,31 +71,37 @@ class Periodic(Callback):
 
 
 class AttentionMaps(Periodic):
-    """Logs every head's attention on a fixed probe text, as pictures and as four scores.
+    """Logs every head's attention on a fixed probe text, as pictures and as scores.
 
     Images: ``attention/layer_{l}`` (all heads of layer l side by side) and
     ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
-    Scalars: ``heads/{entropy,prev_token,induction,first_token}/layer_{l}_head_{h}`` (see
-    ``tinylm.attention.scores``), measured on the whole probe (and, for induction, on repeated
-    random sequences); with ``windows`` (N, T+1) also ``heads/ablation/layer_{l}_head_{h}``,
-    the rise of the loss on them without the head (``tinylm.attention.ablation``, ``ablation``
-    "zero" or "mean").
+    Scalars: ``heads/<score>/layer_{l}_head_{h}`` for entropy, prev_token, first_token (on the
+    whole probe), prefix_matching, duplicate_token (on random sequences of ``period`` tokens
+    repeated twice) and copying (from the weights), see ``tinylm.attention.scores`` and
+    ``tinylm.attention.circuits``; with ``windows`` (N, T+1) of validation text also
+    ``icl/score``, and with ``ablation`` ("zero" or "mean") ``heads/ablation/layer_{l}_head_{h}``,
+    the rise of the loss on them without the head (``tinylm.attention.ablation``); and
+    ``icl/induction_loss`` on the repeated sequences.
     With ``history``, a path, the shown maps and the scores of every record are also kept
     there (``tinylm.attention.history``), for ``tinylm attention ... out=x.html``.
+    When training ends it prints and logs (TEXT ``induction``) when the induction heads formed
+    (``tinylm.attention.formation``), or that none did.
     """
 
     def __init__(self, probe: str, tokenizer: Tokenizer, block_size: int, max_chars: int = 64,
                  every_n_steps: int | None = None, key: str = "callbacks.attention.probe",
-                 windows: torch.Tensor | None = None, ablation: str = "zero",
-                 history: str | Path | None = None) -> None:
+                 windows: torch.Tensor | None = None, ablation: str | None = "zero",
+                 history: str | Path | None = None, period: int | None = None) -> None:
         super().__init__(every_n_steps)
         self.probe = probe
         self.ids = encode_probe(probe, tokenizer, block_size, key=key)  # (1, T); errors name ``key``
         self.labels = tokenizer.labels(probe)  # one per token
         self.shown = min(max_chars, len(self.labels))  # rendered positions: labels stay readable
-        self.windows, self.ablation, self.history = windows, ablation, history
+        self.windows, self.ablation, self.history, self.period = windows, ablation, history, period
         self.said_no_weights = False
         self.figure = None  # built on first use: matplotlib is slow to import and lay out
+        # step → (prefix_matching, prev_token), each (L, H): the curves the formation rule reads
+        self.curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @torch.no_grad()
     def record(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
@@ -96,18 +113,21 @@ class AttentionMaps(Periodic):
                 print(f"attention maps: none logged: {error} (see tinylm check-attention)", file=sys.stderr)
                 self.said_no_weights = True
             return
-        scores = head_scores(model, self.ids, maps)
-        if self.windows is not None and can_ablate(model):
+        scores = head_scores(model, self.ids, maps, period=self.period)
+        if self.windows is not None and self.ablation is not None and can_ablate(model):
             scores = dataclasses.replace(scores, ablation=ablation_scores(model, self.windows, self.ablation))
+        metrics = score_metrics(scores) | self.model_metrics(model)
         for logger in trainer.loggers:
-            logger.log_metrics(score_metrics(scores), step=step)
+            logger.log_metrics(metrics, step=step)
+        self.curves[step] = (scores.prefix_matching.numpy(), scores.prev_token.numpy())
         # A causal map cut to its first n rows and columns is exactly the map of the first n
         # characters: no position attends to anything after it.
         n = self.shown
         shown = maps[:, 0, :, :n, :n].numpy()  # (L, H, n, n)
         if self.history is not None:
-            append_history(self.history, step, self.labels[:n], shown,
-                           {name: values.numpy() for name, values in scores.items()})
+            kept = append_history(self.history, step, self.labels[:n], shown,
+                                  {name: values.numpy() for name, values in scores.items()})
+            self.keep_curves(kept.steps, kept.scores)  # a resumed run's earlier records too
         layers, heads = shown.shape[:2]
         if self.figure is None:
             self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
@@ -120,6 +140,39 @@ class AttentionMaps(Periodic):
             pictures += self.figure.pictures()  # the layer, then each head
         for tag, png in zip(tags, encode_pngs(pictures), strict=True):
             add_image(writer, tag, png, step)
+
+    def model_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        """``icl/induction_loss`` on the repeated random sequences, and ``icl/score`` on the
+        validation windows when there are some."""
+        sequences, period = induction_tokens(model.vocab_size, model.config.block_size, period=self.period)
+        metrics = {"icl/induction_loss": induction_loss(model, sequences, period)}
+        if self.windows is not None:
+            metrics["icl/score"] = icl_score(model, self.windows)
+        return metrics
+
+    def keep_curves(self, steps: np.ndarray, scores: Mapping[str, np.ndarray]) -> None:
+        if "prefix_matching" in scores and "prev_token" in scores:
+            self.curves = {int(s): (scores["prefix_matching"][i], scores["prev_token"][i])
+                           for i, s in enumerate(steps)}
+
+    def formation_line(self) -> str | None:
+        """The line naming when the induction heads formed (or that none did); None before any record."""
+        if not self.curves:
+            return None
+        steps = sorted(self.curves)
+        prefix = np.stack([self.curves[s][0] for s in steps])  # (S, L, H)
+        prev = np.stack([self.curves[s][1] for s in steps])
+        formed = find_formation(steps, prefix, prev)
+        return formed.line() if formed is not None else none_formed(prefix)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        line = self.formation_line()
+        if writer is None or not trainer.is_global_zero or line is None:
+            return
+        add_text(writer, "induction", line, trainer.global_step)
+        if line.startswith("induction heads formed"):  # a run without a circuit says nothing more
+            print(line, flush=True)
 
 
 def score_metrics(scores: HeadScores) -> dict[str, float]:

@@ -25,14 +25,21 @@ class LayerCache:
         self.keys, self.values = keys, values
 
     @property
-    def visible(self) -> Tensor:
-        """(T, block_size): which keys each of this pass's queries may see."""
+    def visible(self) -> Tensor | None:
+        """(T, block_size): which keys each of this pass's queries may see; None where the keys
+        ``append`` returns are exactly those the pass may see, causally (a ``sliced`` cache)."""
         return self.cache.visible
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new positions' k, v (B, G, T, hd); return every key and value buffer."""
-        self.keys.index_copy_(2, self.cache.positions, k)
-        self.values.index_copy_(2, self.cache.positions, v)
+        """Store the new positions' k, v (B, G, T, hd); return every key and value buffer, or in
+        a ``sliced`` cache its first ``length`` positions."""
+        cache = self.cache
+        if cache.visible is None:  # sliced: the pass's positions are a plain range
+            self.keys[:, :, cache.length - k.size(2) : cache.length] = k
+            self.values[:, :, cache.length - v.size(2) : cache.length] = v
+            return self.keys[:, :, : cache.length], self.values[:, :, : cache.length]  # (B, G, length, hd)
+        self.keys.index_copy_(2, cache.positions, k)
+        self.values.index_copy_(2, cache.positions, v)
         return self.keys, self.values  # (B, G, block_size, hd)
 
 
@@ -40,7 +47,12 @@ class KVCache:
     """Every layer's LayerCache; how many positions they hold (``length``); and the positions
     of the tokens being added, with the keys each of them may see."""
 
-    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, batch: int, config: ModelConfig, dtype: torch.dtype, device: torch.device,
+                 sliced: bool = False) -> None:
+        # sliced: attention reads the filled positions only, without a mask, in fewer and smaller
+        # kernels (an eager step); otherwise the whole fixed-shape buffer under a mask (what a
+        # compiled step, one shape for every position, needs).
+        self.sliced = sliced
         shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
         # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
         self.layers = [
@@ -57,6 +69,7 @@ class KVCache:
         """A cache over given buffers, its pass placed at ``positions`` with mask ``visible``:
         the view of it that an exported step (tinylm.generation.decode), given only tensors, works on."""
         cache = cls.__new__(cls)
+        cache.sliced = False
         cache.layers = [LayerCache(cache, k, v) for k, v in zip(keys, values, strict=True)]
         cache.positions, cache.visible = positions, visible
         return cache
@@ -65,7 +78,11 @@ class KVCache:
         """Place ``tokens`` new tokens after the ``length`` held (TransformerLM.place checks
         that they fit)."""
         start, self.length = self.length, self.length + tokens
-        if tokens == 1 and self.positions.numel() == 1:  # one more token: two small writes in place
+        if self.sliced and (tokens == 1 or start == 0):  # attends over keys 0 .. length-1, causally
+            self.positions = torch.arange(start, self.length, device=self.key_positions.device)
+            self.visible = None
+            return
+        if tokens == 1 and self.visible is not None and self.positions.numel() == 1:  # two small writes
             self.positions.fill_(start)
             torch.le(self.key_positions, start, out=self.visible)
             return
@@ -78,8 +95,8 @@ class KVCache:
         self.length = 0
 
 
-def new_cache(model: torch.nn.Module, batch: int) -> KVCache:
+def new_cache(model: torch.nn.Module, batch: int, sliced: bool = False) -> KVCache:
     """An empty KV cache for ``batch`` sequences of ``model`` (a TransformerLM), in its dtype and
-    on its device: a LayerCache per block."""
+    on its device: a LayerCache per block (``sliced``: see KVCache)."""
     weight = model.token_embedding.weight
-    return KVCache(batch, model.config, weight.dtype, weight.device)
+    return KVCache(batch, model.config, weight.dtype, weight.device, sliced)

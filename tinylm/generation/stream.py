@@ -44,7 +44,7 @@ def stream(model: TransformerLM, idx: Tensor, max_new_tokens: int, temperature: 
     tokens = idx.new_empty(batch, length + max_new_tokens)  # the prompt, then each new token
     tokens[:, :length] = idx
     start = max(0, length - block)  # the window is tokens[:, start:length]
-    cache = new_cache(model, batch) if use_cache else None
+    cache = new_cache(model, batch, sliced=not compile) if use_cache else None
     step = None  # the compiled one-token step
     if compile and cache is not None:
         step = compiled_step(model, cache, temperature, top_k, top_p)

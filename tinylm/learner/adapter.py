@@ -16,8 +16,9 @@ import importlib.util
 import inspect
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -25,8 +26,16 @@ import torch
 from tinylm.errors import TinyLMError
 from tinylm.learner.registry import registered
 
-WIDTH_NAMES = ("d_model", "hidden_size", "embed_dim", "input_dim", "d_feat", "n_embd", "dim", "d")
-HEAD_NAMES = ("num_heads", "n_head", "n_heads", "heads", "h", "nhead", "num_head")
+WIDTH_NAMES = ("d_model", "hidden_size", "embed_dim", "input_dim", "d_feat", "n_embd", "emb_dim", "dim",
+               "d_in", "d_out", "d")
+HEAD_NAMES = ("num_heads", "n_head", "n_heads", "heads", "h", "nhead", "num_head", "num_attention_heads")
+HEAD_WIDTH_NAMES = ("head_size", "head_dim", "d_head", "d_k", "dk")  # filled when required
+CONTEXT_NAMES = ("block_size", "context_length", "max_len", "max_seq_len", "max_seq_length", "seq_len",
+                 "n_ctx", "max_length", "max_position_embeddings", "context_size", "ctx_len")
+DROPOUT_NAMES = ("dropout", "dropout_p", "dropout_rate", "drop_rate", "attn_dropout", "attn_pdrop",
+                 "attention_dropout", "p_drop", "drop_prob")  # filled when required
+BIAS_NAMES = ("bias", "qkv_bias", "use_bias", "USE_BIAS")  # filled when required
+CONFIG_NAMES = ("config", "cfg", "conf", "args", "params", "hparams", "settings", "opt", "model_args")
 CAUSAL_NAMES = ("causal", "is_causal")
 MASK_NAMES = ("mask", "attn_mask", "attention_mask", "causal_mask")
 OUTPUT_KEYS = ("out", "output", "x", "y", "attn_output", "context", "hidden_states", "result")
@@ -90,42 +99,91 @@ def load_class(spec: str, key: str = "attention") -> type:
 
 
 @dataclass
+class Settings:
+    """The model's settings a learner's constructor may ask for, by whatever name it uses."""
+
+    d_model: int = 48
+    heads: int = 4
+    block_size: int = 64  # the longest context training calls it with
+    dropout: float = 0.0
+    bias: bool = True
+
+    def namespace(self, given: dict[str, Any]) -> SimpleNamespace:
+        """A config object for ``__init__(self, config)`` (nanoGPT's ``config.n_embd`` ...): the
+        settings under every usual name, then what ``given`` (kwargs.config.NAME=...) adds."""
+        d, h, T, p, b = self.d_model, self.heads, self.block_size, self.dropout, self.bias
+        values = {name: d for name in WIDTH_NAMES if len(name) > 1}
+        values |= {name: h for name in HEAD_NAMES if len(name) > 1}
+        values |= {name: T for name in CONTEXT_NAMES}
+        values |= {name: p for name in (*DROPOUT_NAMES, "resid_pdrop", "embd_pdrop")}
+        values |= {name: b for name in BIAS_NAMES} | {name: True for name in CAUSAL_NAMES}
+        values |= {name: d // h for name in HEAD_WIDTH_NAMES}
+        return SimpleNamespace(**(values | dict(given)))
+
+
+@dataclass
 class Built:
     module: Any
     d_model: int
     heads: int
     call: str  # how it was built, as Python
+    kwargs: dict[str, Any] = field(default_factory=dict)  # what tinylm passed, by name
+    given: dict[str, Any] = field(default_factory=dict)  # what the user passed (kwargs.NAME=...)
 
 
 def build_module(cls: type, d_model: int = 48, heads: int = 4, kwargs: dict | None = None,
-                 key: str = "attention") -> Built:
+                 key: str = "attention", settings: Settings | None = None,
+                 kwargs_key: str = "kwargs") -> Built:
     """An instance of ``cls`` for width ``d_model`` and ``heads`` heads, in eval mode (its
-    dropout off), finding the arguments by their usual names; ``kwargs`` are passed as given.
-    A class tinylm cannot use is a CheckError naming ``key``, the setting that named it."""
-    kwargs = dict(kwargs or {})
-    parameters = inspect.signature(cls.__init__).parameters
+    dropout off), finding the arguments by their usual names (a single ``config`` argument gets
+    an object holding the settings under every usual name); ``kwargs`` are passed as given.
+    A class tinylm cannot use is a CheckError naming ``key``, the setting that named it;
+    ``kwargs_key`` is where the user passes other constructor arguments."""
+    settings = settings or Settings()
+    given = dict(kwargs or {})
+    kwargs = dict(given)
+    parameters = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = [n for n, p in parameters.items() if p.default is p.empty]
     width = next((n for n in WIDTH_NAMES if n in kwargs), None)
     if width is not None:
         d_model = int(kwargs[width])
-    elif (width := next((n for n in WIDTH_NAMES if n in parameters), None)) is not None:
-        kwargs[width] = d_model
     head_key = next((n for n in HEAD_NAMES if n in kwargs), None)
     if head_key is not None:
         heads = int(kwargs[head_key])
-    elif (head_key := next((n for n in HEAD_NAMES if n in parameters), None)) is not None:
-        kwargs[head_key] = heads
+    settings = Settings(d_model, heads, settings.block_size, settings.dropout, settings.bias)
+    config_arg = _config_argument(parameters, required)
+    if config_arg is not None:
+        namespace = settings.namespace(kwargs.pop(config_arg, None) or {})
+        kwargs[config_arg] = namespace
+        width, head_key = "config", "config"
+        shown = ", ".join(f"{n}={getattr(namespace, n)!r}" for n in
+                          ("n_embd", "n_head", "dropout", "bias", "block_size"))
+        call = f"{cls.__name__}({config_arg}: {shown})"
     else:
-        heads = 1
-    for name in CAUSAL_NAMES:
-        if name in parameters and name not in kwargs:
-            kwargs[name] = True
-    call = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        if width is None and (width := next((n for n in WIDTH_NAMES if n in parameters), None)):
+            kwargs[width] = d_model
+        for name in ("d_in", "d_out"):  # the LLM book's MultiHeadAttention(d_in, d_out, ...)
+            if name in parameters and name not in kwargs:
+                kwargs[name] = d_model
+        if head_key is None and (head_key := next((n for n in HEAD_NAMES if n in parameters), None)):
+            kwargs[head_key] = heads
+        fill = [(CONTEXT_NAMES, settings.block_size, False), (DROPOUT_NAMES, settings.dropout, True),
+                (BIAS_NAMES, settings.bias, True), (HEAD_WIDTH_NAMES, d_model // heads, True),
+                (CAUSAL_NAMES, True, False)]
+        for names, value, only_required in fill:
+            for name in names:
+                if name in parameters and name not in kwargs and (name in required or not only_required):
+                    kwargs[name] = value
+        call = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         with torch.random.fork_rng(devices=[]):  # the same weights each time; the run's seed untouched
             torch.manual_seed(0)
             module = cls(**kwargs)
     except Exception as error:
-        raise failing(f"building {call} (pass other arguments as kwargs.NAME=VALUE)", error) from None
+        hint = (f"add it as {kwargs_key}.{config_arg}.NAME=VALUE" if config_arg else
+                f"pass other arguments as {kwargs_key}.NAME=VALUE")
+        raise failing(f"building {call} ({hint})", error) from None
     if not isinstance(module, torch.nn.Module):
         raise CheckError(f"{key}: {cls.__name__} is not a torch.nn.Module")
     if width is None:  # no width argument: read it from its first Linear layer
@@ -133,11 +191,25 @@ def build_module(cls: type, d_model: int = 48, heads: int = 4, kwargs: dict | No
         if linear is None:
             raise CheckError(
                 f"{key}: found no width argument ({', '.join(WIDTH_NAMES)}) and no Linear "
-                f"layer in {cls.__name__}; give it with kwargs.d_model=48"
+                f"layer in {cls.__name__}; give it with {kwargs_key}.d_model=48"
             )
         d_model = linear.in_features
+    if head_key is None:
+        heads = 1
     heads = _attribute_heads(module, d_model, heads)
-    return Built(module.eval(), d_model, heads, call)
+    passed = {k: v for k, v in kwargs.items() if k != config_arg}
+    return Built(module.eval(), d_model, heads, call, passed, given)
+
+
+def _config_argument(parameters: dict[str, inspect.Parameter], required: list[str]) -> str | None:
+    """The name of a constructor's one config-object argument (``__init__(self, config)``), if
+    that is all it requires."""
+    if len(required) != 1 or required[0] in (*WIDTH_NAMES, *HEAD_NAMES):
+        return None
+    name = required[0]
+    annotation = parameters[name].annotation
+    typed = isinstance(annotation, type) and annotation not in (int, float, bool, str)
+    return name if name.lower() in CONFIG_NAMES or typed else None
 
 
 def _attribute_heads(module: Any, d_model: int, heads: int) -> int:

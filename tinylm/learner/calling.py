@@ -37,9 +37,10 @@ class Probe:
     generator: Any  # every random draw on the probe, so its figures repeat
 
     @classmethod
-    def of(cls, built: Built) -> Probe:
+    def of(cls, built: Built, positions: int = SHAPE[1]) -> Probe:
+        """A probe of ``positions`` positions (the checklist's 7, or the training block_size)."""
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(*SHAPE, built.d_model, generator=generator)
+        x = torch.randn(SHAPE[0], positions, built.d_model, generator=generator)
         return cls(built.module, Signature.of(built.module), built.heads, x, generator)
 
     @property
@@ -77,6 +78,14 @@ def try_conventions(probe: Probe) -> tuple[Tried, list[str]]:
     return tried, errors
 
 
+def same_rows(a: Any, b: Any) -> Any:
+    """(T,) whether each position's outputs agree across the batch: a NaN where the other has
+    the same NaN agrees (non-finite output has a line of its own), one where it has a number not."""
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    close = (a - b).abs() <= TOLERANCE
+    return (close | both_nan).all(dim=2).all(dim=0)
+
+
 def causal_break(probe: Probe, convention: MaskConvention | None, output: Any) -> tuple[int, int] | None:
     """(earlier, later) positions where a change at ``later`` moved the output at ``earlier``."""
     B, T, d = probe.shape
@@ -84,7 +93,7 @@ def causal_break(probe: Probe, convention: MaskConvention | None, output: Any) -
         changed_x = probe.x.clone()
         changed_x[:, later:] = torch.randn(B, T - later, d, generator=probe.generator)
         other = probe.run(changed_x, convention).output
-        moved = ~((other[:, :later] - output[:, :later]).abs().amax(dim=(0, 2)) <= TOLERANCE)  # NaN moved
+        moved = ~same_rows(other[:, :later], output[:, :later])
         if moved.any():
             return int(moved.nonzero()[0].item()), later
     return None
@@ -117,14 +126,26 @@ def choose_convention(probe: Probe, tried: Tried, reference: Any
     return chosen
 
 
-def reference_for(probe: Probe, mapping: dict[str, str] | None = None) -> tuple[Any, dict | None, str]:
+def reference_for(probe: Probe, mapping: dict[str, str] | None = None, outputs: list[Any] = ()
+                  ) -> tuple[Any, dict | None, str]:
     """tinylm's reference output on the probe with the learner's weights (None when they are not
-    found), the weights, and which layers they came from (or why they were not found)."""
-    try:
-        weights, used = find_weights(probe.module, probe.shape[-1], mapping)
-    except LookupError as error:
-        return None, None, str(error)
-    return reference_output(weights, probe.x, probe.heads), weights, used
+    found), the weights, and which layers they came from (or why they were not found). Matrices
+    held as Parameters are read as ``x @ W``, or as ``W @ x`` when that agrees with one of
+    ``outputs`` and the first does not."""
+    found = None
+    for orientation in ("x@W", "W@x"):
+        try:
+            weights, used = find_weights(probe.module, probe.shape[-1], mapping, orientation)
+        except LookupError as error:
+            return (None, None, str(error)) if found is None else found
+        reference = reference_output(weights, probe.x, probe.heads)
+        agrees = any(o is not None and tuple(o.shape) == tuple(reference.shape)
+                     and (o - reference).abs().max().item() <= TOLERANCE for o in outputs)
+        if found is None or agrees:
+            found = (reference, weights, used)
+        if agrees or "Parameters used" not in used:
+            break
+    return found
 
 
 @dataclass

@@ -19,20 +19,29 @@ from typing import Any
 from torch import Tensor, nn
 
 from tinylm.config import ModelConfig
-from tinylm.learner.adapter import build_module, load_class, read_result
+from tinylm.learner.adapter import Built, Settings, build_module, load_class, read_result
 from tinylm.learner.calling import Calling, find_calling
 from tinylm.learner.reference import find_weights
 from tinylm.model import AttentionFactory, CausalSelfAttention, causal_mask
 
-_FOUND: dict[tuple[str, int, int], Calling] = {}
+_FOUND: dict[tuple, Calling] = {}
+
+
+def build_for(config: ModelConfig, cls: type | None = None) -> Built:
+    """The class ``config.attention`` names, built as the model's blocks build it: at the
+    model's settings, with ``config.attention_kwargs``."""
+    cls = cls or load_class(config.attention, key="model.attention")
+    settings = Settings(config.d_model, config.heads, config.block_size, config.dropout, config.bias)
+    return build_module(cls, config.d_model, config.heads, dict(config.attention_kwargs), "model.attention",
+                        settings, kwargs_key="model.attention_kwargs")
 
 
 def calling(config: ModelConfig) -> Calling:
-    """How to call the class ``config.attention`` names (found once per process and shape)."""
-    key = (config.attention, config.d_model, config.heads)
+    """How to call the class ``config.attention`` names (found once per process and settings)."""
+    key = (config.attention, config.d_model, config.heads, config.block_size, config.dropout, config.bias,
+           repr(sorted(config.attention_kwargs.items())))
     if key not in _FOUND:
-        cls = load_class(config.attention, key="model.attention")
-        _FOUND[key] = find_calling(build_module(cls, config.d_model, config.heads, key="model.attention"))
+        _FOUND[key] = find_calling(build_for(config))
     return _FOUND[key]
 
 
@@ -44,9 +53,22 @@ class LearnerAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         found = calling(config)
-        self.inner = build_module(found.cls, config.d_model, config.heads).module.train()
+        self.inner = build_for(config, found.cls).module.train()
         self.signature, self.convention = found.signature, found.convention
         self.heads, self.d_model = config.heads, config.d_model
+        try:  # its output projection, when it has one: ablation removes one head's slice of its input
+            _, used = find_weights(self.inner, self.d_model)
+            self._proj_name = used.rpartition("O: ")[2].split(" (")[0] if "O: " in used else None
+        except LookupError:
+            self._proj_name = None
+
+    @property
+    def proj(self) -> nn.Linear | None:
+        """Its output projection, if it is an nn.Linear reading the heads side by side."""
+        if self._proj_name is None:
+            return None
+        layer = self.inner.get_submodule(self._proj_name)
+        return layer if isinstance(layer, nn.Linear) else None
 
     def forward(self, x: Tensor, need_weights: bool = False, cache: Any = None, rope: Any = None
                 ) -> tuple[Tensor, Tensor | None]:
@@ -84,7 +106,7 @@ def weights_source(config: ModelConfig) -> str | None:
     if found.returns_weights:
         return "the weights it returns"
     try:
-        find_weights(build_module(found.cls, config.d_model, config.heads).module, config.d_model)
+        find_weights(build_for(config, found.cls).module, config.d_model)
     except LookupError:
         return None
     return "its own Q and K through tinylm's explicit path"

@@ -35,8 +35,13 @@ def source_of(cls: type) -> str:
     return "\n".join(parts)
 
 
+def source_sha256(cls: type) -> str:
+    return hashlib.sha256(source_of(cls).encode("utf-8")).hexdigest()
+
+
 def class_hash(cls: type) -> str:
-    return hashlib.sha256(source_of(cls).encode("utf-8")).hexdigest()[:12]
+    """The first digits of ``source_sha256``, as model.attention shows them."""
+    return source_sha256(cls)[:12]
 
 
 def register(cls: type) -> str:

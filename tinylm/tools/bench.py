@@ -1,6 +1,6 @@
 """``tinylm bench``: training speed against a bare PyTorch loop (here), and the benchmarks
-``bench.task`` picks: ``data`` (bench_data), ``sample`` (bench_sample), ``norms``
-(bench_norms), ``speedrun`` (bench_speedrun). Speed targets live here, never in unit tests;
+``bench.task`` picks: ``data`` (bench_data), ``sample`` (bench_sample), ``norms`` (bench_norms),
+``speedrun`` (bench_speedrun), ``step`` (bench_step). Speed targets live here, never in unit tests;
 results are medians.
 
     python scripts/bench.py experiment=cpu_quick data.source=PATH bench.steps=200
@@ -9,6 +9,7 @@ results are medians.
     NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=sample   # nanoGPT's beside
     python scripts/bench.py bench.task=norms                                # LayerNorm vs RMSNorm
     NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=speedrun data.source=input.txt
+    python scripts/bench.py bench.task=step experiment=speedrun bench.steps=20  # the step's split
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,17 +35,22 @@ from tinylm.data import CharDataModule, RandomWindows
 from tinylm.lit import learning_rate
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
+from tinylm.precision import choose_precision
 from tinylm.tools.bench_data import bench_data
 from tinylm.tools.bench_norms import bench_norms
 from tinylm.tools.bench_sample import bench_sample
 from tinylm.tools.bench_speedrun import bench_speedrun
+from tinylm.tools.bench_step import bench_step
 from tinylm.tools.measures import (
     flops_per_token,
+    machine_kind,
     mean_ms,
     median_ms,
     peak_matmul_gflops,
     peak_rss_mb,
     process_start_time,
+    progress,
+    ratio_with_load,
     report,
 )
 from tinylm.train import fit
@@ -57,11 +64,13 @@ def run(config: BenchRunConfig) -> None:
         result = bench_data(config)
     elif config.bench.task == "speedrun":
         result = bench_speedrun(config, config.bench)
+    elif config.bench.task == "step":
+        result = bench_step(config, config.bench)
     elif config.bench.task == "norms":
         result = bench_norms(config.model, config.data.batch_size, config.bench)
     else:
         result = bench_train(config, config.bench)
-    print(report(result))
+    print(report({"machine": machine_kind(), **result}))
 
 
 def _step_times_callback():
@@ -156,11 +165,24 @@ def time_data_prep(source: str | tuple[str, ...]) -> tuple[float, float]:
 
 
 def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
-
-
+    """tinylm's training step against the bare loop's, the two halves taking turns for
+    ``bench.repeats`` rounds (each its ``bench.steps`` steps), so that a change in the machine's
+    speed hits both; each round's ratio with the load around it."""
+    config, _ = choose_precision(config, on_cpu=not torch.cuda.is_available())
     result: dict[str, Any] = {"task": "train", "threads": torch.get_num_threads(),
                               "precision": str(config.trainer.get("precision", "32-true"))}
-    result.update(time_tinylm(config, bench))
+    rounds = []
+    for n in range(bench.repeats):
+        load_before = os.getloadavg()[0]
+        progress(f"round {n + 1}/{bench.repeats}: tinylm, {bench.warmup + bench.steps} steps")
+        ours = time_tinylm(config, bench)
+        bare = None
+        if bench.bare:
+            progress(f"round {n + 1}/{bench.repeats}: the bare loop, {bench.warmup + bench.steps} steps")
+            bare = time_bare_loop(config, bench)
+        rounds.append((ours, bare, load_before, os.getloadavg()[0]))
+    for key in ("ms_per_step", "mean_ms_per_step", "startup_s"):
+        result[key] = statistics.median(ours[key] for ours, *_ in rounds)
     tokens_per_step = config.data.batch_size * config.model.block_size
     num_parameters = TransformerLM(config.model, bench.vocab_size).num_parameters()
     result["tokens_per_sec"] = tokens_per_step / (result["ms_per_step"] / 1000)
@@ -170,8 +192,10 @@ def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     result["peak_gflops"] = peak_matmul_gflops(dtype)
     result["mfu"] = result["achieved_gflops"] / result["peak_gflops"]
     if bench.bare:
-        result["bare_ms_per_step"] = time_bare_loop(config, bench)
-        result["lightning_overhead"] = result["ms_per_step"] / result["bare_ms_per_step"]
+        result["bare_ms_per_step"] = statistics.median(bare for _, bare, *_ in rounds)
+        ratios = [(ours["ms_per_step"] / bare, before, after) for ours, bare, before, after in rounds]
+        result["lightning_overhead"] = statistics.median(ratio for ratio, *_ in ratios)
+        result["lightning_overhead_rounds"] = ", ".join(ratio_with_load(*r) for r in ratios)
     if bench.data_prep:
         result["data_prep_cold_s"], result["data_prep_cached_s"] = time_data_prep(config.data.source)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -16,6 +16,9 @@ from typing import Any
 from tinylm.command_configs import BenchConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.tools.measures import progress, ratio_with_load
+
+PROGRESS_SECONDS = 15  # between progress lines of a long half
 
 # nanoGPT's README CPU run ("I only have a macbook"), as its README gives it.
 NANOGPT_CPU_RUN = ("train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
@@ -44,16 +47,14 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
                         f"data.source={source}", f"hydra.run.dir={out}/tinylm"], Path.cwd(),
                        r"best val/loss (\d+\.\d+)"),
         }
-        for _ in range(bench.repeats):
+        for n in range(bench.repeats):
             for name, (command, cwd, pattern) in commands.items():
+                progress(f"round {n + 1}/{bench.repeats}: {name}")
                 load = os.getloadavg()[0]
-                start = time.perf_counter()
-                done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-                seconds = time.perf_counter() - start
-                if done.returncode != 0:
-                    raise RuntimeError(f"{name} failed: {done.stderr[-2000:]}")
-                losses = [float(v) for v in re.findall(pattern, done.stdout)]
-                runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load})
+                seconds, stdout = _timed(command, cwd, name)
+                losses = [float(v) for v in re.findall(pattern, stdout)]
+                runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load,
+                                   "load_after": os.getloadavg()[0]})
     result: dict[str, Any] = {"task": "speedrun", "threads": os.environ.get("OMP_NUM_THREADS", "default"),
                               "repeats": bench.repeats}
     for name, measured in runs.items():
@@ -61,4 +62,26 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
         result[f"{name}_best_val_loss"] = statistics.median(r["best_val_loss"] for r in measured)
         result[f"{name}_load"] = ", ".join(f"{r['load']:.2f}" for r in measured)
     result["time_ratio"] = result["tinylm_wall_s"] / result["nanogpt_wall_s"]
+    result["time_ratio_rounds"] = ", ".join(
+        ratio_with_load(ours["wall_s"] / theirs["wall_s"], theirs["load"], ours["load_after"])
+        for theirs, ours in zip(runs["nanogpt"], runs["tinylm"], strict=True))
     return result
+
+
+def _timed(command: list[str], cwd: Path, name: str) -> tuple[float, str]:
+    """Run ``command`` to its exit: its wall time and its output, with a progress line on stderr
+    every PROGRESS_SECONDS (its latest line of output)."""
+    start = time.perf_counter()
+    shown = start
+    lines = []
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+        for line in process.stdout:
+            lines.append(line)
+            if (now := time.perf_counter()) - shown >= PROGRESS_SECONDS and line.strip():
+                progress(f"{name}, {now - start:.0f} s: {line.strip()[:100]}")
+                shown = now
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed: {''.join(lines)[-2000:]}")
+    return seconds, "".join(lines)

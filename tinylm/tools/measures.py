@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from typing import Any
 import torch
 
 from tinylm.config import ModelConfig
+from tinylm.machine import matmul_speed
+
+# A ratio is flagged when the load average moved by more than this fraction (and more than
+# CHANGED_LOAD_ABS) between its two halves' start and end: the machine's speed changed under it.
+CHANGED_LOAD_FRACTION, CHANGED_LOAD_ABS = 0.25, 0.5
 
 
 def process_start_time() -> float:
@@ -62,6 +68,26 @@ def mean_ms(ends: list[float], warmup: int) -> float:
     """Mean milliseconds per step after ``warmup`` steps: unlike the median, it counts the work
     done every N steps (a checkpoint, the attention pictures)."""
     return 1000 * (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
+
+
+def machine_kind() -> str:
+    """The machine every figure was measured on: CPU, vector ISA, threads, float32 and bfloat16
+    matmul rates (tinylm.machine, cached), and the load average now."""
+    return f"{matmul_speed().describe()}; load {os.getloadavg()[0]:.2f}"
+
+
+def ratio_with_load(ratio: float, load_before: float, load_after: float) -> str:
+    """``1.02 (load 1.10→1.30)``, flagged when the load changed enough to move the ratio."""
+    changed = abs(load_after - load_before)
+    flag = (" CHANGING LOAD: rerun on a quieter machine"
+            if changed > CHANGED_LOAD_ABS and changed > CHANGED_LOAD_FRACTION * min(load_before, load_after)
+            else "")
+    return f"{ratio:.3f} (load {load_before:.2f}→{load_after:.2f}{flag})"
+
+
+def progress(message: str) -> None:
+    """A benchmark's progress, on stderr so that its report stays the last lines of stdout."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def report(result: dict[str, Any]) -> str:

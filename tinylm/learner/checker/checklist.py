@@ -17,11 +17,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from tinylm.learner.adapter import Built, MaskConvention, build_module, load_class, read_result
+from tinylm.learner.adapter import Built, MaskConvention, Settings, build_module, load_class, read_result
 from tinylm.learner.calling import (
     Probe,
     Tried,
@@ -30,9 +31,10 @@ from tinylm.learner.calling import (
     reference_for,
     try_conventions,
 )
-from tinylm.learner.checker.mistakes import MISTAKES, explain
+from tinylm.learner.checker.gates import at_context, dropout_given, finite, not_finite, repeatable
+from tinylm.learner.checker.mistakes import explain, mistake
 from tinylm.learner.checker.report import Line, Report
-from tinylm.learner.reference import TOLERANCE
+from tinylm.learner.reference import TOLERANCE, find_weights, head_widths
 
 
 def check_shape(probe: Probe, tried: Tried, errors: list[str]) -> Line:
@@ -50,7 +52,7 @@ def check_shape(probe: Probe, tried: Tried, errors: list[str]) -> Line:
 
 
 def check_attention(report: Report, probe: Probe, output: Any, weights: dict | None, used: str,
-                    reference: Any) -> Line:
+                    reference: Any, mapping: dict[str, str] | None = None) -> Line:
     """Agreement with tinylm's reference, or the known mistakes that explain the difference
     (recorded in ``report.mistakes``)."""
     if reference is None:
@@ -61,13 +63,19 @@ def check_attention(report: Report, probe: Probe, output: Any, weights: dict | N
         return Line(True, f"attention: agrees with tinylm's reference to {difference:.0e} "
                           f"(its weights: {used})")
     found = explain(weights, probe.x, probe.heads, output)
+    if not found and "Parameters used as x@W" in used:  # its matrices may be used as W @ x
+        try:
+            other, _ = find_weights(probe.module, probe.shape[-1], mapping, "W@x")
+            found = explain(other, probe.x, probe.heads, output)
+        except LookupError:
+            pass
     if not found:
         return Line(False, f"attention: differs from tinylm's reference by {difference:.3g} (its weights: "
                            f"{used}), and no known mistake explains it; compare with "
                            f"softmax(Q·Kᵀ/√head_dim + causal mask)·V, head by head")
     report.mistakes = found
-    names = " + ".join(MISTAKES[m].name for m in found)
-    fixes = "; ".join(MISTAKES[m].fix for m in found)
+    names = " + ".join(mistake(m).name for m in found)
+    fixes = "; ".join(mistake(m).fix for m in found)
     return Line(False, f"attention: differs from tinylm's reference by {difference:.3g}; {names} "
                        f"reproduces it exactly. Fix: {fixes}")
 
@@ -83,7 +91,7 @@ def check_causal(report: Report, probe: Probe, broken: tuple[int, int] | None) -
     report.future = (f"output {earlier} changes when position {later} changes"
                      f"{' with every usual causal mask' if masked else ''}")
     report.causal_fix = ("apply the mask to the scores before the softmax, with float('-inf')" if masked
-                         else MISTAKES["no_mask"].fix)
+                         else mistake("no_mask").fix)
     return Line(False, report.not_causal())
 
 
@@ -95,13 +103,18 @@ def check_gradients(probe: Probe, convention: MaskConvention | None) -> Line:
             p.grad = None
         output = probe.run(probe.x, convention).output
         (output * torch.randn(output.shape, generator=probe.generator)).sum().backward()
-        dead = [name for name, p in params if p.grad is None or not p.grad.abs().sum().item() > 0]
+        nan = [name for name, p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        dead = [name for name, p in params
+                if p.grad is None or (name not in nan and not p.grad.abs().sum() > 0)]
         for _, p in params:
             p.grad = None
     except Exception as error:
         return Line(False, f"gradients: backward failed: {reason(error)}")
     if not params:
         return Line(False, "gradients: it has no trainable parameters; make its projections nn.Linear")
+    if nan:
+        return Line(False, f"gradients: {', '.join(nan)} get NaN or inf gradients; keep every softmax row "
+                           f"over at least one visible key, and fill with -inf only where a key is hidden")
     if dead:
         return Line(False, f"gradients: {', '.join(dead)} get none: used nowhere in forward, or detached; "
                            f"use them or remove them")
@@ -140,22 +153,41 @@ def check_bf16(probe: Probe, convention: MaskConvention | None, full: Any) -> Li
     return Line(True, f"bf16: runs in bfloat16, within {gap:.2g} of float32{note}")
 
 
-def check(built: Built, mapping: dict[str, str] | None = None) -> Report:
-    """Run the checklist on a built module; ``mapping`` names its Q, K, V, O layers (role → name)."""
+def check(built: Built, mapping: dict[str, str] | None = None, block_size: int = 64,
+          rebuild: Callable[[dict], Built] | None = None) -> Report:
+    """Run the checklist on a built module; ``mapping`` names its Q, K, V, O layers (role → name);
+    ``block_size`` is the context training calls it with; ``rebuild`` builds the class again with
+    other kwargs (to see whether a ✓ held only because of a kwargs value)."""
     probe = Probe.of(built)
     B, T, d = probe.shape
-    report = Report(f"{built.call}: {built.heads} head(s) of width {d // built.heads}, on x of shape "
-                    f"(B, T, d) = ({B}, {T}, {d})", signature=probe.signature)
+    heads, width = head_widths(built.module, d, built.heads)
+    report = Report(f"{built.call}: {heads} head(s) of width {width}, on x of shape "
+                    f"(B, T, d) = ({B}, {T}, {d}) and at T={block_size}", signature=probe.signature)
     tried, errors = try_conventions(probe)
     report.lines.append(shape := check_shape(probe, tried, errors))
     if not shape.ok:
         return report
     report.returns_weights = tried[0][1].weights is not None
-    reference, weights, used = reference_for(probe, mapping)
-    convention, result, broken = choose_convention(probe, tried, reference)
+    if (random := repeatable(probe, tried[0][0])) is not None:
+        report.lines.append(random)
+        return report
+    runs = [(c, r) for c, r in tried if finite(r.output) and tuple(r.output.shape) == probe.shape]
+    reference, weights, used = reference_for(probe, mapping, [r.output for _, r in tried])
+    if not runs:
+        line, report.mistakes = not_finite(probe, tried, weights)
+        report.lines.append(line)
+        return report
+    convention, result, broken = choose_convention(probe, runs, reference)
     report.convention, report.causal = convention, broken is None
-    attention = check_attention(report, probe, result.output, weights, used, reference)
+    attention = check_attention(report, probe, result.output, weights, used, reference, mapping)
+    context = at_context(built, convention, block_size, report.causal, report.agrees,
+                                    weights) if block_size != T else None
+    given = dropout_given(built, rebuild, convention) if rebuild is not None else None
+    report.context_ok = context is None
     report.lines += [
+        context or Line(True, f"runs: the same output twice in eval mode, finite, at T={T} and at "
+                              f"T={block_size} (the training block_size)"),
+        *([given] if given else []),
         check_causal(report, probe, broken),  # after the attention check: it may name the mistake
         attention,
         check_gradients(probe, convention),
@@ -165,7 +197,15 @@ def check(built: Built, mapping: dict[str, str] | None = None) -> Report:
 
 
 def check_target(target: str, d_model: int = 48, heads: int = 4, kwargs: dict | None = None,
-                 mapping: dict[str, str] | None = None, key: str = "attention") -> tuple[Report, Built]:
-    """Load, build and check ``file.py:Class``; ``key`` is the setting that named it."""
-    built = build_module(load_class(target, key), d_model, heads, kwargs, key)
-    return check(built, mapping), built
+                 mapping: dict[str, str] | None = None, key: str = "attention",
+                 settings: Settings | None = None, kwargs_key: str = "kwargs") -> tuple[Report, Built]:
+    """Load, build and check ``file.py:Class``; ``key`` is the setting that named it, ``settings``
+    the model's (its block_size, dropout, bias), ``kwargs_key`` where constructor arguments go."""
+    settings = settings or Settings(d_model, heads)
+    cls = load_class(target, key)
+
+    def rebuild(other: dict) -> Built:
+        return build_module(cls, d_model, heads, other, key, settings, kwargs_key)
+
+    built = rebuild(kwargs or {})
+    return check(built, mapping, settings.block_size, rebuild), built

@@ -1,6 +1,7 @@
-"""The mistake catalogue: the classic mistakes of the tutorials (``MISTAKES``), tinylm's
-reference attention with mistakes made on purpose (``variant_output``), and the fewest
-mistakes that reproduce a learner's output exactly (``explain``)."""
+"""The mistake catalogue: the classic mistakes of the tutorials (``MISTAKES``; ``mistake`` for
+those that carry a value, such as the fill of a mask), tinylm's reference attention with
+mistakes made on purpose (``variant_output``), and the fewest mistakes that reproduce a
+learner's output exactly (``explain``)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,39 @@ MISTAKES = {
         "heads merged in the wrong order",
         "merge with y.transpose(1, 2).reshape(B, T, d_model): at each position the heads side by side",
     ),
+    "diagonal_hidden": Mistake(
+        "the diagonal hidden: each position cannot see itself",
+        "hide only the keys after the query: keep torch.tril(torch.ones(T, T)) (diagonal=0), hide "
+        "torch.triu(torch.ones(T, T), diagonal=1); not triu(diagonal=0) nor tril(diagonal=-1)",
+    ),
+    "one_ahead": Mistake(
+        "the mask off by one: each position sees the next",
+        "hide every key after the query: torch.triu(torch.ones(T, T), diagonal=1) is the hidden part",
+    ),
 }
+ACTIVATIONS = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh,
+               "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu, "elu": torch.nn.functional.elu}
+WEAK_FILLS = (0.0, -1.0, -2.0, -5.0, -10.0)  # fills that leave a hidden key a visible weight
+
+
+def mistake(key: str) -> Mistake:
+    """The mistake ``key`` names; ``fill=0.0``, ``activation=relu``, ``activation_o=relu`` and
+    ``heads=12x4`` (12 heads of width 4) carry what the learner's code did."""
+    kind, _, value = key.partition("=")
+    if kind == "fill":
+        return Mistake(f"masked scores filled with {value}, which does not hide a key",
+                       "fill the hidden scores with float('-inf') (or torch.finfo(scores.dtype).min)")
+    if kind in ("activation", "activation_o"):
+        where = "Q/K/V and output projections" if kind == "activation_o" else "Q/K/V projections"
+        return Mistake(f"a {value} after the {where}",
+                       "use each projection as it is (q = self.W_Q(x)): the softmax is attention's "
+                       "only non-linearity")
+    if kind == "heads":
+        count, _, width = value.partition("x")
+        return Mistake(f"heads of the wrong width: it attends with {count} head(s) of width {width}",
+                       "split with .view(B, T, heads, d_model // heads).transpose(1, 2): heads first, "
+                       "then head_dim")
+    return MISTAKES[key]
 
 
 def variant_output(
@@ -59,21 +92,34 @@ def variant_output(
     axis: str = "ok",
     mask: str = "ok",
     merge: str = "ok",
+    act: str = "ok",
+    split_heads: int | None = None,
 ) -> Any:
-    """The attention of ``weights`` on ``x`` with known mistakes made on purpose."""
+    """The attention of ``weights`` on ``x`` with known mistakes made on purpose: ``mask`` may
+    also be "diagonal" (hidden), "ahead" (one step), "fill=<value>"; ``act`` an activation after
+    the Q/K/V projections ("relu", or "relu+o" after the output projection too);
+    ``split_heads`` another head count than ``heads`` (scale "intended": √ of the intended width)."""
     B, T, d = x.shape
-    H, hd = heads, d // heads
+    H = split_heads or heads
+    hd = d // H
     q, k, v = torch.nn.functional.linear(x, *weights["qkv"]).split(d, dim=-1)  # 3 × (B, T, d)
+    if act != "ok":
+        q, k, v = (ACTIVATIONS[act.removesuffix("+o")](t) for t in (q, k, v))
     if split == "ok":
         q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
     else:
         q, k, v = (t.view(B, T, H, hd) for t in (q, k, v))  # (B, T, H, hd): heads attend to heads
     scores = q @ k.transpose(-2, -1)  # (B, H, T, T), or (B, T, H, H) not transposed
-    scores = scores / {"ok": math.sqrt(hd), "d_model": math.sqrt(d), "none": 1.0}[scale]
+    root = {"ok": math.sqrt(hd), "d_model": math.sqrt(d), "none": 1.0, "intended": math.sqrt(d // heads)}
+    scores = scores / root[scale]
     n = scores.size(-1)
-    keep = torch.ones(n, n, dtype=torch.bool).tril()
-    if mask == "ok":
+    keep = torch.ones(n, n, dtype=torch.bool).tril({"diagonal": -1, "ahead": 1}.get(mask, 0))
+    if mask in ("ok", "ahead"):
         scores = scores.masked_fill(~keep, float("-inf"))
+    elif mask == "diagonal":  # a finite fill: the first row, all hidden, becomes uniform
+        scores = scores.masked_fill(~keep, -1e9)
+    elif mask.startswith("fill="):
+        scores = scores.masked_fill(~keep, float(mask.removeprefix("fill=")))
     attn = scores.softmax(dim=-1 if axis == "ok" else -2)
     if mask == "after":
         attn = attn.masked_fill(~keep, 0.0)
@@ -89,16 +135,20 @@ def variant_output(
         y = y.transpose(1, 2).reshape(B, T, d) if merge == "ok" else y.reshape(B, T, d)
     if weights["o"] is not None:
         y = torch.nn.functional.linear(y, *weights["o"])
+        if act.endswith("+o"):
+            y = ACTIVATIONS[act.removesuffix("+o")](y)
     return y
 
 
-def explain(weights: dict[str, Any], x: Any, heads: int, output: Any) -> list[str] | None:
-    """The fewest known mistakes that reproduce ``output`` exactly, or None."""
+def _combinations(heads: int, d: int, T: int) -> list[dict[str, Any]]:
+    """Every set of mistakes ``explain`` tries, fewest first: the classic five alone and
+    together; an activation (with any scale, any mask); another head width (with any scale)."""
+    masks = ["ok", "after", "none", "diagonal", "ahead", *(f"fill={v}" for v in WEAK_FILLS)]
     options = {
         "split": ["ok", "not"],
         "scale": ["ok", "d_model", "none"],
         "axis": ["ok", "wrong"],
-        "mask": ["ok", "after", "none"],
+        "mask": masks,
         "merge": ["ok", "no_transpose", "hd_first"],
     }
     combos = []
@@ -106,33 +156,70 @@ def explain(weights: dict[str, Any], x: Any, heads: int, output: Any) -> list[st
         chosen = dict(zip(options, values, strict=True))
         if chosen["split"] == "not" and chosen["merge"] == "hd_first":
             continue
-        if chosen["split"] == "not" and chosen["mask"] != "none" and heads != x.size(1):
-            chosen["mask"] = "none"  # a (T, T) mask cannot apply to (B, T, H, H) scores
+        if chosen["split"] == "not" and chosen["mask"] != "ok" and chosen["mask"] != "none":
+            continue  # a (T, T) mask cannot apply to (B, T, H, H) scores
+        if chosen["split"] == "not" and chosen["mask"] != "none" and heads != T:
+            chosen["mask"] = "none"
         if heads == 1 and chosen["scale"] == "d_model":
             continue  # the same as the right scale
         combos.append(chosen)
-    combos.sort(key=lambda c: sum(v != "ok" for v in c.values()))
+    for act in ACTIVATIONS:
+        for where, scale, mask in itertools.product(("", "+o"), ("ok", "d_model", "none"), ("ok", "none")):
+            combos.append({"act": act + where, "scale": scale, "mask": mask})
+    for other in (h for h in range(1, d + 1) if d % h == 0 and h != heads):
+        for scale in ("ok", "intended", "d_model", "none"):
+            combos.append({"split_heads": other, "scale": scale})
+    combos.sort(key=lambda c: sum(v not in ("ok", None) for v in c.values()))
+    return combos
+
+
+def _names(chosen: dict[str, Any], heads: int, d: int, T: int) -> list[str]:
+    """The catalogue's keys for the mistakes ``chosen`` made on purpose."""
+    found = []
+    for key, value in chosen.items():
+        if value == "ok":
+            continue
+        if key == "split":
+            found.append("not_transposed")
+        elif key == "scale":
+            found.append({"d_model": "scale_d_model", "none": "no_scale"}.get(value, "scale_intended"))
+        elif key == "axis":
+            found.append("wrong_axis")
+        elif key == "mask":
+            found.append({"after": "mask_after", "none": "no_mask", "diagonal": "diagonal_hidden",
+                          "ahead": "one_ahead"}.get(value, value))
+        elif key == "merge":
+            found.append("merge_order")
+        elif key == "act":
+            found.append(f"activation{'_o' if value.endswith('+o') else ''}={value.removesuffix('+o')}")
+        elif key == "split_heads":
+            found.append(f"heads={value}x{d // value}")
+    if "scale_intended" in found:  # the scale it meant for heads of the width it was built for
+        found.remove("scale_intended")
+    if chosen.get("split") == "not":  # merging was part of that mistake
+        found = [f for f in found if f not in ("merge_order", "no_mask")] + (
+            ["no_mask"] if chosen.get("mask") == "none" and heads == T else []
+        )
+    return found
+
+
+def explain(weights: dict[str, Any], x: Any, heads: int, output: Any,
+            rows: Any = None) -> list[str] | None:
+    """The fewest known mistakes that reproduce ``output`` exactly (on the positions ``rows``
+    selects, when some of its rows are not finite), or None."""
+    _, T, d = x.shape
     with torch.no_grad():
-        for chosen in combos:
-            if all(v == "ok" for v in chosen.values()):
+        for chosen in _combinations(heads, d, T):
+            if all(v in ("ok", None) for v in chosen.values()):
                 continue
             try:
                 candidate = variant_output(weights, x, heads, **chosen)
             except RuntimeError:
                 continue
-            if (candidate - output).abs().max().item() <= TOLERANCE:
-                names = {
-                    "split": "not_transposed",
-                    "scale": f"scale_{chosen['scale']}".replace("scale_none", "no_scale"),
-                    "axis": "wrong_axis",
-                    "mask": "mask_after" if chosen["mask"] == "after" else "no_mask",
-                    "merge": "merge_order",
-                }
-                found = [names[key] for key, value in chosen.items() if value != "ok"]
-                if chosen["split"] == "not":  # merging was part of that mistake
-                    found = [f for f in found if f not in ("merge_order", "no_mask")] + (
-                        ["no_mask"] if chosen["mask"] == "none" and heads == x.size(1) else []
-                    )
-                return found
+            if rows is not None:
+                candidate, target = candidate[:, rows], output[:, rows]
+            else:
+                target = output
+            if (candidate - target).abs().max().item() <= TOLERANCE:
+                return _names(chosen, heads, d, T)
     return None
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tinylm.learner.adapter import MaskConvention, Signature
-from tinylm.learner.checker.mistakes import MISTAKES
+from tinylm.learner.checker.mistakes import mistake
 
 SEE_ATTENTION = "the attention line says why"
 
@@ -37,6 +37,7 @@ class Report:
     returns_weights: bool = False
     future: str = ""  # how it sees the future: "output 0 changes when position 6 changes ..."
     causal_fix: str = ""  # the fix for that when no known mistake explains it
+    context_ok: bool = False  # it runs at the training block_size as on the probe
 
     @property
     def ok(self) -> bool:
@@ -51,17 +52,21 @@ class Report:
         below it names the mistake; ``spelled_out`` names it here, for a line read alone."""
         fix = self.causal_fix
         if self.mistakes:
-            fix = "; ".join(f"{MISTAKES[m].name}: {MISTAKES[m].fix}" for m in self.mistakes) \
+            fix = "; ".join(f"{mistake(m).name}: {mistake(m).fix}" for m in self.mistakes) \
                 if spelled_out else SEE_ATTENTION
         return f"causal: {self.future}: it sees the future; {fix}"
 
     def refusal(self, target: str) -> str | None:
-        """Why training refuses the class ``target`` names, in one line; None when it is causal.
-        A model that sees the next character learns to copy it, and nothing useful."""
-        if self.causal:
+        """Why training refuses the class ``target`` names, in one line; None when it may train:
+        causal, repeatable and finite, and as good at the training block_size. A model that sees
+        the next character learns to copy it, and nothing useful."""
+        if self.causal and self.context_ok:
             return None
-        reason = self.not_causal(spelled_out=True) if self.future else self.lines[0].text
-        return f"{target} is refused, a model that sees the future learns nothing useful; {reason}"
+        if self.future:
+            reason = self.not_causal(spelled_out=True)
+            return f"{target} is refused, a model that sees the future learns nothing useful; {reason}"
+        failed = next((line for line in self.lines if not line.ok), self.lines[0])
+        return f"{target} is refused before training: {failed.text}"
 
     def __str__(self) -> str:
         return "\n".join([self.header, *map(str, self.lines)])

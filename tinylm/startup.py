@@ -1,0 +1,70 @@
+"""A run's start-up, stopped half-way, leaves nothing: a run directory that cannot be written, or a
+Ctrl-C before training began, is one line, and the directory this run made goes again.
+
+Torch-free: the CLI wraps every training job in these.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import signal
+from pathlib import Path
+
+from tinylm.errors import TinyLMError
+from tinylm.runlock import RunDirUnwritable, forget
+
+# What a write into a directory one may not write to fails with.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT)
+
+
+class StoppedAtStart(TinyLMError):
+    """Ctrl-C (or SIGTERM) came before training began: nothing was trained."""
+
+    label = "stopped"
+    bad_input = False
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def unwritable(error: OSError) -> RunDirUnwritable | None:
+    """``error`` as one line naming the directory and the fix, when it is a write refused."""
+    if error.errno not in UNWRITABLE:
+        return None
+    where = error.filename if error.filename is not None else "the run directory"
+    return RunDirUnwritable(
+        f"hydra.run.dir: cannot write {where} ({error.strerror}); run where you can write, or set "
+        f"hydra.run.dir to a directory you can write to, e.g. hydra.run.dir=/tmp/tinylm-run"
+    )
+
+
+def only_bookkeeping(run_dir: Path, bookkeeping: set[Path]) -> bool:
+    """Whether ``run_dir`` holds nothing but ``bookkeeping`` (Hydra's .hydra/ and job log, this
+    run's lock): a run that has not begun to write."""
+    if not run_dir.is_dir():
+        return True
+    return all(p in bookkeeping or p.name == ".lock" for p in run_dir.iterdir())
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove ``run_dir``, which this run made and nothing else wrote to (its lock was held), and
+    its empty parents up to the working directory (``outputs/<date>``)."""
+    forget(run_dir)
+    cwd = Path.cwd()
+    if run_dir == cwd or cwd.is_relative_to(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if cwd not in parent.parents:
+            break  # never the working directory, nor anything outside it
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: an earlier run's outputs
+
+
+def stopped_at_start(removed: bool) -> StoppedAtStart:
+    left = "nothing is left on disk" if removed else "the run directory is as it was"
+    return StoppedAtStart(f"Ctrl-C before training began: nothing was trained, {left}")
