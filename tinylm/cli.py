@@ -181,11 +181,15 @@ def run_name_suffix(overrides: str) -> str:
     return f"_{name}" if name else ""
 
 
-def run_hydra(command: Command, arguments: list[str]) -> Any:
+def run_hydra(command: Command, arguments: list[str], exit: bool = True) -> Any:
     """Run ``command`` through ``hydra.main`` with ``arguments`` as its command line: Hydra
     composes the config, the schema builds and checks it, the command's torch-free check runs,
-    and only then is the command's module imported (torch, Lightning: seconds) and its task run."""
+    and only then is the command's module imported (torch, Lightning: seconds) and its task run.
+    ``exit=False`` (the notebook API): a mistake raises its TinyLMError instead of exiting, and
+    the task's result is returned."""
     register_configs()
+    result: list[Any] = []
+    failed: list[TinyLMError] = []  # exit=False: raised once Hydra is done (it reports a failed job itself)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
     def app(cfg: Any) -> Any:
@@ -194,28 +198,45 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
             try:
-                return relaunchable(command.name, given, lambda: _function(command.task)(config))
+                result.append(relaunchable(command.name, given, lambda: _function(command.task)(config)))
+                return result[-1]
             except OSError as error:  # a run directory that cannot be written: one line
                 raise unwritable(error) or error from None
 
         run_dir, bookkeeping = hydra_run_dir()
         fresh = only_bookkeeping(run_dir, bookkeeping)  # else a run resumed in its directory
         try:
-            return exit_on_error(job, cleanup=discard_unused_run_dir)
+            if exit:
+                return exit_on_error(job, cleanup=discard_unused_run_dir)
+            try:
+                return job()
+            except TinyLMError as error:
+                if error.bad_input:
+                    discard_unused_run_dir()
+                failed.append(error)
         except KeyboardInterrupt:  # before training began: the callbacks handle it after
             if fresh:
                 remove_run_dir(run_dir)
+            if not exit:
+                failed.append(stopped_at_start(removed=fresh))
+                return None
             return exit_on_error(lambda: _raise(stopped_at_start(removed=fresh)))
 
     given = list(arguments)
-    arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
+    arguments = exit_on_error(lambda: hydra_arguments(command, arguments), exit=exit)
     if command.name == "train":
-        arguments = exit_on_error(lambda: claim_run_dir(arguments))
+        arguments = exit_on_error(lambda: claim_run_dir(arguments), exit=exit)
     # Hydra reads its arguments from here and names the command in its messages.
-    sys.argv = [f"tinylm {command.name}", *arguments]
+    argv, sys.argv = sys.argv, [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    return exit_on_error(lambda: _translating(command, arguments, app))
+    try:
+        returned = exit_on_error(lambda: _translating(command, arguments, app), exit=exit)
+    finally:
+        sys.argv = argv
+    if failed:
+        raise failed[0]
+    return result[-1] if result and not exit else returned
 
 
 def claim_run_dir(arguments: list[str]) -> list[str]:
@@ -477,10 +498,10 @@ class CheckSweep(HydraCallback):
 # --------------------------------------------------------------------------- errors
 
 
-def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None, exit: bool = True) -> T:
     """Run ``run``; a TinyLMError becomes ``<label>: <message>`` on stderr and its exit status
-    (``error: ...`` and 2 for a mistake). For bad input ``cleanup`` runs first: it removes what
-    the failed run wrote, so a mistake leaves nothing behind.
+    (``error: ...`` and 2 for a mistake), or with ``exit=False`` is raised again. For bad input
+    ``cleanup`` runs first: it removes what the failed run wrote, so a mistake leaves nothing behind.
 
     Set TINYLM_DEBUG=1 to get the full traceback instead.
     """
@@ -489,7 +510,7 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
     except TinyLMError as error:
         if cleanup is not None and error.bad_input:
             cleanup()
-        if os.environ.get("TINYLM_DEBUG"):
+        if os.environ.get("TINYLM_DEBUG") or not exit:
             raise
         print(f"{error.label}: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None

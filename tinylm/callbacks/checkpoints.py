@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 
 from tinylm.model import evaluating
 from tinylm.resume import SETTINGS_KEY
+from tinylm.rundir import WEIGHTS
+from tinylm.weights import save_weights
 
 
 def best_checkpoint(path: Path) -> ModelCheckpoint:
@@ -22,7 +24,8 @@ def best_checkpoint(path: Path) -> ModelCheckpoint:
 
 class LastCheckpoint(Checkpoint):
     """Keeps ``path`` (a run's last.ckpt) current: after each validation, every ``every_n_steps``
-    optimizer steps if set, and when training ends, so a resume never repeats work.
+    optimizer steps if set, and when training ends, so a resume never repeats work. When
+    training ends it also writes the weights beside it as model.safetensors (tinylm.weights).
 
     A ``Checkpoint`` callback, so Lightning runs it after the others, best.ckpt's included: the
     file then holds what that validation changed (which checkpoint is best, and its score), and
@@ -65,6 +68,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        if self.saved_step == trainer.global_step and trainer.is_global_zero:
+            # The same good weights as last.ckpt, in a file that loads without pickle; written
+            # after it, so loaders know it is current (tinylm.weights.preferred).
+            save_weights(self.path.with_name(WEIGHTS), pl_module.model, pl_module.model_config,
+                         pl_module.tokenizer, trainer.global_step, pl_module.attention_source())
 
 
 def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
