@@ -320,8 +320,8 @@ def test_the_command_takes_key_value_for_kwargs_and_the_layer_map(tmp_path: Path
      "--kwargs: tinylm takes key=value; write kwargs.d_feat=48 kwargs.dropout_p=0.0"),
     (["--map", "q=W_Q,k=W_K"], "--map: tinylm takes key=value; write map.q=W_Q map.k=W_K"),
     (["map.qvk=c_attn"], "map.qvk: unknown key; did you mean map.qkv? known keys are q, k, v, o, qkv"),
-    (["head=8"], "head: unknown key; did you mean heads? known keys are attention, block_size, d_model, "
-                 "heads, kwargs, map"),
+    (["head=8"], "head: unknown key; did you mean heads? known keys are attention, d_model, heads, "
+                 "block_size, kwargs, map"),
     (["heads=5"], "heads: 5 heads do not divide d_model=48; choose a divisor of d_model"),
     (["docs/x.py:Other"], "attention: given twice ('attention=docs/x.py:Mine' and 'docs/x.py:Other'); "
                           "name one class"),
