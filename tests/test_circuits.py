@@ -4,15 +4,18 @@ copies), and random small models for the exactness of the attribution."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_model, tokens
 
 from tinylm.attention.attribution import attribute
 from tinylm.attention.circuits import copying_scores, icl_positions, induction_loss
+from tinylm.attention.formation import find_formation, none_formed
 from tinylm.attention.maps import head_scores, induction_tokens
 from tinylm.attention.patching import patch_heads
 from tinylm.config import ModelConfig
+from tinylm.data import RandomWindows, Repeats
 from tinylm.model import TransformerLM
 
 V, T = 8, 16  # tokens, context: the probe repeats V distinct tokens twice
@@ -135,3 +138,30 @@ def test_attribution_sums_to_the_logit(variant: str) -> None:
 def test_icl_positions_scale_olssons_tokens_to_the_block() -> None:
     assert icl_positions(512) == (50, 500)
     assert icl_positions(64) == (6, 62)
+
+
+def test_the_formation_rule_finds_the_steepest_rise_to_the_threshold_and_names_the_heads() -> None:
+    steps = [0, 100, 200, 300, 400]
+    prefix = np.zeros((5, 2, 4))
+    prefix[:, 1, 2] = [0.04, 0.05, 0.2, 0.65, 0.71]  # steepest rise ending at ≥ 0.3: 200 → 300
+    prefix[:, 0, 1] = [0.0, 0.25, 0.25, 0.25, 0.25]  # steep too, but ends below the threshold
+    prev = np.zeros((5, 2, 4))
+    prev[:, 0, 3] = [0.12, 0.3, 0.5, 0.8, 0.88]
+    formed = find_formation(steps, prefix, prev)
+    assert formed.line() == ("induction heads formed around step 300: layer 1 head 2 (prefix matching "
+                             "0.20 → 0.71), helped by layer 0 head 3 (previous token 0.50 → 0.88)")
+    assert find_formation(steps, prefix * 0.4, prev) is None  # never reaches 0.3
+    assert "no induction heads formed" in none_formed(prefix * 0.4)
+
+
+def test_repeated_strings_replace_a_fraction_of_each_batch_the_same_for_the_same_step() -> None:
+    text = np.arange(1000) % 50
+    windows = RandomWindows(text, block_size=40, batch_size=8, seed=1, repeats=Repeats(0.25, 6, 50))
+    inputs, targets = windows.batch(3)
+    full = torch.cat([inputs, targets[:, -1:]], dim=1)  # (8, 41)
+    for row in full[:2]:  # round(0.25 · 8) = 2 rows: one string of 6 repeated
+        assert torch.equal(row[6:], row[:-6])
+    for row in full[2:]:  # the rest: the text, consecutive
+        assert torch.equal(row[1:] % 50, (row[:-1] + 1) % 50)
+    again, _ = windows.batch(3)
+    assert torch.equal(again, inputs) and not torch.equal(windows.batch(4)[0][:2], inputs[:2])

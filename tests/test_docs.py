@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from tinylm.sources import embedded_corpus
+
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SCRIPTS = {"train", "sample", "attention", "compare", "export", "bench", "soak", "check-attention"}
+SCRIPTS = {"train", "sample", "attention", "patch", "compare", "export", "bench", "soak", "check-attention"}
 FENCE = re.compile(r"^```(\w*)\s*$")
 # Shell variables the docs use inside commands, and a value for each.
 SHELL_VARS = {"NODE_RANK": "0", "SLURM_JOB_ID": "1"}
@@ -287,8 +290,20 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     (root / "latin1.txt").write_bytes("crème brûlée\n".encode("latin-1") * 40)
     (root / "program.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
     (root / "empty-dir").mkdir()
+    (root / "utf16.txt").write_text("To be, or not to be\n" * 20, encoding="utf-16")
+    os.mkfifo(root / "fifo")
+    (root / "loop.txt").symlink_to("loop.txt")
+    (root / "mixed-dir").mkdir()
+    (root / "mixed-dir" / "a.txt").write_text("To be, or not to be\n")
+    shutil.copy(next((embedded_corpus("tiny_shakespeare") / "data").glob("*.parquet")),
+                root / "mixed-dir" / "data.parquet")
     last = trained[0] / "checkpoints" / "last.ckpt"
     (root / "truncated.ckpt").write_bytes(last.read_bytes()[:5000])
+    shutil.copytree(trained[0] / "checkpoints", root / "damaged", ignore=shutil.ignore_patterns("*.npz"))
+    flipped = bytearray((root / "damaged" / "last.ckpt").read_bytes())
+    middle = len(flipped) // 2
+    flipped[middle:middle + 64] = bytes(b ^ 0xFF for b in flipped[middle:middle + 64])
+    (root / "damaged" / "last.ckpt").write_bytes(bytes(flipped))
     torch.save({"state_dict": {}, "global_step": 3}, root / "not-tinylm.ckpt")
     torch.save({"tinylm": {"format": FORMAT_VERSION}, "state_dict": {}, "payload": _Payload(),
                 "hyper_parameters": {"model": {}, "vocab": ["a"]}}, root / "pickled.ckpt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,11 @@ def test_the_diagnostics_of_every_head_and_of_the_model(run) -> None:
     scalars = logged.Tags()["scalars"]
     for tag in ("icl/score", "icl/induction_loss"):
         assert [event.step for event in logged.Scalars(tag)] == [0, 10, 20]
+    # When training ends, one TEXT line says whether and where induction heads formed.
+    [said] = logged.Tensors("induction")
+    assert said.step == 20
+    assert re.match(r"\s*(no induction heads formed|induction heads formed around step)",
+                    said.tensor_proto.string_val[0].decode())
     # An untrained model predicts the repeated random characters no better than chance.
     assert logged.Scalars("icl/induction_loss")[0].value > 3.0  # about ln(vocabulary)
     for name in (*SCORES, "copying"):

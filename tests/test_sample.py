@@ -10,8 +10,9 @@ from conftest import compose, run_script
 
 from tinylm.cli import quote_prompt
 from tinylm.command_configs import SampleConfig
-from tinylm.config import TrainConfig
+from tinylm.config import ModelConfig, TrainConfig
 from tinylm.errors import ConfigError
+from tinylm.generation.stream import GenerativeLM
 from tinylm.sample import COMPILE_PAYS_BACK_AFTER, compiles
 from tinylm.train import fit
 
@@ -157,3 +158,15 @@ def test_a_compile_that_fails_is_an_error_or_for_auto_a_note(checkpoint: Path, t
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"{reason}" in result.stderr and "; sampling uncompiled" in result.stderr
         assert result.stdout == run_script("sample.py", *args, "compile=false").stdout
+
+
+def test_compile_true_on_a_learners_attention_says_in_one_line_it_cannot(capsys) -> None:
+    correct = Path(__file__).resolve().parents[1] / "docs" / "attention-examples" / "correct.py"
+    model = GenerativeLM(ModelConfig(layers=1, d_model=32, heads=2, block_size=8,
+                                     attention=f"{correct}:MultiHeadAttention"), 11)
+    assert not compiles(SampleConfig(ckpt="x.ckpt", compile="true"), "cpu", model)
+    said = capsys.readouterr().err
+    assert said == ("compile: not compiling: this model's attention (MultiHeadAttention) keeps no KV cache, "
+                    "so each token recomputes its window uncompiled\n")
+    assert not compiles(SampleConfig(ckpt="x.ckpt", compile="auto", max_new_tokens=10**6), "cpu", model)
+    assert capsys.readouterr().err == ""

@@ -58,9 +58,20 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
 from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
-from tinylm.resume import RunFinished, check_unfinished, override_value, resume_arguments
+from tinylm.resume import (
+    RunFinished,
+    check_unfinished,
+    continued_run,
+    override_value,
+    quoted_value,
+    requeue_note,
+    resume_arguments,
+    run_settings,
+)
+from tinylm.rundir import run_dir
 from tinylm.runlock import acquire, first_process, forget
-from tinylm.schema import build, config_error, schema
+from tinylm.schema import as_plain, build, config_error, schema
+from tinylm.search import check_trial, searching, trial_name
 from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
 
 T = TypeVar("T")
@@ -154,6 +165,7 @@ def register_configs() -> None:
     for command in COMMANDS.values():
         store.store(name=f"{command.name}_schema", node=schema(command.schema))
     OmegaConf.register_new_resolver("tinylm.suffix", run_name_suffix, replace=True)
+    OmegaConf.register_new_resolver("tinylm.trial", trial_name, replace=True)
 
 
 MAX_NAME_CHARS = 120  # of the overrides in a run directory's name (file names hold 255 bytes)
@@ -169,11 +181,15 @@ def run_name_suffix(overrides: str) -> str:
     return f"_{name}" if name else ""
 
 
-def run_hydra(command: Command, arguments: list[str]) -> Any:
+def run_hydra(command: Command, arguments: list[str], exit: bool = True) -> Any:
     """Run ``command`` through ``hydra.main`` with ``arguments`` as its command line: Hydra
     composes the config, the schema builds and checks it, the command's torch-free check runs,
-    and only then is the command's module imported (torch, Lightning: seconds) and its task run."""
+    and only then is the command's module imported (torch, Lightning: seconds) and its task run.
+    ``exit=False`` (the notebook API): a mistake raises its TinyLMError instead of exiting, and
+    the task's result is returned."""
     register_configs()
+    result: list[Any] = []
+    failed: list[TinyLMError] = []  # exit=False: raised once Hydra is done (it reports a failed job itself)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=command.config)
     def app(cfg: Any) -> Any:
@@ -182,51 +198,78 @@ def run_hydra(command: Command, arguments: list[str]) -> Any:
             if command.check is not None:
                 command.check(config, list(HydraConfig.get().overrides.task))
             try:
-                return relaunchable(command.name, given, lambda: _function(command.task)(config))
+                result.append(relaunchable(command.name, given, lambda: _function(command.task)(config)))
+                return result[-1]
             except OSError as error:  # a run directory that cannot be written: one line
                 raise unwritable(error) or error from None
 
         run_dir, bookkeeping = hydra_run_dir()
         fresh = only_bookkeeping(run_dir, bookkeeping)  # else a run resumed in its directory
         try:
-            return exit_on_error(job, cleanup=discard_unused_run_dir)
+            if exit:
+                return exit_on_error(job, cleanup=discard_unused_run_dir)
+            try:
+                return job()
+            except TinyLMError as error:
+                if error.bad_input:
+                    discard_unused_run_dir()
+                failed.append(error)
         except KeyboardInterrupt:  # before training began: the callbacks handle it after
             if fresh:
                 remove_run_dir(run_dir)
+            if not exit:
+                failed.append(stopped_at_start(removed=fresh))
+                return None
             return exit_on_error(lambda: _raise(stopped_at_start(removed=fresh)))
 
     given = list(arguments)
-    arguments = exit_on_error(lambda: hydra_arguments(command, arguments))
+    arguments = exit_on_error(lambda: hydra_arguments(command, arguments), exit=exit)
     if command.name == "train":
-        arguments = exit_on_error(lambda: claim_run_dir(arguments))
+        arguments = exit_on_error(lambda: claim_run_dir(arguments), exit=exit)
     # Hydra reads its arguments from here and names the command in its messages.
-    sys.argv = [f"tinylm {command.name}", *arguments]
+    argv, sys.argv = sys.argv, [f"tinylm {command.name}", *arguments]
     # Hydra then lets its errors reach us as exceptions instead of printing them itself.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    return exit_on_error(lambda: _translating(command, arguments, app))
+    try:
+        returned = exit_on_error(lambda: _translating(command, arguments, app), exit=exit)
+    finally:
+        sys.argv = argv
+    if failed:
+        raise failed[0]
+    return result[-1] if result and not exit else returned
 
 
 def claim_run_dir(arguments: list[str]) -> list[str]:
     """Before Hydra writes anything: a resume of a run (``ckpt_path=`` naming it) completed with
     that run's own settings, said in one line, or ended at once if the run is finished; and the
     lock of the run directory taken where the command line names it (a resume, ``hydra.run.dir=``),
-    so a second run into a live one is refused before it touches a file there."""
+    so a second run into a live one is refused before it touches a file there. A directory that
+    holds a stopped run of the same settings (a requeued job) is resumed from its last.ckpt; one
+    that holds a run of other settings is refused (``tinylm.resume.continued_run``)."""
     arguments, resumed = resume_arguments(arguments)
-    if resumed is not None:
-        overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
-        max_steps = build(TrainConfig, compose("train", overrides)).max_steps
-        try:
-            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
-        except RunFinished as finished:
-            print(f"run: {finished}")
-            raise SystemExit(0) from None
     multirun = any(a in ("-m", "--multirun") for a in arguments)
     directory = next((override_value(a) for a in reversed(arguments) if a.startswith("hydra.run.dir=")), None)
-    if directory and not multirun and first_process():
-        own = resumed is not None and resumed.root == Path(directory)
-        acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
-    if resumed is not None:
-        print(resumed.note, flush=True)
+    overrides = [a for a in arguments if not a.startswith("-") and not a.startswith("hydra.")]
+    note = resumed.note if resumed is not None else None
+    try:
+        if resumed is not None:
+            max_steps = build(TrainConfig, compose("train", overrides)).max_steps
+            check_unfinished(resumed.root, resumed.checkpoint, max_steps)
+        if directory and not multirun and first_process():
+            own = resumed is not None and resumed.root == Path(directory)
+            acquire(str(directory), key="ckpt_path" if own else "hydra.run.dir")
+        if resumed is None and directory and not multirun and run_dir(str(directory)).last.is_file():
+            # A requeued job, or the same command again: its own run, if the settings agree.
+            config, root = build(TrainConfig, compose("train", overrides)), Path(str(directory))
+            last = continued_run(root, run_settings(as_plain(config)), config.max_steps, key="hydra.run.dir")
+            if last is not None:
+                arguments = [*arguments, f"ckpt_path={quoted_value(str(last))}"]
+                note = requeue_note(root, last)
+    except RunFinished as finished:
+        print(f"run: {finished}")
+        raise SystemExit(0) from None
+    if note is not None:
+        print(note, flush=True)
     return arguments
 
 
@@ -448,15 +491,17 @@ class CheckSweep(HydraCallback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         overrides = OmegaConf.to_container(config.hydra.overrides.task)
         exit_on_error(lambda: check_sweep(COMMANDS[self.command], overrides))
+        if searching(config.hydra):  # every trial's config differs only in what is searched
+            exit_on_error(lambda: check_trial(build(TrainConfig, compose(self.command, overrides))))
 
 
 # --------------------------------------------------------------------------- errors
 
 
-def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = None, exit: bool = True) -> T:
     """Run ``run``; a TinyLMError becomes ``<label>: <message>`` on stderr and its exit status
-    (``error: ...`` and 2 for a mistake). For bad input ``cleanup`` runs first: it removes what
-    the failed run wrote, so a mistake leaves nothing behind.
+    (``error: ...`` and 2 for a mistake), or with ``exit=False`` is raised again. For bad input
+    ``cleanup`` runs first: it removes what the failed run wrote, so a mistake leaves nothing behind.
 
     Set TINYLM_DEBUG=1 to get the full traceback instead.
     """
@@ -465,7 +510,7 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
     except TinyLMError as error:
         if cleanup is not None and error.bad_input:
             cleanup()
-        if os.environ.get("TINYLM_DEBUG"):
+        if os.environ.get("TINYLM_DEBUG") or not exit:
             raise
         print(f"{error.label}: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None

@@ -27,6 +27,7 @@ SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 DEFAULT_VAL_FRACTION = 0.1
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
+NOTEBOOK_CLASS = "notebook"  # model.attention=notebook@<hash>:Class: a class of a notebook cell
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,11 @@ class ModelConfig:
 
     @property
     def learner_attention(self) -> tuple[str, str] | None:
-        """(file, class) when model.attention names a learner's class, else None."""
+        """(file, class) when model.attention names a learner's class, else None. A class of a
+        notebook cell has no file: "notebook@<hash of its source>" (tinylm.learner.registry)."""
         file, sep, name = self.attention.rpartition(":")
-        return (file, name) if sep and file.endswith(".py") and name.isidentifier() else None
+        from_file = file.endswith(".py") or file.startswith(f"{NOTEBOOK_CLASS}@")
+        return (file, name) if sep and from_file and name.isidentifier() else None
 
     @property
     def head_dim(self) -> int:

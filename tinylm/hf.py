@@ -15,7 +15,6 @@ with them; reading an exported directory back (``read_export``) needs only safet
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from torch import Tensor
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
-from tinylm.schema import build
-from tinylm.tokenizer import Tokenizer, tokenizer_from
+from tinylm.tokenizer import Tokenizer
+from tinylm.weights import from_record, tinylm_record
 
 NORM_EPS = 1e-5  # nn.LayerNorm's default and tinylm.model.RMSNorm's
 ROPE_BASE = 10_000.0  # tinylm.model.rope_angles
@@ -97,15 +96,6 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
             "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
             "attention_bias": config.bias, "attention_dropout": 0.0,
             **({} if kind == "qwen3" else {"mlp_bias": config.bias})}
-
-
-def tinylm_record(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What rebuilds the tinylm model: its settings, tokenizer and vocabulary (plain values)."""
-    return {"model": asdict(config), **tokenizer.spec()}
-
-
-def from_record(record: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
-    return build(ModelConfig, record["model"], "model"), tokenizer_from(record["tokenizer"], record["vocab"])
 
 
 def to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@
     <run>/tb/                          the TensorBoard run
     <run>/checkpoints/last.ckpt        the latest good state, to resume or sample
     <run>/checkpoints/best.ckpt        the lowest val/loss
+    <run>/checkpoints/model.safetensors the final weights, with the config and vocabulary, no pickle
     <run>/checkpoints/attention.npz    the probe's attention at every record (the explorer's slider)
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 BEST = "best"  # the stem Lightning's ModelCheckpoint is given
 LAST = "last"
+WEIGHTS = "model.safetensors"  # the final weights beside last.ckpt (tinylm.weights)
 EXPORTED_CONFIG = "config.json"  # what marks a directory tinylm export wrote (the Hugging Face layout)
 
 
@@ -35,6 +37,10 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.checkpoints / f"{BEST}.ckpt"
+
+    @property
+    def weights(self) -> Path:
+        return self.checkpoints / WEIGHTS
 
     @property
     def attention_history(self) -> Path:
@@ -93,3 +99,14 @@ def checkpoint_path(ckpt: str | Path) -> Path:
     path = Path(ckpt).expanduser()
     exported = (path / EXPORTED_CONFIG).is_file()
     return run_dir(path).last if path.is_dir() and not exported else path
+
+
+def preferred(path: str | Path) -> Path:
+    """The file to load for ``path`` (a checkpoint): the model.safetensors beside it when ``path``
+    is a run's last.ckpt and that file was written after it, else ``path`` itself."""
+    path = Path(path).expanduser()
+    weights = path.with_name(WEIGHTS)
+    if path.name == f"{LAST}.ckpt" and weights.is_file() and (
+            not path.is_file() or weights.stat().st_mtime >= path.stat().st_mtime):
+        return weights
+    return path

@@ -63,17 +63,21 @@ def acquire(root: str | Path, key: str = "hydra.run.dir") -> None:
     """Hold the lock of run directory ``root`` (made if need be) until ``release`` or the end of
     the process; a second hold by this process only counts. Raises RunDirInUse naming the live
     holder's PID; prints one line when it takes over a lock a dead process left."""
-    root = Path(root).expanduser().resolve()
+    given = Path(root).expanduser()
+    try:
+        root = given.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the mkdir below names it
+        root = given.absolute()
     if root in _held:
         _held[root][1] += 1
         return
     path = root / LOCK_NAME
     while True:
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            given.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise RunDirUnwritable(f"{key}: cannot write {error.filename or root} ({error.strerror}); "
+            raise RunDirUnwritable(f"{key}: cannot write {given} ({error.strerror}); "
                                    f"choose a directory you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -55,7 +55,7 @@ def sample(config: SampleConfig, write: Callable[[str], Any] = sys.stdout.write)
     decode = tokenizer.stream_decoder()  # bytes: a character comes out once it is whole
     if config.stream:  # the first sample streams; the others follow when it is done
         write(prompt)
-    tokens = generation(model, context, config, generator, compiles(config, device))
+    tokens = generation(model, context, config, generator, compiles(config, device, model))
     for token in tokens:  # (num_samples, 1)
         for row, t in zip(rows, token[:, 0].tolist(), strict=True):
             row.append(t)
@@ -99,11 +99,19 @@ def generation(model: Any, context: Any, config: SampleConfig, generator: Any,
 COMPILE_PAYS_BACK_AFTER = 50_000
 
 
-def compiles(config: SampleConfig, device: str) -> bool:
+def compiles(config: SampleConfig, device: str, model: Any = None) -> bool:
     """Whether ``config.compile`` (auto, true or false) compiles the one-token step here.
     compile=true without what the compile needs on ``device`` is an error; auto then does not
-    compile."""
+    compile. A ``model`` whose attention keeps no KV cache (a learner's class) has no one-token
+    step to compile: compile=true says so in one line and samples uncompiled."""
     if config.compile == "false" or not config.use_cache:
+        return False
+    uncached = [b.attn for b in getattr(model, "blocks", ()) if not getattr(b.attn, "supports_cache", True)]
+    if uncached:
+        if config.compile == "true":
+            attention = getattr(uncached[0], "inner", uncached[0])  # a learner's class inside its adapter
+            print(f"compile: not compiling: this model's attention ({type(attention).__name__}) keeps no "
+                  "KV cache, so each token recomputes its window uncompiled", file=sys.stderr)
         return False
     if config.compile == "auto" and config.max_new_tokens < COMPILE_PAYS_BACK_AFTER:
         return False

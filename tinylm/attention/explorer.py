@@ -37,7 +37,7 @@ def explorer_html(labels: Sequence[str], steps: Sequence[int], maps: np.ndarray,
     tokens ``labels`` names (``Tokenizer.labels``), with ``scores`` name → (S, L, H).
 
     ``marks``: step → a line, marked on the slider (where the induction heads formed).
-    ``attribution``: who wrote each prediction (``attribution_data``), shown as bars for the
+    ``attribution``: who wrote each prediction (``attribution.explorer_data``), shown as bars for the
     clicked character."""
     maps = np.ascontiguousarray(maps, dtype=np.uint8)
     S, L, H, n, _ = maps.shape

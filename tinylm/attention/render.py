@@ -80,9 +80,11 @@ def render_attention(config: AttentionScriptConfig) -> str:
         cropped = f" (the first {n} of {len(labels)}; max_chars= shows more)"
     attributed = ""
     if config.attribute:
-        last = max(0, ids.size(1) - 2)  # by default the prediction of the prompt's last token
-        position = last if config.position is None else pick(config.position, ids.size(1), "position",
-                                                              "positions")[0]
+        T = ids.size(1)
+        position = T - 2 if config.position is None else config.position  # T - 2 predicts the last
+        if not -T <= position < T:
+            raise ConfigError(f"position: the prompt has {T} positions (0 to {T - 1}), got {position}")
+        position %= T
         attributed = attribution.table(written, ids, position, decode, softcap) + "\n\n"
     return (
         f"{scores.table(layers, heads)}\n\n{attributed}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from lightning.pytorch.callbacks import Callback
 
 from tinylm.attention.ablation import validation_windows
-from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
+from tinylm.callbacks.checkpoints import LastCheckpoint, RecordSettings, best_checkpoint
 from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
 from tinylm.callbacks.ranks import RankLost, Ranks, WeightsDiffer, weights_digest
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttentionMaps", "DivergedError", "HParamsLogger", "Interrupted", "LastCheckpoint", "Periodic",
-    "ProgressBar", "RankLost", "Ranks", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples",
-    "TrainingMetrics",
+    "ProgressBar", "RankLost", "Ranks", "RecordSettings", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal",
+    "TextSamples", "TrainingMetrics",
     "WeightsDiffer", "best_checkpoint", "build_callbacks", "watch_callbacks", "weights_digest",
 ]
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tinylm.errors import TinyLMError
+from tinylm.learner.registry import registered
 
 WIDTH_NAMES = ("d_model", "hidden_size", "embed_dim", "input_dim", "d_feat", "n_embd", "emb_dim", "dim",
                "d_in", "d_out", "d")
@@ -70,7 +71,10 @@ def failing(doing: str, error: BaseException) -> LearnerError:
 
 
 def load_class(spec: str, key: str = "attention") -> type:
-    """The class named by ``path/to/file.py:ClassName``, imported from that file."""
+    """The class named by ``path/to/file.py:ClassName``, imported from that file (or a notebook's
+    class registered by ``tinylm.train(attention=...)``)."""
+    if (notebook_class := registered(spec)) is not None:
+        return notebook_class
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not name.isidentifier():
         raise CheckError(f"{key}: expected path/to/file.py:ClassName, got {spec!r}")
