@@ -24,6 +24,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_CACHE)
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
 os.environ["XDG_CACHE_HOME"] = str(_CACHE / "user")  # tinylm.machine's measurements
+if "PYTEST_XDIST_WORKER" in os.environ:  # pytest -n N: N workers share the cores, a thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402

@@ -110,3 +110,16 @@ def preferred(path: str | Path) -> Path:
             not path.is_file() or weights.stat().st_mtime >= path.stat().st_mtime):
         return weights
     return path
+
+
+MAX_NAME_CHARS = 120  # of the overrides in a run directory's name (file names hold 255 bytes)
+
+
+def run_name_suffix(overrides: str) -> str:
+    """``_<overrides>`` for a run directory's name, or "" for a run without overrides:
+    ``${tinylm.suffix:${hydra.job.override_dirname}}`` in configs/hydra/default.yaml. A "/" in a
+    value would make sub-directories: it becomes "-"."""
+    name = str(overrides).replace("/", "-")
+    if len(name) > MAX_NAME_CHARS:
+        name = name[:MAX_NAME_CHARS - 1] + "…"
+    return f"_{name}" if name else ""

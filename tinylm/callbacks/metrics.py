@@ -76,6 +76,8 @@ class ProgressBar(TQDMProgressBar):
         metrics.pop("v_num", None)  # the run's version number: always "" in tinylm
         if (loss := trainer.callback_metrics.get("train/loss")) is not None:
             metrics["loss"] = f"{float(loss):.3f}"
+        if (val_loss := trainer.callback_metrics.get("val/loss")) is not None:
+            metrics["val/loss"] = f"{float(val_loss):.4f}"  # as the closing lines print it
         for callback in trainer.callbacks:
             if isinstance(callback, TrainingMetrics) and "train/tokens_per_sec" in callback.latest:
                 metrics["tok/s"] = f"{callback.latest['train/tokens_per_sec']:,.0f}"
