@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from tinylm import TransformerLM  # noqa: E402  (the network with generate and stream)
 from tinylm.config import ModelConfig  # noqa: E402
+from tinylm.rundir import RunDir  # noqa: E402
 from tinylm.sources import embedded_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the run's TensorBoard files: {tag: [(step, value), ...]}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # few tests read it
 
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(RunDir(run_dir).tensorboard), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 

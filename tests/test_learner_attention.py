@@ -14,6 +14,7 @@ from conftest import REPO, compose, quick_overrides, run_script, scalars
 
 from tinylm.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from tinylm.learner.source import AttentionSource
+from tinylm.rundir import RunDir
 
 CORRECT = REPO / "docs" / "attention-examples" / "correct.py"
 
@@ -44,7 +45,7 @@ def test_the_correct_example_trains_like_the_explicit_path(two_runs: dict[str, P
 def test_its_attention_maps_and_head_scores_are_in_tensorboard(two_runs: dict[str, Path]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(two_runs["learner"] / "tb"), size_guidance={"images": 0})
+    events = EventAccumulator(str(RunDir(two_runs["learner"]).tensorboard), size_guidance={"images": 0})
     events.Reload()
     assert "attention/layer_1/head_3" in events.Tags()["images"]
     logged = scalars(two_runs["learner"])

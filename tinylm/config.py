@@ -350,7 +350,7 @@ class AttentionMapsConfig:
     enabled: bool = True
     every_n_steps: int | None = None  # null: at step 0 and after every validation
     probe: str | None = None  # null: the start of the validation text, up to model.block_size
-    max_chars: int = 64  # pictures show the first max_chars positions, so labels stay legible
+    max_chars: int = 64  # the explorer shows the first max_chars positions; TensorBoard at most 16
     # Head importance: the rise of the loss on ablation_windows validation windows (block_size
     # + 1 characters each, the same every time) when each head's output is removed; one
     # forward pass of those windows per head. "zero", "mean" (its mean output instead), or null: off.
@@ -450,7 +450,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    logger: str = "tensorboard"  # one TensorBoard run per job, in <run dir>/tb; "none": no logger
+    logger: str = "tensorboard"  # one TensorBoard run per job, in <run dir>/<its name>; "none": no logger
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337

@@ -200,7 +200,8 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
     if config.logger == "tensorboard":
-        logger = TensorBoardLogger(save_dir=paths.root, name=paths.tensorboard.name, version="",
+        events = paths.tensorboard
+        logger = TensorBoardLogger(save_dir=events.parent, name=events.name, version="",
                                    default_hp_metric=False)
 
     ranks = next(callback for callback in callbacks if isinstance(callback, Ranks))

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tinylm.tensorboard import (
     add_summaries,
     experiment_summary,
+    layout_summary,
     session_end_summary,
     session_start_summary,
     tensorboard_logger,
@@ -82,6 +83,19 @@ class ProgressBar(TQDMProgressBar):
             if isinstance(callback, TrainingMetrics) and "train/tokens_per_sec" in callback.latest:
                 metrics["tok/s"] = f"{callback.latest['train/tokens_per_sec']:,.0f}"
         return metrics
+
+
+class ScalarsLayout(Callback):
+    """Writes the custom-scalars tab's layout once: the losses first, then the training
+    scalars, then one chart per head score (``tinylm.tensorboard.layout_summary``)."""
+
+    def __init__(self, head_scores: Collection[str] = ()) -> None:
+        self.head_scores = head_scores
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (writer := tensorboard_writer(trainer)) is not None:
+            add_summaries(writer, layout_summary(self.head_scores))
 
 
 class HParamsLogger(Callback):
