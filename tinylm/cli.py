@@ -72,7 +72,13 @@ from tinylm.rundir import run_dir
 from tinylm.runlock import acquire, first_process, forget
 from tinylm.schema import as_plain, build, config_error, schema
 from tinylm.search import check_trial, searching, trial_name
-from tinylm.startup import only_bookkeeping, remove_run_dir, stopped_at_start, unwritable
+from tinylm.startup import (
+    discard_made_run_dirs,
+    only_bookkeeping,
+    remove_run_dir,
+    stopped_at_start,
+    unwritable,
+)
 
 T = TypeVar("T")
 CONFIG_MODULE = "tinylm.configs"
@@ -144,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     try:
         return run_hydra(command, arguments)
     except KeyboardInterrupt:  # before Hydra began the job (within it, the job says more)
+        discard_made_run_dirs()
         print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
 
@@ -371,11 +378,14 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
     try:
         return run()
     except (HydraException, OmegaConfBaseException) as error:
+        discard_made_run_dirs()
         raise hydra_error(error, command, arguments) from None
     except OSError as error:  # Hydra making the run directory
+        discard_made_run_dirs()
         raise unwritable(error) or error from None
     except KeyboardInterrupt:  # before Hydra made the run directory, or while it did
         discard_unused_run_dir()
+        discard_made_run_dirs()
         raise stopped_at_start(removed=True) from None
 
 

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 from tinylm.errors import TinyLMError
-from tinylm.runlock import RunDirUnwritable, forget
+from tinylm.runlock import LOCK_NAME, RunDirUnwritable, forget, made
 
 # What a write into a directory one may not write to fails with.
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT)
@@ -68,3 +68,11 @@ def remove_run_dir(run_dir: Path) -> None:
 def stopped_at_start(removed: bool) -> StoppedAtStart:
     left = "nothing is left on disk" if removed else "the run directory is as it was"
     return StoppedAtStart(f"Ctrl-C before training began: nothing was trained, {left}")
+
+
+def discard_made_run_dirs() -> None:
+    """Remove the run directories this process made to lock them that still hold nothing but the
+    lock: the start-up stopped (a mistake Hydra found, Ctrl-C) before anything was written."""
+    for run_dir in made():
+        if run_dir.is_dir() and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
+            remove_run_dir(run_dir)
