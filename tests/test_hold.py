@@ -112,11 +112,12 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(trained, small
 
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_leaves_nothing(small_text, tmp_path) -> None:
-    for moment in sorted(random.uniform(0.2, 6.0) for _ in range(3)):
+    for i, moment in enumerate(sorted(random.uniform(0.2, 6.0) for _ in range(3))):
         work = tmp_path / f"at-{moment:.2f}"
         work.mkdir()
+        named = ["hydra.run.dir=run"] if i % 2 else []  # locked (and made) before Hydra starts
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "train.py"), f"data.source={small_text}",
+            [sys.executable, str(REPO / "scripts" / "train.py"), f"data.source={small_text}", *named,
              "trainer.max_steps=100000", "callbacks.progress_bar.refresh_rate=0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
         time.sleep(moment)

@@ -76,6 +76,7 @@ from tinylm.runlock import acquire, first_process
 from tinylm.schema import as_plain, build, config_error, schema
 from tinylm.search import check_trial, searching, trial_name
 from tinylm.startup import (
+    discard_made_run_dirs,
     discard_unused_run_dir,
     hydra_run_dir,
     only_bookkeeping,
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     try:
         return run_hydra(command, arguments)
     except KeyboardInterrupt:  # before Hydra began the job (within it, the job says more)
+        discard_made_run_dirs()
         print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
 
@@ -269,11 +271,14 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
     try:
         return run()
     except (HydraException, OmegaConfBaseException) as error:
+        discard_made_run_dirs()
         raise hydra_error(error, command, arguments) from None
     except OSError as error:  # Hydra making the run directory
+        discard_made_run_dirs()
         raise unwritable(error) or error from None
     except KeyboardInterrupt:  # before Hydra made the run directory, or while it did
         discard_unused_run_dir()
+        discard_made_run_dirs()
         raise stopped_at_start(removed=True) from None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 
 from tinylm.errors import TinyLMError
-from tinylm.runlock import RunDirUnwritable, forget
+from tinylm.runlock import LOCK_NAME, RunDirUnwritable, forget, made
 
 # What a write into a directory one may not write to fails with.
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT)
@@ -111,3 +111,11 @@ def discard_unused_run_dir() -> None:
             parent.rmdir()
         except OSError:
             break  # not empty: an earlier run's outputs
+
+
+def discard_made_run_dirs() -> None:
+    """Remove the run directories this process made to lock them that still hold nothing but the
+    lock: the start-up stopped (a mistake Hydra found, Ctrl-C) before anything was written."""
+    for run_dir in made():
+        if run_dir.is_dir() and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
+            remove_run_dir(run_dir)

@@ -190,8 +190,7 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
-    if config.ckpt_path is not None:
-        _check_resumable(config, data.tokenizer.spec())
+    resumed_step = _check_resumable(config, data.tokenizer.spec()) if config.ckpt_path is not None else None
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
                    max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
@@ -200,9 +199,12 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
     if config.logger == "tensorboard":
+        # A resume from a checkpoint behind what the run logged (a kill -9 after the last save, a
+        # best.ckpt) logs those steps again: purge_step makes TensorBoard drop the old ones.
+        purge = {"purge_step": resumed_step + 1} if resumed_step is not None else {}
         events = paths.tensorboard
         logger = TensorBoardLogger(save_dir=events.parent, name=events.name, version="",
-                                   default_hp_metric=False)
+                                   default_hp_metric=False, **purge)
 
     ranks = next(callback for callback in callbacks if isinstance(callback, Ranks))
     trainer_args = {**config.trainer, "strategy": strategy(config)}
@@ -324,8 +326,9 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 
 
-def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
-    """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
+def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> int:
+    """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue;
+    returns the global step it holds."""
     checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path", mmap=True)
     saved = model_config_of(checkpoint)
     differences = [
@@ -357,3 +360,4 @@ def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
             f"ckpt_path: the checkpoint's vocabulary ({len(saved_vocab)} characters) differs from "
             f"this run's data.source ({len(vocab)} characters); resume with the data it was trained on"
         )
+    return int(checkpoint["global_step"])
