@@ -58,9 +58,16 @@ def remove_run_dir(run_dir: Path) -> None:
     if run_dir == cwd or cwd.is_relative_to(run_dir):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
+    remove_empty_parents(run_dir)
+
+
+def remove_empty_parents(run_dir: Path) -> None:
+    """Remove ``run_dir``'s parents that are empty now (``outputs/<date>``), up to the working
+    directory: never it, nor anything outside it."""
+    cwd = Path.cwd()
     for parent in run_dir.parents:
         if cwd not in parent.parents:
-            break  # never the working directory, nor anything outside it
+            break
         try:
             parent.rmdir()
         except OSError:
@@ -103,14 +110,7 @@ def discard_unused_run_dir() -> None:
         else:
             path.unlink()
     run_dir.rmdir()
-    cwd = Path.cwd()
-    for parent in run_dir.parents:
-        if cwd not in parent.parents:
-            break  # never the working directory, nor anything outside it
-        try:
-            parent.rmdir()
-        except OSError:
-            break  # not empty: an earlier run's outputs
+    remove_empty_parents(run_dir)
 
 
 def discard_made_run_dirs() -> None:
