@@ -225,7 +225,8 @@ def test_a_documented_command_is_valid(command: Command, places: dict[str, str])
             pass
         case ["hf", "upload", repo, folder]:  # docs/huggingface.md: the directory tinylm export wrote
             assert "/" in repo and folder == "my-model", command.text
-        case ["python", "-m", "pytest"]:
+        case ["python", "-m", "pytest", *workers]:
+            assert workers in ([], ["-n", "2"]), command.text
             assert text == ci_line("tests"), "the README's test command is not CI's"
         case ["ruff", "check", "."]:
             pass

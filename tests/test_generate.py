@@ -10,7 +10,9 @@ from conftest import VARIANTS, VOCAB, make_model, tokens, variants
 from tinylm import TransformerLM
 from tinylm.generation import decode
 from tinylm.generation.cache import new_cache
+from tinylm.generation.eager import eager_step
 from tinylm.generation.sampling import sample_next
+from tinylm.model import CausalSelfAttention
 
 
 def sharpened(variant: str = "nanogpt", **overrides) -> TransformerLM:
@@ -82,6 +84,38 @@ def test_cached_forward_equals_full_forward(variant: str, path: str) -> None:
         pieces += [model(idx[:, t : t + 1], cache=cache) for t in range(5, 12)]
     assert cache.layers[0].keys.shape == (3, model.config.kv_heads, 16, 8)  # only G heads are cached
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@variants
+@pytest.mark.parametrize("path", ["sdpa", "explicit"])
+def test_eager_step_equals_full_forward(variant: str, path: str) -> None:
+    """The eager one-token step (tinylm.generation.eager), which cached generation takes for
+    every variant (test_cached_equals_uncached holds it to the uncached tokens), computes the
+    full forward pass's logits."""
+    model = make_model(variant, attention=path)
+    idx = tokens(length=12)
+    cache = new_cache(model, 3, sliced=True)
+    step = eager_step(model, cache)
+    assert step is not None
+    with torch.no_grad():
+        full = model(idx)
+        model(idx[:, :5], cache=cache)
+        stepped = torch.stack([step(idx[:, t : t + 1]) for t in range(5, 12)], dim=1)
+    torch.testing.assert_close(stepped, full[:, 5:], rtol=1e-5, atol=1e-5)
+
+
+def test_an_attention_the_eager_step_does_not_know_is_called_as_it_is() -> None:
+    """A subclass of tinylm's attention may compute anything: generation calls the model."""
+
+    class Doubled(CausalSelfAttention):
+        def forward(self, x, *args):
+            y, weights = super().forward(x, *args)
+            return 2 * y, weights
+
+    model = TransformerLM(sharpened().config, VOCAB, attention=Doubled).eval()
+    assert eager_step(model, new_cache(model, 2, sliced=True)) is None
+    idx = prompt()
+    assert torch.equal(generate(model, idx, 20, True, **SAMPLED), generate(model, idx, 20, False, **SAMPLED))
 
 
 def test_same_seed_same_text_other_seed_other_text(model) -> None:

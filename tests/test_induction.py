@@ -32,7 +32,7 @@ def induction_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, 
     run_dir = tmp_path_factory.mktemp("induction")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "tinylm", "train", "experiment=induction", *REDUCED,
-                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=1200)
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     return run_dir, done.stdout, time.monotonic() - started
 

@@ -17,6 +17,7 @@ import tinylm.model
 from tinylm.attention.scores import SCORES
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
+from tinylm.rundir import RunDir
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32
@@ -35,7 +36,7 @@ def overrides(text: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def events(run_dir: Path) -> EventAccumulator:
     everything = {"images": 0, "scalars": 0, "tensors": 0}  # the default keeps only a few of each
-    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance=everything)
+    accumulator = EventAccumulator(str(RunDir(run_dir).tensorboard), size_guidance=everything)
     accumulator.Reload()
     return accumulator
 

@@ -6,6 +6,7 @@ when loading; the explorer shows inline, isolated; interrupting the kernel saves
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -137,9 +138,10 @@ def test_interrupting_the_kernel_saves_and_stops(kernel: Kernel) -> None:
     shown = kernel.run("shown = [o for o in SMALL if 'refresh_rate' not in o]\n"
                        "long = tinylm.train(*shown, trainer={'max_steps': 100000, 'val_check_interval': 5})\n"
                        "print('stopped:', long.stopped, long.checkpoint.is_file())",
-                       interrupt_when="it/s]")  # the progress bar: training has started
+                       interrupt_when="val/loss=")  # the progress bar, after a validation
     assert shown["error"] is None, shown
     assert "SIGINT received; training stopped after step" in shown["stdout"]
+    assert re.search(r"val/loss=\d\.\d{4}\b", shown["stdout"] + shown["stderr"])  # the closing lines' digits
     assert shown["stdout"].strip().endswith("True")
     again = kernel.run("print(tinylm.train(*SMALL, 'trainer.max_steps=5').steps)")  # the kernel goes on
     assert again["stdout"].strip().endswith("5"), again

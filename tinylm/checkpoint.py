@@ -6,6 +6,7 @@ Python values only, so a file carrying a pickled payload is refused and none of 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import pickle
 import re
@@ -116,7 +117,28 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
             f"{key}: {path} has sha256 {digest[:16]}, the checkpoint was trained with a file of sha256 "
             f"{record.short()}; name that file, or load this one knowingly with attention_file_changed=true"
         )
+    defined, names = _classes_in(path)
+    if defined is not None and name not in names:
+        raise CheckpointError(f"{key}: {path} has no class {name}, the class the checkpoint was trained with "
+                              f"(it defines {', '.join(defined) or 'none'}); name the file that defines it")
     return dataclasses.replace(config, attention=f"{attention_file}:{name}")
+
+
+def _classes_in(path: Path) -> tuple[list[str] | None, set[str]]:
+    """The classes a Python file defines at its top level, and every name it binds there (a class
+    may be imported), read without running it (None when it cannot tell: importing it says why)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return None, set()
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    bound = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+             for alias in node.names}
+    bound |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+              if isinstance(target, ast.Name)}
+    if "*" in bound:  # a star import may bind any name
+        return None, set()
+    return classes, bound | set(classes)
 
 
 def with_notebook_class(config: ModelConfig, attention: str | None, key: str,
@@ -200,7 +222,8 @@ def _check_parameters(model: torch.nn.Module, state: dict[str, Any], learner: tu
         return
     file, name = learner
     parts = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-             for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", resized))
+             for label, names in (("not in the checkpoint", missing), ("only in the checkpoint", unexpected),
+                                  ("other shapes", resized))
              if names]
     raise CheckpointError(f"attention_file: the class {name} in {file} holds other parameters than the "
                           f"checkpoint ({'; '.join(parts)}); name the file it was trained with")

@@ -11,6 +11,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+
 from tinylm.errors import TinyLMError
 from tinylm.runlock import LOCK_NAME, RunDirUnwritable, forget, made
 
@@ -70,6 +72,47 @@ def remove_run_dir(run_dir: Path) -> None:
 def stopped_at_start(removed: bool) -> StoppedAtStart:
     left = "nothing is left on disk" if removed else "the run directory is as it was"
     return StoppedAtStart(f"Ctrl-C before training began: nothing was trained, {left}")
+
+
+def hydra_run_dir() -> tuple[Path, set[Path]]:
+    """This job's run directory and the files of Hydra's own bookkeeping in it."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir).absolute()
+    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
+    if hydra.output_subdir is not None:
+        bookkeeping.add(run_dir / hydra.output_subdir)
+    return run_dir, bookkeeping
+
+
+def discard_unused_run_dir() -> None:
+    """Remove the directory Hydra made for this job if it holds nothing but Hydra's own
+    bookkeeping (``.hydra/`` and the job's log): after a run stopped on bad input, that is
+    all it holds. Anything else in it (a resumed run's checkpoints) keeps it as it is.
+    Empty parents (``outputs/<date>``) go too, up to the working directory."""
+    if not HydraConfig.initialized():
+        return
+    run_dir, bookkeeping = hydra_run_dir()
+    forget(run_dir)  # this run's lock goes with it
+    if not run_dir.is_dir() or run_dir == Path.cwd():
+        return
+    entries = list(run_dir.iterdir())
+    hydra_files = [p for d in entries if d.is_dir() and d in bookkeeping for p in d.iterdir()]
+    if any(p not in bookkeeping for p in entries) or any(not p.is_file() for p in hydra_files):
+        return
+    for path in [*hydra_files, *entries]:
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
+    run_dir.rmdir()
+    cwd = Path.cwd()
+    for parent in run_dir.parents:
+        if cwd not in parent.parents:
+            break  # never the working directory, nor anything outside it
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: an earlier run's outputs
 
 
 def discard_made_run_dirs() -> None:

@@ -202,7 +202,8 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
         # A resume from a checkpoint behind what the run logged (a kill -9 after the last save, a
         # best.ckpt) logs those steps again: purge_step makes TensorBoard drop the old ones.
         purge = {"purge_step": resumed_step + 1} if resumed_step is not None else {}
-        logger = TensorBoardLogger(save_dir=paths.root, name=paths.tensorboard.name, version="",
+        events = paths.tensorboard
+        logger = TensorBoardLogger(save_dir=events.parent, name=events.name, version="",
                                    default_hp_metric=False, **purge)
 
     ranks = next(callback for callback in callbacks if isinstance(callback, Ranks))

@@ -20,9 +20,10 @@ class LayerCache:
     masking every key after its query (those not yet written among them). Fixed shapes let one
     compiled one-token step serve every position. With RoPE the keys are stored already rotated."""
 
-    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor) -> None:
+    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor, joint: Tensor | None = None) -> None:
         self.cache = cache  # it says where this pass's tokens go
         self.keys, self.values = keys, values
+        self.joint = joint  # (B, 2G, block_size, hd) whose halves keys and values are, or None
 
     @property
     def visible(self) -> Tensor | None:
@@ -55,14 +56,20 @@ class KVCache:
         self.sliced = sliced
         shape = (batch, config.kv_heads, config.block_size, config.head_dim)  # G heads: GQA's saving
         # Zeros, not empty(): masked keys get weight 0, and 0 · NaN would still be NaN.
-        self.layers = [
-            LayerCache(self, torch.zeros(shape, dtype=dtype, device=device),
-                       torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(config.layers)
-        ]
+        self.layers = [self._layer(shape, dtype, device) for _ in range(config.layers)]
         self.key_positions = torch.arange(config.block_size, device=device)[None]  # (1, block_size)
         self.length = 0
         self.advance(0)
+
+    def _layer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> LayerCache:
+        if not self.sliced:  # a compiled step reads each buffer with the strides it was compiled for
+            return LayerCache(self, torch.zeros(shape, dtype=dtype, device=device),
+                              torch.zeros(shape, dtype=dtype, device=device))
+        # Keys and values as the two halves of one buffer, as the QKV product gives them: the
+        # eager step (tinylm.generation.eager) stores a new position's both in one copy.
+        B, G, block, hd = shape
+        joint = torch.zeros(B, 2 * G, block, hd, dtype=dtype, device=device)
+        return LayerCache(self, joint[:, :G], joint[:, G:], joint)
 
     @classmethod
     def holding(cls, keys: list[Tensor], values: list[Tensor], positions: Tensor, visible: Tensor) -> KVCache:

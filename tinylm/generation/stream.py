@@ -16,7 +16,8 @@ from torch import Tensor
 from tinylm.config import ModelConfig, SamplingConfig
 from tinylm.generation.cache import new_cache
 from tinylm.generation.decode import compiled_step
-from tinylm.generation.sampling import next_token, sampling_noise
+from tinylm.generation.eager import eager_step, native_kernels
+from tinylm.generation.sampling import choose_next, next_token
 from tinylm.learner.module import attention_for
 from tinylm.model import AttentionFactory, TransformerLM
 
@@ -48,11 +49,15 @@ def stream(model: TransformerLM, idx: Tensor, max_new_tokens: int, temperature: 
     step = None  # the compiled one-token step
     if compile and cache is not None:
         step = compiled_step(model, cache, temperature, top_k, top_p)
+    eager = eager_step(model, cache) if cache is not None and step is None else None
+    # What choose_next draws with (sampling_noise), one buffer redrawn in place at each token.
+    noise = None if temperature == 0 else torch.empty(batch, model.vocab_size, device=idx.device)
     filled = False  # whether the cache holds the window
     for _ in range(max_new_tokens):
         if length - start > block:  # full: slide, keeping the newest half block
             start, filled = length - max(1, block // 2), False
-        noise = sampling_noise(batch, model.vocab_size, temperature, generator, idx.device)
+        if noise is not None:
+            noise.exponential_(generator=generator)
         one_token = filled  # the cache holds the window: only the newest token is new
         if one_token:
             new = tokens[:, length - 1 : length]
@@ -61,11 +66,15 @@ def stream(model: TransformerLM, idx: Tensor, max_new_tokens: int, temperature: 
             if cache is not None:
                 cache.clear()
                 filled = True
-        model.place(new, cache)
-        if one_token and step is not None:
-            token = step(new, noise)
-        else:
-            token = next_token(model, new, cache, noise, temperature, top_k, top_p)
+        with native_kernels(one_thread=eager is not None and batch == 1):
+            if one_token and eager is not None:
+                token = choose_next(eager(new), noise, temperature, top_k, top_p)
+            else:
+                model.place(new, cache)
+                if one_token and step is not None:
+                    token = step(new, noise)
+                else:
+                    token = next_token(model, new, cache, noise, temperature, top_k, top_p)
         tokens[:, length : length + 1] = token
         length += 1
         yield token
