@@ -132,6 +132,8 @@ def texts(tmp_path: Path) -> Path:
         ("empty.txt", "data.source=", "holds no text"),
         ("table.csv", "data.text_column='text' is not a column", "its columns are ['content', 'label']"),
         ("short.txt", "data.source=", "model.block_size + 1 = 65"),
+        ("/proc/self/status", "data.source='/proc/self/status' could not be read: OSError",
+         "copy it into a regular file and give that"),
     ],
 )
 def test_unusable_text(source, starts, contains, texts, workdir) -> None:

@@ -292,6 +292,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     (root / "program.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
     (root / "empty-dir").mkdir()
     (root / "utf16.txt").write_text("To be, or not to be\n" * 20, encoding="utf-16")
+    (root / "utf16le.txt").write_text("To be, or not to be\n" * 20, encoding="utf-16-le")  # no BOM
     os.mkfifo(root / "fifo")
     (root / "loop.txt").symlink_to("loop.txt")
     (root / "mixed-dir").mkdir()

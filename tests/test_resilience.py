@@ -219,6 +219,11 @@ def test_a_signal_stop_then_the_printed_command_resumes_exactly(signum: int, sma
                               cwd=REPO, timeout=120)
     assert finished.returncode == 0 and finished.stderr == ""
     assert finished.stdout.startswith(f"run: {run} is finished: 30 of trainer.max_steps=30 steps are trained")
+    lower = subprocess.run([sys.executable, "-m", "tinylm", *command[1:], "trainer.max_steps=10"],
+                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert lower.returncode == 0 and lower.stdout == (
+        f"run: {run} is finished: 30 steps are trained, more than trainer.max_steps=10, nothing to do; "
+        f"to train on, raise it: tinylm train ckpt_path={run} trainer.max_steps=60\n")
     changed = subprocess.run([sys.executable, "-m", "tinylm", *command[1:], "model.heads=8"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
     assert changed.returncode == 2

@@ -60,7 +60,7 @@ from tinylm.command_configs import (
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
-from tinylm.preflight import check_checkpoint, check_export, check_sweep_strategy, check_train
+from tinylm.preflight import check_checkpoint, check_export, check_intact, check_sweep_strategy, check_train
 from tinylm.resume import (
     RunFinished,
     check_unfinished,
@@ -71,7 +71,7 @@ from tinylm.resume import (
     resume_arguments,
     run_settings,
 )
-from tinylm.rundir import run_dir, run_name_suffix
+from tinylm.rundir import run_dir, run_name_suffix, shown
 from tinylm.runlock import acquire, first_process
 from tinylm.schema import as_plain, build, config_error, schema
 from tinylm.search import check_trial, searching, trial_name
@@ -235,6 +235,7 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     note = resumed.note if resumed is not None else None
     try:
         if resumed is not None:
+            check_resumed_checkpoint(resumed.root, resumed.checkpoint)  # before saying "resuming"
             max_steps = build(TrainConfig, compose("train", overrides)).max_steps
             check_unfinished(resumed.root, resumed.checkpoint, max_steps)
         if directory and not multirun and first_process():
@@ -255,6 +256,18 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     return arguments
 
 
+def check_resumed_checkpoint(root: Path, checkpoint: Path) -> None:
+    """That the checkpoint a resume of the run in ``root`` names is there and intact."""
+    if checkpoint.is_file():
+        check_intact(checkpoint, "ckpt_path")
+    elif checkpoint.name == "last.ckpt":
+        raise ConfigError(f"ckpt_path: {shown(root)} has no checkpoint: it stopped before its first save; "
+                          f"train it again, without ckpt_path")
+    else:
+        raise ConfigError(f"ckpt_path: no checkpoint file at {checkpoint.absolute()}; "
+                          f"its run's last checkpoint: ckpt_path={shown(root)}")
+
+
 def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
     """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
     starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
@@ -273,9 +286,10 @@ def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -
     except (HydraException, OmegaConfBaseException) as error:
         discard_made_run_dirs()
         raise hydra_error(error, command, arguments) from None
-    except OSError as error:  # Hydra making the run directory
+    except OSError as error:  # Hydra making the run (or sweep) directory
         discard_made_run_dirs()
-        raise unwritable(error) or error from None
+        key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in arguments) else "hydra.run.dir"
+        raise unwritable(error, key) or error from None
     except KeyboardInterrupt:  # before Hydra made the run directory, or while it did
         discard_unused_run_dir()
         discard_made_run_dirs()

@@ -105,10 +105,11 @@ def check_unfinished(run_root: Path, checkpoint: Path, max_steps: int) -> None:
     """Raise RunFinished when ``checkpoint`` has trained ``max_steps`` steps already."""
     step = checkpoint_step(checkpoint)
     if step is not None and max_steps > 0 and step >= max_steps:
+        trained = (f"{step:,} of trainer.max_steps={max_steps:,} steps are trained" if step == max_steps
+                   else f"{step:,} steps are trained, more than trainer.max_steps={max_steps:,}")
         raise RunFinished(
-            f"{shown(run_root)} is finished: {step:,} of trainer.max_steps={max_steps:,} steps are "
-            f"trained, nothing to do; to train on, raise it: tinylm train ckpt_path={shown(run_root)} "
-            f"trainer.max_steps={2 * max_steps}"
+            f"{shown(run_root)} is finished: {trained}, nothing to do; to train on, raise it: "
+            f"tinylm train ckpt_path={shown(run_root)} trainer.max_steps={2 * step}"
         )
 
 

@@ -31,14 +31,16 @@ class StoppedAtStart(TinyLMError):
         self.exit_code = 128 + signum
 
 
-def unwritable(error: OSError) -> RunDirUnwritable | None:
-    """``error`` as one line naming the directory and the fix, when it is a write refused."""
+def unwritable(error: OSError, key: str = "hydra.run.dir") -> RunDirUnwritable | None:
+    """``error`` as one line naming the directory and the fix, when it is a write refused;
+    ``key``: the setting that names the directory (``hydra.sweep.dir`` for a sweep)."""
     if error.errno not in UNWRITABLE:
         return None
     where = error.filename if error.filename is not None else "the run directory"
+    example = "/tmp/tinylm-sweep" if key == "hydra.sweep.dir" else "/tmp/tinylm-run"
     return RunDirUnwritable(
-        f"hydra.run.dir: cannot write {where} ({error.strerror}); run where you can write, or set "
-        f"hydra.run.dir to a directory you can write to, e.g. hydra.run.dir=/tmp/tinylm-run"
+        f"{key}: cannot write {where} ({error.strerror}); run where you can write, or set "
+        f"{key} to a directory you can write to, e.g. {key}={example}"
     )
 
 
