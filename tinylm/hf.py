@@ -25,7 +25,7 @@ from torch import Tensor
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
 from tinylm.tokenizer import Tokenizer
-from tinylm.weights import from_record, tinylm_record
+from tinylm.weights import DamagedWeights, from_record, tensors_sha256, tinylm_record
 
 NORM_EPS = 1e-5  # nn.LayerNorm's default and tinylm.model.RMSNorm's
 ROPE_BASE = 10_000.0  # tinylm.model.rope_angles
@@ -199,8 +199,23 @@ def is_export(path: str | Path) -> bool:
     return config.is_file() and "tinylm" in json.loads(config.read_text(encoding="utf-8"))
 
 
+def seal(path: Path) -> None:
+    """Record the sha256 of the tensors ``save_pretrained`` wrote in the export's config.json, so
+    that reading it back can tell a damaged model.safetensors (transformers records none)."""
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tinylm"]["sha256"] = tensors_sha256(load_file(path / "model.safetensors"))
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def read_export(path: str | Path) -> tuple[ModelConfig, Tokenizer, dict[str, Tensor]]:
-    """An exported directory's model settings, tokenizer and weights (under tinylm's names)."""
+    """An exported directory's model settings, tokenizer and weights (under tinylm's names); weights
+    that differ from those it was exported with are a ``DamagedWeights``."""
     path = Path(path).expanduser()
-    config, tokenizer = from_record(json.loads((path / "config.json").read_text(encoding="utf-8"))["tinylm"])
-    return config, tokenizer, from_hf(load_file(path / "model.safetensors"), config)
+    record = json.loads((path / "config.json").read_text(encoding="utf-8"))["tinylm"]
+    config, tokenizer = from_record(record)
+    state = load_file(path / "model.safetensors")
+    if "sha256" in record and tensors_sha256(state) != record["sha256"]:
+        raise DamagedWeights(f"ckpt: {path / 'model.safetensors'} is damaged (its tensors' sha256 differs "
+                             f"from the one it was exported with); export it again: tinylm export")
+    return config, tokenizer, from_hf(state, config)
