@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinylm.generation.cache import KVCache
+from tinylm.generation.cache import KVCache, LayerCache
 from tinylm.model import MLP, CausalSelfAttention, RMSNorm, TransformerLM, apply_rope, causal_attention
 
 
@@ -76,23 +76,24 @@ class OneTokenStep:
         return logits
 
     @staticmethod
-    def _attend(attn: CausalSelfAttention, x: Tensor, layer, joint: Tensor | None, p: int,
+    def _attend(attn: CausalSelfAttention, x: Tensor, layer: LayerCache, joint: Tensor | None, p: int,
                 rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """CausalSelfAttention.forward for one position ``p`` of a sliced cache: (B, d)."""
         B, H, G, hd = x.size(0), attn.heads, attn.kv_heads, attn.head_dim
         heads = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(B, H + 2 * G, 1, hd)
-        q = heads[:, :H]  # (B, H, 1, hd)
+        # narrow, not indexing: the same views in one call each instead of a tuple of slices
+        q = heads.narrow(1, 0, H)  # (B, H, 1, hd)
         if joint is not None and attn.q_norm is None and rope is None:  # k, v as they come
-            joint[:, :, p : p + 1] = heads[:, H:]
+            joint.narrow(2, p, 1).copy_(heads.narrow(1, H, 2 * G))
         else:
-            k, v = heads[:, H : H + G], heads[:, H + G :]  # (B, G, 1, hd)
+            k, v = heads.narrow(1, H, G), heads.narrow(1, H + G, G)  # (B, G, 1, hd)
             if attn.q_norm is not None:
                 q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            layer.keys[:, :, p : p + 1] = k
-            layer.values[:, :, p : p + 1] = v
-        k, v = layer.keys[:, :, : p + 1], layer.values[:, :, : p + 1]  # (B, G, p + 1, hd)
+            layer.keys.narrow(2, p, 1).copy_(k)
+            layer.values.narrow(2, p, 1).copy_(v)
+        k, v = layer.keys.narrow(2, 0, p + 1), layer.values.narrow(2, 0, p + 1)  # (B, G, p + 1, hd)
         if G != H:
             k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
         # One query: every cached key is visible, so no mask.
