@@ -24,6 +24,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_CACHE)
 os.environ["HF_DATASETS_CACHE"] = str(_CACHE / "datasets")
 os.environ["XDG_CACHE_HOME"] = str(_CACHE / "user")  # tinylm.machine's measurements
+if "PYTEST_XDIST_WORKER" in os.environ:  # pytest -n N: N workers share the cores, a thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
@@ -31,6 +33,7 @@ import torch  # noqa: E402
 
 from tinylm import TransformerLM  # noqa: E402  (the network with generate and stream)
 from tinylm.config import ModelConfig  # noqa: E402
+from tinylm.rundir import RunDir  # noqa: E402
 from tinylm.sources import embedded_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +191,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the run's TensorBoard files: {tag: [(step, value), ...]}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # few tests read it
 
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(RunDir(run_dir).tensorboard), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 

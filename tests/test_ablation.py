@@ -91,7 +91,7 @@ def test_the_windows_are_fixed_and_spread_over_the_text() -> None:
 
 def test_the_ablation_column_and_title() -> None:
     zeros = torch.zeros(2, 3)
-    scores = HeadScores(zeros, zeros, zeros, zeros, ablation=torch.full((2, 3), 0.25))
+    scores = HeadScores(zeros, zeros, zeros, zeros, zeros, ablation=torch.full((2, 3), 0.25))
     header, _, first, *_ = scores.table().splitlines()
     assert header.endswith("| first_token | ablation |")
     assert first.endswith("| 0.250 |")

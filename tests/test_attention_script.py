@@ -49,10 +49,11 @@ def test_the_script_writes_a_png_and_prints_every_heads_scores(checkpoint: Path,
     expected = [(layer, head) for layer in range(LAYERS) for head in range(HEADS)]
     assert [(int(row[0]), int(row[1])) for row in rows] == expected
     header = next(line for line in result.stdout.splitlines() if line.startswith("| layer"))
-    assert header.endswith("| first_token | ablation |")
+    assert header.endswith("| first_token | copying | ablation |")
     for row in rows:
-        entropy, *weights, ablation = map(float, row[2:])
-        assert 0 <= entropy <= 5 and len(weights) == 3 and all(0 <= w <= 1 for w in weights)
+        entropy, *weights, copying, ablation = map(float, row[2:])
+        assert 0 <= entropy <= 5 and len(weights) == 4 and all(0 <= w <= 1 for w in weights)
+        assert -1 <= copying <= 1  # the share of positive eigenvalues of the head's OV circuit
         assert -1 < ablation < 5  # the loss rise on the prompt without the head, in nats
     assert f"wrote {out}: 2 layer(s) × 4 head(s) on 19 characters" in result.stdout
 

@@ -35,6 +35,8 @@ HUB_SECONDS = 30  # an unreachable Hub: the probe's deadline, not datasets' minu
     [
         ("model.foo=1", "model.foo: unknown key", "known keys are layers, heads"),
         ("model.head=4", "model.head: unknown key", "did you mean model.heads?"),
+        # a run directory named on the command line is locked before Hydra reads the rest
+        ("hydra.run.dir=runs/a model.head=4", "model.head: unknown key", "did you mean model.heads?"),
         ("trainer.max_step=10", "trainer.max_step: unknown key", "did you mean trainer.max_steps?"),
         ("model.heads=four", "model.heads: expected an integer, got 'four'", ""),
         ("model.heads=5", "model.heads: 5 heads do not divide model.d_model=128", "use one of [1, 2, 4, 8"),
@@ -43,13 +45,14 @@ HUB_SECONDS = 30  # an unreachable Hub: the probe's deadline, not datasets' minu
         ("model.dropout=-0.1", "model.dropout: must be in [0, 1)", ""),
         ("model=nano2", "model: no preset 'nano2'", "choose one of baby, modern, nano"),
         ("model.heads=[4", "model.heads=[4: ", "quote"),
+        ("hydra.run.dir=runs/a model.heads=[4", "model.heads=[4: ", "quote"),
         ("data=text_file", "data.source: is required", ""),
         ("data.source=/no/such/file.txt", "data.source: file not found: /no/such/file.txt", "data=pydocs"),
         ("ckpt_path=/no/such/last.ckpt", "ckpt_path: no checkpoint file at /no/such/last.ckpt", ""),
     ],
 )
 def test_a_config_mistake_is_one_line_within_seconds(override, starts, contains, workdir, no_torch) -> None:
-    result, seconds, cpu = train_cli(workdir, override, env=no_torch)
+    result, seconds, cpu = train_cli(workdir, *override.split(), env=no_torch)
     assert_one_line_error(result, workdir, starts, contains)
     assert cpu < CONFIG_CPU_SECONDS and seconds < CONFIG_WALL_SECONDS, f"{cpu:.1f} s CPU, {seconds:.1f} s"
 
@@ -129,6 +132,8 @@ def texts(tmp_path: Path) -> Path:
         ("empty.txt", "data.source=", "holds no text"),
         ("table.csv", "data.text_column='text' is not a column", "its columns are ['content', 'label']"),
         ("short.txt", "data.source=", "model.block_size + 1 = 65"),
+        ("/proc/self/status", "data.source='/proc/self/status' could not be read: OSError",
+         "copy it into a regular file and give that"),
     ],
 )
 def test_unusable_text(source, starts, contains, texts, workdir) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_script
 
 TRAIN_KEYS = {
@@ -132,3 +133,11 @@ def test_step_benchmark_splits_the_step_and_times_torchs_muon_beside_ours(small_
     assert figures["precision"].startswith("precision: 32-true, Muon's iterations in ")
     assert figures["forward_backward_ms"] > 0 and figures["muon_ms"] > 0 and figures["torch_muon_ms"] > 0
     assert figures["muon_ms"] <= figures["optimizer_ms"] and 0 < figures["optimizer_share"] < 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine the GPU benchmark runs (minutes)")
+def test_gpu_benchmark_on_a_cpu_machine_says_it_needs_a_gpu() -> None:
+    result = run_script("bench.py", "bench.task=gpu")
+    assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
+    assert result.stderr == ("error: bench.task: gpu needs a CUDA GPU and this machine has none "
+                             "(torch.cuda.is_available() is False); run it on a machine with one\n")

@@ -34,6 +34,7 @@ VERDICTS = {
     "dropout_at_eval.py": "repeatable: its output changes between two identical calls in eval mode",
     "relu_after_projections.py": "a relu after the Q/K/V projections",
     "heads_wrong_width.py": "heads of the wrong width: it attends with 12 head(s) of width 4",
+    "residual_inside.py": "its input added back to its output",
 }
 # the lines that must not appear with those mistakes: no verdict blames causality, gradients or
 # precision for what an earlier line explains
@@ -361,6 +362,21 @@ LEARNERS = REPO / "tests" / "learners"  # classes written the way the tutorials 
      "repeatable: with attention_dropout=0.1 (its default) its output changes between two identical calls "
      "in eval mode: dropout with training=self.training? The ✓ lines hold only because "
      "kwargs.attention_dropout=0.0"),
+    # the LLM book's required dropout, given 0.0 by tinylm, hides F.dropout without training=
+    ("round_two.py:MultiHeadAttention", {}, "dropout=0.0): 4 head(s) of width 12",
+     "repeatable: built with dropout 0.1 its output changes between two identical calls in eval mode: "
+     "dropout with training=self.training? (F.dropout(w, p, training=self.training), or an nn.Dropout "
+     "module); the ✓ lines hold only because tinylm built it with dropout=0.0"),
+    ("round_two.py:SelfAttention", {}, "SelfAttention(config: ",
+     "the ✓ lines hold only because tinylm built it with config.dropout=0.0"),
+    # a fill of -3 the scores are divided by √head_dim after: named as written
+    ("round_two.py:FilledThenScaled", {}, "4 head(s) of width 12",
+     "masked scores filled with -3, which does not hide a key reproduces it exactly"),
+    # (heads, d, d_head) Parameters; the output Linear named `linear`, its one other (d, d) layer
+    ("round_two.py:ParameterHeads", {}, "ParameterHeads(d=48, h=4): 4 head(s) of width 12", None),
+    # a heads argument of 4, split 8 ways
+    ("round_two.py:MyMultiHeadAttention", {}, "MyMultiHeadAttention(hidden_size=48, n_head=4): 4 head(s)",
+     "heads of the wrong width: it attends with 8 head(s) of width 6 reproduces it exactly"),
 ])
 def test_every_constructor_learners_write(target: str, kwargs: dict, header: str, verdict: str | None
                                           ) -> None:
@@ -381,3 +397,8 @@ def test_parameter_projections_are_mapped_by_name(tmp_path: Path) -> None:
     assert "name them, e.g. map.q=W_Q" in report.verdict("attention")
     mapped, _ = check_target(f"{path}:SelfAttentionParams", mapping={"q": "A", "k": "B", "v": "C"})
     assert "masked scores filled with 0.0" in mapped.verdict("attention"), str(mapped)
+
+
+def test_a_partial_map_keeps_the_projections_found_by_name() -> None:
+    report, _ = check_target(f"{LEARNERS / 'round_two.py'}:ParameterHeads", mapping={"o": "linear"})
+    assert report.ok and "U_query, U_key, U_value, O: linear" in report.verdict("attention"), str(report)

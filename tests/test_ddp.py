@@ -46,6 +46,6 @@ def test_plain_ddp_on_two_processes_follows_one_process(entry: str, one_process:
     assert (run_dir / "train_ddp_process_1.log").is_file()  # Lightning started the second process
     assert_same_curve(run_dir, one_process, range(10 if resume else 0, 20))
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
-    assert [f for f in files if f.startswith("tb/events")] == [f for f in files if "events" in f]
-    assert len([f for f in files if f.startswith("tb/events")]) == 1, files
+    assert [f for f in files if f.startswith(f"{run_dir.name}/events")] == [f for f in files if "events" in f]
+    assert len([f for f in files if f.startswith(f"{run_dir.name}/events")]) == 1, files
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20

@@ -225,7 +225,8 @@ def test_a_documented_command_is_valid(command: Command, places: dict[str, str])
             pass
         case ["hf", "upload", repo, folder]:  # docs/huggingface.md: the directory tinylm export wrote
             assert "/" in repo and folder == "my-model", command.text
-        case ["python", "-m", "pytest"]:
+        case ["python", "-m", "pytest", *workers]:
+            assert workers in ([], ["-n", "2"]), command.text
             assert text == ci_line("tests"), "the README's test command is not CI's"
         case ["ruff", "check", "."]:
             pass
@@ -291,6 +292,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained) -> Path:
     (root / "program.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
     (root / "empty-dir").mkdir()
     (root / "utf16.txt").write_text("To be, or not to be\n" * 20, encoding="utf-16")
+    (root / "utf16le.txt").write_text("To be, or not to be\n" * 20, encoding="utf-16-le")  # no BOM
     os.mkfifo(root / "fifo")
     (root / "loop.txt").symlink_to("loop.txt")
     (root / "mixed-dir").mkdir()

@@ -3,6 +3,7 @@ computing what tinylm computes; a setting no architecture has is one line naming
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tinylm.attention.maps import attention_maps
 from tinylm.checkpoint import load_checkpoint
 from tinylm.command_configs import ExportConfig, SampleConfig
 from tinylm.config import ModelConfig, TrainConfig
+from tinylm.errors import TinyLMError
 from tinylm.export import export, max_logit_difference, to_transformers
 from tinylm.hf import NotExportable, architecture
 from tinylm.model import TransformerLM
@@ -124,6 +126,18 @@ def test_sampling_reads_an_export_too(runs) -> None:
     written: list[str] = []
     assert sample(config, write=written.append)[0].startswith("ROMEO:")
     assert len("".join(written)) == len("ROMEO:") + 20 + 1
+
+
+def test_a_damaged_export_is_refused_in_one_line(runs, tmp_path: Path) -> None:
+    export = tmp_path / "hf"
+    shutil.copytree(runs["nano"] / "hf", export)
+    weights = export / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(len(data) - 64, len(data) - 44):  # inside the last tensor, past the header
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TinyLMError, match=r"ckpt: .*model.safetensors is damaged .*export it again"):
+        load_checkpoint(export)
 
 
 def test_a_setting_no_architecture_has_is_refused_by_name(runs, tmp_path: Path) -> None:

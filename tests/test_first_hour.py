@@ -131,7 +131,7 @@ def test_pip_install_leaves_nothing_git_would_add() -> None:
 
 
 def test_a_run_is_named_by_its_overrides() -> None:
-    from tinylm.cli import MAX_NAME_CHARS, run_name_suffix
+    from tinylm.rundir import MAX_NAME_CHARS, run_name_suffix
 
     assert run_name_suffix("") == ""  # outputs/<date>/<time>, as before
     assert run_name_suffix("model.heads=8") == "_model.heads=8"

@@ -38,18 +38,41 @@ def damaged(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("sample.py", "ckpt", ["max_new_tokens=5"]),
     ("attention.py", "ckpt", ["out=attn.png"]),
     ("train.py", "ckpt_path", ["trainer.max_steps=50"]),
+    ("train.py", "ckpt_path", ["the run"]),  # a resume of the run: refused before "resuming ..."
 ])
-def test_a_damaged_checkpoint_is_refused_by_every_command(script, key, extra, damaged, small_text,
-                                                          tmp_path) -> None:
-    if script == "train.py":
+def test_a_damaged_checkpoint_is_refused_by_every_command(script, key, extra, damaged, small_text, tmp_path,
+                                                          tmp_path_factory) -> None:
+    given = damaged
+    if extra == ["the run"]:  # the damaged checkpoints in a run directory, its settings beside them
+        given, extra = tmp_path_factory.mktemp("damaged-run"), []
+        shutil.copytree(damaged.parent, given / "checkpoints")
+        (given / ".hydra").mkdir()
+        (given / ".hydra" / "overrides.yaml").write_text(f"- data.source={small_text}\n")
+        damaged = given / "checkpoints" / "last.ckpt"
+    elif script == "train.py":
         extra = [*extra, f"data.source={small_text}", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = run_script(script, f"{key}={damaged}", *extra, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
+    result = run_script(script, f"{key}={given}", *extra, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[0].startswith(f"error: {key}: {damaged} is truncated or corrupt ("), lines[0]
     assert lines[0].endswith(f"use the intact best.ckpt beside it: {key}={damaged.parent / 'best.ckpt'}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given", ["", "checkpoints/best.ckpt"])
+def test_a_resume_of_a_run_without_that_checkpoint_is_one_line(given, tmp_path: Path) -> None:
+    run = tmp_path / "run"  # a run killed before its first save: its settings, no checkpoint
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model.layers=2\n")
+    result = run_script("train.py", f"ckpt_path={run / given}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    expected = ("error: ckpt_path: run has no checkpoint: it stopped before its first save; train it "
+                "again, without ckpt_path" if not given else
+                f"error: ckpt_path: no checkpoint file at {run / given}; its run's last checkpoint: "
+                f"ckpt_path=run")
+    assert result.stderr.strip() == expected
+    assert sorted(p.name for p in run.rglob("*")) == [".hydra", "overrides.yaml"]  # nothing written
 
 
 def test_a_damaged_checkpoint_is_refused_from_python(damaged) -> None:
@@ -112,11 +135,12 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(trained, small
 
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_leaves_nothing(small_text, tmp_path) -> None:
-    for moment in sorted(random.uniform(0.2, 6.0) for _ in range(3)):
+    for i, moment in enumerate(sorted(random.uniform(0.2, 6.0) for _ in range(3))):
         work = tmp_path / f"at-{moment:.2f}"
         work.mkdir()
+        named = ["hydra.run.dir=run"] if i % 2 else []  # locked (and made) before Hydra starts
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "train.py"), f"data.source={small_text}",
+            [sys.executable, str(REPO / "scripts" / "train.py"), f"data.source={small_text}", *named,
              "trainer.max_steps=100000", "callbacks.progress_bar.refresh_rate=0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
         time.sleep(moment)

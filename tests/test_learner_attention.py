@@ -14,6 +14,7 @@ from conftest import REPO, compose, quick_overrides, run_script, scalars
 
 from tinylm.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from tinylm.learner.source import AttentionSource
+from tinylm.rundir import RunDir
 
 CORRECT = REPO / "docs" / "attention-examples" / "correct.py"
 
@@ -44,7 +45,7 @@ def test_the_correct_example_trains_like_the_explicit_path(two_runs: dict[str, P
 def test_its_attention_maps_and_head_scores_are_in_tensorboard(two_runs: dict[str, Path]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(two_runs["learner"] / "tb"), size_guidance={"images": 0})
+    events = EventAccumulator(str(RunDir(two_runs["learner"]).tensorboard), size_guidance={"images": 0})
     events.Reload()
     assert "attention/layer_1/head_3" in events.Tags()["images"]
     logged = scalars(two_runs["learner"])
@@ -94,19 +95,25 @@ def test_a_constructor_argument_is_passed_to_training_or_asked_for(small_text: P
                                                                    ) -> None:
     from tinylm.config import TrainConfig
     from tinylm.errors import ConfigError
-    from tinylm.train import check_learner_attention
+    from tinylm.train import check_learner_attention, fit
 
     path = tmp_path / "odd.py"
     path.write_text(CORRECT.read_text().replace("def __init__(self, d_model, num_heads):",
-                                                "def __init__(self, d_model, num_heads, scale):"))
+                                                "def __init__(self, d_model, num_heads, scale):\n"
+                                                "        self.scale = scale"))
     overrides = quick_overrides(small_text, tmp_path / "run", f"model.attention={path}:MultiHeadAttention")
     with pytest.raises(ConfigError, match=r"^model.attention: building MultiHeadAttention\(d_model=64, "
                                           r"num_heads=4\) \(pass other arguments as "
                                           r"model.attention_kwargs.NAME=VALUE\): TypeError: "):
         check_learner_attention(TrainConfig.from_dict(compose(*overrides)))
-    given = TrainConfig.from_dict(compose(*overrides, "model.attention_kwargs.scale=1.0"))
-    assert given.model.attention_kwargs == {"scale": 1.0}
+    given = TrainConfig.from_dict(compose(*overrides, "model.attention_kwargs.scale=0.5"))
+    assert given.model.attention_kwargs == {"scale": 0.5}
     assert check_learner_attention(given).model == given.model
+    # recorded in the checkpoint and used on load, without naming it again
+    fit(TrainConfig.from_dict(compose(*overrides, "model.attention_kwargs.scale=0.5", "trainer.max_steps=2",
+                                      "trainer.limit_val_batches=0")))
+    model, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", attention_file=str(path))
+    assert model.config.attention_kwargs == {"scale": 0.5} and model.blocks[0].attn.inner.scale == 0.5
 
 
 def test_a_learner_run_resumes_with_its_class_and_only_with_it(two_runs: dict[str, Path], small_text: Path,
@@ -143,8 +150,17 @@ def test_another_attention_file_is_one_line_naming_both_hashes(two_runs: dict[st
     other = tmp_path / "other.py"  # other parameter names: one line, not load_state_dict's report
     other.write_text(CORRECT.read_text().replace("W_Q", "query"))
     with pytest.raises(CheckpointError, match=r"^attention_file: the class MultiHeadAttention in .*other\.py "
-                                              r"holds other parameters than the checkpoint \(missing: "):
+                                              r"holds other parameters than the checkpoint "
+                                              r"\(not in the checkpoint: "):
         load_checkpoint(last, attention_file=str(other), attention_file_changed=True)
+
+    classless = tmp_path / "classless.py"  # the trained class is not in it: one line, before running it
+    classless.write_text("import torch\n\nclass Head(torch.nn.Module):\n    pass\n")
+    refused = run_script("sample.py", f"ckpt={last}", f"attention_file={classless}",
+                         "attention_file_changed=true", "max_new_tokens=5")
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"error: attention_file: {classless} has no class MultiHeadAttention, the class the checkpoint was "
+        f"trained with (it defines Head); name the file that defines it"]
 
 
 ONE_HEAD = """

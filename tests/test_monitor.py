@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import compose
 from PIL import Image
@@ -16,6 +18,7 @@ import tinylm.model
 from tinylm.attention.scores import SCORES
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
+from tinylm.rundir import RunDir
 from tinylm.train import fit
 
 LAYERS, HEADS, BLOCK = 2, 4, 32
@@ -34,7 +37,7 @@ def overrides(text: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def events(run_dir: Path) -> EventAccumulator:
     everything = {"images": 0, "scalars": 0, "tensors": 0}  # the default keeps only a few of each
-    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance=everything)
+    accumulator = EventAccumulator(str(RunDir(run_dir).tensorboard), size_guidance=everything)
     accumulator.Reload()
     return accumulator
 
@@ -85,6 +88,11 @@ def test_the_diagnostics_of_every_head_and_of_the_model(run) -> None:
     scalars = logged.Tags()["scalars"]
     for tag in ("icl/score", "icl/induction_loss"):
         assert [event.step for event in logged.Scalars(tag)] == [0, 10, 20]
+    # When training ends, one TEXT line says whether and where induction heads formed.
+    [said] = logged.Tensors("induction")
+    assert said.step == 20
+    assert re.match(r"\s*(no induction heads formed|induction heads formed around step)",
+                    said.tensor_proto.string_val[0].decode())
     # An untrained model predicts the repeated random characters no better than chance.
     assert logged.Scalars("icl/induction_loss")[0].value > 3.0  # about ln(vocabulary)
     for name in (*SCORES, "copying"):
@@ -182,14 +190,15 @@ def test_callbacks_can_be_turned_off(small_text: Path, tmp_path: Path) -> None:
     assert not [tag for tag in logged.Tags()["scalars"] if tag.startswith("heads/")]
 
 
-def test_a_custom_probe_is_drawn_up_to_max_chars(run, small_text: Path, tmp_path: Path) -> None:
+def test_a_custom_probe_is_drawn_up_to_max_chars(small_text: Path, tmp_path: Path) -> None:
     values = compose(*overrides(small_text, tmp_path, "trainer.max_steps=5",
                                 "callbacks.samples.enabled=false",
                                 "callbacks.attention.probe='First Citizen: Before we'",
                                 "callbacks.attention.max_chars=12"))
     fit(TrainConfig.from_dict(values))
-    narrow = events(tmp_path).Images("attention/layer_0")[-1]
-    assert narrow.width < run[1].Images("attention/layer_0")[-1].width  # 12 positions, not 32
+    assert events(tmp_path).Images("attention/layer_0")  # TensorBoard's pictures show at most 16
+    with np.load(RunDir(tmp_path).attention_history) as history:  # the explorer's: all 12
+        assert "".join(history["probe"]) == "First Citizen"[:12] and history["maps"].shape[-1] == 12
 
 
 @pytest.mark.parametrize(

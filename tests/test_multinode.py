@@ -17,6 +17,7 @@ from conftest import GLOBAL_BATCH, REPO, TINY_RUN, closed_port, tinylm_command
 from test_ddp import assert_same_curve
 
 from tinylm.callbacks.ranks import weights_digest
+from tinylm.rundir import RunDir
 
 SCRIPT = str(REPO / "scripts" / "train.py")
 
@@ -60,7 +61,7 @@ def test_two_machines_train_as_one(way: str, one_process: dict, small_text: Path
     assert stdout.count("run: ") == 1 and stdout.count("data: ") == 1  # the closing lines, once
     assert f"processes: 2 (2 machines × 1), the same weights on each (sha256 {digest[:16]})" in stdout, stdout
     assert_same_curve(run_dir, one_process, range(10))
-    tb = sorted(p.name for p in (run_dir / "tb").iterdir())
+    tb = sorted(p.name for p in RunDir(run_dir).tensorboard.iterdir())
     assert len([name for name in tb if name.startswith("events")]) == 1, tb
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "attention.npz", "best.ckpt", "last.ckpt"]

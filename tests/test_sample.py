@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import compose, run_script
 
-from tinylm.cli import quote_prompt
+from tinylm.arguments import quote_prompt
 from tinylm.command_configs import SampleConfig
 from tinylm.config import ModelConfig, TrainConfig
 from tinylm.errors import ConfigError

@@ -49,8 +49,13 @@ def run(shards: Path, run_dir: Path, steps: int, *extra: str) -> dict[int, list]
     return batches.seen
 
 
-def test_streaming_resumes_with_the_same_batches(shards: Path, tmp_path: Path) -> None:
-    straight = run(shards, tmp_path / "straight", 7)
+@pytest.fixture(scope="module")
+def straight(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, list]:
+    """The batches of an uninterrupted 7-step run (shuffled by datasets' buffer, the default)."""
+    return run(shards, tmp_path_factory.mktemp("straight"), 7)
+
+
+def test_streaming_resumes_with_the_same_batches(shards: Path, straight: dict, tmp_path: Path) -> None:
     run(shards, tmp_path / "first", 3)
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     resumed = run(shards, tmp_path / "resumed", 7, f"ckpt_path={checkpoint}")
@@ -58,6 +63,16 @@ def test_streaming_resumes_with_the_same_batches(shards: Path, tmp_path: Path) -
     for step in resumed:
         assert resumed[step] == straight[step], step
     assert straight[0] != straight[1] and straight[3] != straight[0]  # the stream moves on
+
+
+def test_a_stream_is_shuffled_by_its_seed(shards: Path, straight: dict, tmp_path: Path) -> None:
+    in_order = run(shards, tmp_path / "in-order", 1, "data.shuffle_buffer=0")
+    other_seed = run(shards, tmp_path / "other-seed", 1, "seed=7")
+    again = run(shards, tmp_path / "again", 1)
+    assert again[0] == straight[0]  # the same seed, the same order
+    assert in_order[0] != straight[0] and other_seed[0] != straight[0]
+    first_row = pq.read_table(shards / "data" / "train-00000-of-00004.parquet")["text"][0].as_py().encode()
+    assert bytes(in_order[0][0][:len(first_row)]) == first_row  # data.shuffle_buffer=0: file order
 
 
 def test_streaming_needs_a_vocabulary_up_front() -> None:
@@ -75,4 +90,9 @@ def test_two_processes_stream_their_own_shards_and_both_places_are_kept(shards: 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     places = checkpoint["CharDataModule"]["stream"]
     assert sorted(places) == [0, 1]
-    assert places[0] != places[1]  # each rank read its own shards
+    # Read by 2 processes, it resumes on 2: on 1 it is refused, in one line.
+    with pytest.raises(ConfigError) as refused:
+        run(shards, tmp_path / "one", 6, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert str(refused.value) == ("ckpt_path: its stream was read by 2 processes and this run has 1; a "
+                                  "streamed run resumes on as many processes as it was read by "
+                                  "(trainer.devices × trainer.num_nodes = 2)")

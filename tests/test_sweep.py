@@ -14,6 +14,7 @@ from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
 from tinylm.model import TransformerLM
 from tinylm.preflight import check_sweep_strategy
+from tinylm.rundir import RunDir
 from tinylm.tensorboard import HP_METRICS
 
 TINY = ["model.layers=1", "model.d_model=32", "model.block_size=16", "optim.warmup_steps=2",
@@ -43,7 +44,8 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 
 def events(run_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator = EventAccumulator(str(RunDir(run_dir).tensorboard),
+                                   size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
 
@@ -55,7 +57,7 @@ def test_each_job_gets_a_run_dir_named_from_its_overrides(sweep: Path) -> None:
     assert "model.heads=1" in jobs[0].name.split(",") and "model.heads=2" in jobs[1].name.split(",")
     assert all("data.source" not in p.name for p in jobs)  # a path would nest directories
     for job in jobs:
-        assert len(list((job / "tb").glob("events.out.tfevents.*"))) == 1
+        assert len(list((job / job.name).glob("events.out.tfevents.*"))) == 1
         assert (job / ".hydra" / "config.yaml").is_file()
 
 

@@ -110,7 +110,7 @@ def test_train_script_end_to_end(small_text: Path, tmp_path: Path) -> None:
     first = run_script("train.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (run_dir / ".hydra" / "config.yaml").is_file()
-    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert list((run_dir / run_dir.name).glob("events.out.tfevents.*"))
     assert {"train/loss", "val/loss", "val/bpc"} <= scalars(run_dir).keys()
     resume = run_script("train.py", *args, "trainer.max_steps=45",
                         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")

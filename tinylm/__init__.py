@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ByteTokenizer", "CharTokenizer", "ModelConfig", "TransformerLM", "load_checkpoint"]
+__all__ = ["ByteTokenizer", "CharTokenizer", "ModelConfig", "TransformerLM", "check_attention", "compare",
+           "load", "load_checkpoint", "train"]
 
 # name -> (module, attribute). tinylm.TransformerLM is the network with its sampling methods.
 _LAZY = {
@@ -20,6 +22,11 @@ _LAZY = {
     "ModelConfig": ("tinylm.config", "ModelConfig"),
     "TransformerLM": ("tinylm.generation.stream", "GenerativeLM"),
     "load_checkpoint": ("tinylm.checkpoint", "load_checkpoint"),
+    # the notebook API: tinylm.train(...), tinylm.check_attention(...), tinylm.load(...), tinylm.compare(...)
+    "train": ("tinylm.notebook.api", "train"),
+    "check_attention": ("tinylm.notebook.api", "check_attention"),
+    "load": ("tinylm.notebook.api", "load"),
+    "compare": ("tinylm.notebook.api", "compare"),
 }
 
 
@@ -39,3 +46,17 @@ def __getattr__(name: str) -> Any:
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'tinylm' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``tinylm.train`` and ``tinylm.compare`` stay the notebook API's functions once the
+    commands' modules of the same names are imported: Python's import system would set the
+    package's attribute to the submodule, which stays reachable as ``sys.modules[...]``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name, ("",))[0] == "tinylm.notebook.api":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

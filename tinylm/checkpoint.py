@@ -6,23 +6,28 @@ Python values only, so a file carrying a pickled payload is refused and none of 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tinylm.config import ModelConfig
+from tinylm.config import NOTEBOOK_CLASS, ModelConfig
 from tinylm.errors import TinyLMError
 from tinylm.generation.stream import GenerativeLM
 from tinylm.hf import is_export, read_export
 from tinylm.integrity import DamagedCheckpoint, refusal, verify
+from tinylm.learner.registry import registered, source_sha256
 from tinylm.learner.source import AttentionSource, sha256_of
+from tinylm.rundir import preferred
 from tinylm.schema import build
 from tinylm.tokenizer import Tokenizer, tokenizer_from
+from tinylm.weights import is_weights, read_weights
 
 FORMAT_VERSION = 1
 
@@ -96,7 +101,9 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
     unless ``changed`` (``attention_file_changed=true``) accepts it knowingly."""
     if config.learner_attention is None:
         return config
-    name = config.learner_attention[1]
+    file, name = config.learner_attention
+    if file.startswith(f"{NOTEBOOK_CLASS}@"):
+        return with_notebook_class(config, attention_file, key, record)
     if attention_file is None:
         which = _which_file(key, record, run_dir)
         raise CheckpointError(f"{key}: this checkpoint's attention is the class {name} of a file of yours; "
@@ -110,7 +117,46 @@ def with_attention_file(config: ModelConfig, attention_file: str | None, key: st
             f"{key}: {path} has sha256 {digest[:16]}, the checkpoint was trained with a file of sha256 "
             f"{record.short()}; name that file, or load this one knowingly with attention_file_changed=true"
         )
+    defined, names = _classes_in(path)
+    if defined is not None and name not in names:
+        raise CheckpointError(f"{key}: {path} has no class {name}, the class the checkpoint was trained with "
+                              f"(it defines {', '.join(defined) or 'none'}); name the file that defines it")
     return dataclasses.replace(config, attention=f"{attention_file}:{name}")
+
+
+def _classes_in(path: Path) -> tuple[list[str] | None, set[str]]:
+    """The classes a Python file defines at its top level, and every name it binds there (a class
+    may be imported), read without running it (None when it cannot tell: importing it says why)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return None, set()
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    bound = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+             for alias in node.names}
+    bound |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+              if isinstance(target, ast.Name)}
+    if "*" in bound:  # a star import may bind any name
+        return None, set()
+    return classes, bound | set(classes)
+
+
+def with_notebook_class(config: ModelConfig, attention: str | None, key: str,
+                        record: AttentionSource | None) -> ModelConfig:
+    """``config`` with its attention class, defined in a notebook, taken from ``attention``, that
+    class as registered in this process (``tinylm.learner.registry``): the run recorded only its
+    name and the hash of its source. A class whose source changed since is loaded with a note."""
+    file, name = config.learner_attention
+    cls = registered(attention or "")
+    if cls is None or cls.__name__ != name:
+        raise CheckpointError(f"{key}: this model's attention is the class {name} defined in a notebook "
+                              f"(source hash {file.partition('@')[2]}); tinylm keeps no code, so pass "
+                              f"the class: tinylm.load(..., {key}={name})")
+    trained = record.sha256 if record is not None else file.partition("@")[2]
+    if not source_sha256(cls).startswith(trained):
+        print(f"note: the class {name} given has changed since this model was trained (source sha256 "
+              f"{source_sha256(cls)[:16]}, trained with {trained[:16]})", file=sys.stderr)
+    return dataclasses.replace(config, attention=attention)
 
 
 def _which_file(key: str, record: AttentionSource | None, run_dir: Path | None) -> str:
@@ -132,15 +178,21 @@ def run_dir_of(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", key: str = "ckpt",
-                    attention_file: str | None = None, attention_file_changed: bool = False
-                    ) -> tuple[GenerativeLM, Tokenizer]:
+                    attention_file: str | None = None, attention_file_changed: bool = False,
+                    attention_key: str = "attention_file") -> tuple[GenerativeLM, Tokenizer]:
     """Rebuild the model, for inference (in eval mode, built with dropout 0), and its tokenizer
     from a .ckpt file alone; ``key`` names the setting that gave the path, for errors. A model
     trained with a learner's attention class also needs ``attention_file``, that class's file
     (the one it was trained with, unless ``attention_file_changed``). ``path`` may also be a
-    directory ``tinylm export`` wrote (the Hugging Face layout)."""
+    directory ``tinylm export`` wrote (the Hugging Face layout), or a model.safetensors: a run's
+    last.ckpt is read from the model.safetensors beside it when that holds the same weights."""
     record, run_dir = None, None
-    if is_export(path):
+    path = preferred(path)  # a run's model.safetensors over its last.ckpt: no pickle at all
+    if is_weights(path):
+        config, tokenizer, state, source = read_weights(path)
+        record = AttentionSource.from_checkpoint({"tinylm": {"attention_source": source}})
+        run_dir = run_dir_of(path)
+    elif is_export(path):
         config, tokenizer, state = read_export(path)
     else:
         checkpoint = read_checkpoint(path, key)
@@ -148,7 +200,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         state = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()
                  if name.startswith("model.")}
         record, run_dir = AttentionSource.from_checkpoint(checkpoint), run_dir_of(path)
-    config = with_attention_file(config, attention_file, record=record, run_dir=run_dir,
+    config = with_attention_file(config, attention_file, attention_key, record=record, run_dir=run_dir,
                                  changed=attention_file_changed)
     # In eval mode dropout does nothing; a model built without it skips the calls (sampling).
     config = dataclasses.replace(config, dropout=0.0)
@@ -170,7 +222,8 @@ def _check_parameters(model: torch.nn.Module, state: dict[str, Any], learner: tu
         return
     file, name = learner
     parts = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-             for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", resized))
+             for label, names in (("not in the checkpoint", missing), ("only in the checkpoint", unexpected),
+                                  ("other shapes", resized))
              if names]
     raise CheckpointError(f"attention_file: the class {name} in {file} holds other parameters than the "
                           f"checkpoint ({'; '.join(parts)}); name the file it was trained with")

@@ -105,7 +105,8 @@ class BenchConfig:
     # train: tinylm vs a bare loop; sample: generation with/without cache (and nanoGPT's);
     # data: preparing data.source cold and cached, and the memory of a bench.steps-step run on
     # it; norms: LayerNorm vs RMSNorm; speedrun: experiment=speedrun vs nanoGPT's CPU run;
-    # step: a training step's forward + backward against its optimiser update
+    # step: a training step's forward + backward against its optimiser update; gpu (a CUDA GPU):
+    # experiment=shakespeare_char beside nanoGPT's train.py, ddp over NCCL, the compiled decode step
     task: str = "train"
     steps: int = 200  # timed training steps (data: the steps of the training run)
     warmup: int = 20  # untimed steps before them (allocator, caches, lazy init)
@@ -128,7 +129,7 @@ class BenchConfig:
         require(self.warmup >= 0, "bench.warmup", f"must be 0 or more, got {self.warmup}")
 
 
-BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun", "step")
+BENCH_TASKS = ("train", "sample", "data", "norms", "speedrun", "step", "gpu")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ SWIGLU_MULTIPLE = 8  # SwiGLU's hidden width is rounded up to a multiple of this
 LOGGERS = ("tensorboard", "none")
 DEFAULT_VAL_FRACTION = 0.1
 TOKENIZERS = ("char", "byte")  # tinylm.tokenizer: CharTokenizer, ByteTokenizer
+NOTEBOOK_CLASS = "notebook"  # model.attention=notebook@<hash>:Class: a class of a notebook cell
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,11 @@ class ModelConfig:
 
     @property
     def learner_attention(self) -> tuple[str, str] | None:
-        """(file, class) when model.attention names a learner's class, else None."""
+        """(file, class) when model.attention names a learner's class, else None. A class of a
+        notebook cell has no file: "notebook@<hash of its source>" (tinylm.learner.registry)."""
         file, sep, name = self.attention.rpartition(":")
-        return (file, name) if sep and file.endswith(".py") and name.isidentifier() else None
+        from_file = file.endswith(".py") or file.startswith(f"{NOTEBOOK_CLASS}@")
+        return (file, name) if sep and from_file and name.isidentifier() else None
 
     @property
     def head_dim(self) -> int:
@@ -161,6 +164,9 @@ class DataConfig:
     # Train from the source without downloading it whole (a Hub dataset or a Hub-layout
     # directory): its "train" split streamed, its validation split held in memory.
     streaming: bool = False
+    # With streaming: rows held in memory by datasets' shuffle buffer, drawn from at random
+    # (seeded by `seed`); its memory is this many rows of text. 0: the source's own order.
+    shuffle_buffer: int = 10_000
     # The last fraction of the concatenated text, as in nanoGPT; null: 0.1. Not with streaming,
     # whose validation split is the source's own.
     val_fraction: float | None = None
@@ -202,6 +208,8 @@ class DataConfig:
         except LookupError:
             raise ConfigError(f"data.encoding: {self.encoding!r} is not an encoding Python knows; "
                               f"use e.g. utf-8, latin-1, cp1252, shift_jis or gb18030") from None
+        require(self.shuffle_buffer >= 0, "data.shuffle_buffer",
+                f"must be 0 (no shuffling) or more rows, got {self.shuffle_buffer}")
         require(not self.streaming or self.val_fraction is None, "data.val_fraction",
                 "is not used with data.streaming=true (the validation split is the source's own); "
                 "leave it out, or set data.streaming=false")
@@ -342,7 +350,7 @@ class AttentionMapsConfig:
     enabled: bool = True
     every_n_steps: int | None = None  # null: at step 0 and after every validation
     probe: str | None = None  # null: the start of the validation text, up to model.block_size
-    max_chars: int = 64  # pictures show the first max_chars positions, so labels stay legible
+    max_chars: int = 64  # the explorer shows the first max_chars positions; TensorBoard at most 16
     # Head importance: the rise of the loss on ablation_windows validation windows (block_size
     # + 1 characters each, the same every time) when each head's output is removed; one
     # forward pass of those windows per head. "zero", "mean" (its mean output instead), or null: off.
@@ -442,7 +450,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    logger: str = "tensorboard"  # one TensorBoard run per job, in <run dir>/tb; "none": no logger
+    logger: str = "tensorboard"  # one TensorBoard run per job, in <run dir>/<its name>; "none": no logger
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
     seed: int = 1337

@@ -21,6 +21,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tinylm.config import DataConfig
+from tinylm.errors import ConfigError
 from tinylm.loading import count_documents, from_cache, load_streams, load_texts
 from tinylm.sources import OFFLINE_HINT, DataError
 from tinylm.tokenizer import ByteTokenizer, CharTokenizer, Tokenizer
@@ -111,22 +112,32 @@ class StreamWindows(IterableDataset):
     ``snapshots[n]`` is where batch n starts: the stream's ``state_dict`` before the row it
     starts in (None: the stream's beginning) and how many of that row's tokens came before. A
     checkpoint stores the snapshot of the next batch to train on; ``state`` resumes from it.
+
+    A shuffled stream (``replay``: datasets' shuffle buffer, whose contents its ``state_dict``
+    does not keep) is placed by the number of rows read before that row instead: a resume
+    reads the stream again from its beginning, passing over those rows untokenized, so it
+    draws exactly the rows an uninterrupted run would have.
     """
 
     KEEP = 64  # snapshots kept: more than the DataLoader and Lightning fetch ahead
 
     def __init__(self, rows, tokenizer: Tokenizer, block_size: int, batch_size: int,
-                 state: dict[str, Any] | None = None, start: int = 0) -> None:
+                 state: dict[str, Any] | None = None, start: int = 0, replay: bool = False) -> None:
         self.rows, self.tokenizer, self.block_size, self.batch_size = rows, tokenizer, block_size, batch_size
-        self.state, self.start = state, start
+        self.state, self.start, self.replay = state, start, replay
         self.snapshots: dict[int, dict[str, Any]] = {}
 
     def __iter__(self):
         state = self.state or {"rows": None, "skip": 0}
         self.state = None  # a later epoch starts the stream from its beginning
-        if state["rows"] is not None:
-            self.rows.load_state_dict(state["rows"])
-        rows = iter(self.rows)
+        read = 0  # rows read so far (replay)
+        if self.replay:
+            read = state["rows"] or 0
+            rows = itertools.islice(iter(self.rows), read, None)
+        else:
+            if state["rows"] is not None:
+                self.rows.load_state_dict(state["rows"])
+            rows = iter(self.rows)
         anchors = collections.deque()  # [state before the row, its tokens, tokens of it used]
         buffer = np.empty(0, dtype=self.tokenizer.dtype)
         first, skip = True, state["skip"]
@@ -136,10 +147,11 @@ class StreamWindows(IterableDataset):
         while True:
             while len(buffer) < need:
                 # The stream's state is readable once it has started: before that, ours.
-                before = state["rows"] if first else self.rows.state_dict()
+                before = read if self.replay else state["rows"] if first else self.rows.state_dict()
                 row = next(rows, None)
                 if row is None:
                     return  # the stream is over: so is the epoch
+                read += 1
                 ids = self.tokenizer.encode_array(row["text"], self.tokenizer.dtype)
                 anchors.append([before, len(ids), skip])
                 buffer = np.concatenate([buffer, ids[skip:]])
@@ -156,7 +168,7 @@ class StreamWindows(IterableDataset):
                     anchors.popleft()
             n += 1
             self.snapshots[n] = ({"rows": anchors[0][0], "skip": anchors[0][2]} if anchors
-                                 else {"rows": self.rows.state_dict(), "skip": 0})
+                                 else {"rows": read if self.replay else self.rows.state_dict(), "skip": 0})
             self.snapshots.pop(n - self.KEEP, None)
             self.start = n  # a later epoch goes on counting from here
             yield batch[:, :-1], batch[:, 1:]
@@ -255,12 +267,19 @@ class CharDataModule(L.LightningDataModule):
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if self.config.streaming:
-            rows = self.train_rows
+            rows, shuffled = self.train_rows, self.config.shuffle_buffer > 0
+            if shuffled:  # the same seed on every rank: one order of shards, split between them
+                rows = rows.shuffle(seed=self.seed, buffer_size=self.config.shuffle_buffer)
             if world > 1:
                 rows = split_dataset_by_node(rows, rank=rank, world_size=world)
+            if self._resumed is not None and len(self._resumed) != world:
+                raise ConfigError(
+                    f"ckpt_path: its stream was read by {len(self._resumed)} processes and this run has "
+                    f"{world}; a streamed run resumes on as many processes as it was read by "
+                    f"(trainer.devices × trainer.num_nodes = {len(self._resumed)})")
             resumed = (self._resumed or {}).get(rank)
             self.stream = StreamWindows(rows, self.tokenizer, self.block_size, self.config.batch_size,
-                                        state=resumed, start=start)
+                                        state=resumed, start=start, replay=shuffled)
             return DataLoader(self.stream, batch_size=None, num_workers=0)
         windows = RandomWindows(self.train_tokens, self.block_size, self.config.batch_size,
                                 self.seed, rank=rank, start=start, world_size=world, repeats=self.repeats)

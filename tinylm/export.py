@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from tinylm.checkpoint import load_checkpoint
 from tinylm.command_configs import ExportConfig
-from tinylm.hf import CLASSES, NAMES, architecture, hf_config, to_hf
+from tinylm.hf import CLASSES, NAMES, architecture, hf_config, seal, to_hf
 from tinylm.model import TransformerLM
 from tinylm.rundir import checkpoint_path
 from tinylm.tokenizer import Tokenizer
@@ -47,6 +47,7 @@ def export(config: ExportConfig) -> str:
         if difference > PARITY_TOLERANCE:  # a bug of the mapping, never a user's mistake
             raise RuntimeError(f"the exported model's logits differ from tinylm's by {difference:.2e}")
         hf_model.save_pretrained(staging)
+        seal(staging)
         hf_tokenizer(tokenizer, model.config.block_size).save_pretrained(staging)
         (staging / "README.md").write_text(model_card(model, tokenizer, kind), encoding="utf-8")
         if out.exists():

@@ -15,7 +15,6 @@ with them; reading an exported directory back (``read_export``) needs only safet
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from torch import Tensor
 
 from tinylm.config import ModelConfig
 from tinylm.errors import ConfigError
-from tinylm.schema import build
-from tinylm.tokenizer import Tokenizer, tokenizer_from
+from tinylm.tokenizer import Tokenizer
+from tinylm.weights import DamagedWeights, from_record, tensors_sha256, tinylm_record
 
 NORM_EPS = 1e-5  # nn.LayerNorm's default and tinylm.model.RMSNorm's
 ROPE_BASE = 10_000.0  # tinylm.model.rope_angles
@@ -97,15 +96,6 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
             "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
             "attention_bias": config.bias, "attention_dropout": 0.0,
             **({} if kind == "qwen3" else {"mlp_bias": config.bias})}
-
-
-def tinylm_record(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What rebuilds the tinylm model: its settings, tokenizer and vocabulary (plain values)."""
-    return {"model": asdict(config), **tokenizer.spec()}
-
-
-def from_record(record: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
-    return build(ModelConfig, record["model"], "model"), tokenizer_from(record["tokenizer"], record["vocab"])
 
 
 def to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
@@ -209,8 +199,23 @@ def is_export(path: str | Path) -> bool:
     return config.is_file() and "tinylm" in json.loads(config.read_text(encoding="utf-8"))
 
 
+def seal(path: Path) -> None:
+    """Record the sha256 of the tensors ``save_pretrained`` wrote in the export's config.json, so
+    that reading it back can tell a damaged model.safetensors (transformers records none)."""
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tinylm"]["sha256"] = tensors_sha256(load_file(path / "model.safetensors"))
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 def read_export(path: str | Path) -> tuple[ModelConfig, Tokenizer, dict[str, Tensor]]:
-    """An exported directory's model settings, tokenizer and weights (under tinylm's names)."""
+    """An exported directory's model settings, tokenizer and weights (under tinylm's names); weights
+    that differ from those it was exported with are a ``DamagedWeights``."""
     path = Path(path).expanduser()
-    config, tokenizer = from_record(json.loads((path / "config.json").read_text(encoding="utf-8"))["tinylm"])
-    return config, tokenizer, from_hf(load_file(path / "model.safetensors"), config)
+    record = json.loads((path / "config.json").read_text(encoding="utf-8"))["tinylm"]
+    config, tokenizer = from_record(record)
+    state = load_file(path / "model.safetensors")
+    if "sha256" in record and tensors_sha256(state) != record["sha256"]:
+        raise DamagedWeights(f"ckpt: {path / 'model.safetensors'} is damaged (its tensors' sha256 differs "
+                             f"from the one it was exported with); export it again: tinylm export")
+    return config, tokenizer, from_hf(state, config)

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 from tinylm.checkpoint import FORMAT_VERSION
 from tinylm.config import ModelConfig, OptimConfig
 from tinylm.learner.module import attention_for
+from tinylm.learner.registry import registered, source_sha256
 from tinylm.learner.source import AttentionSource
 from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
@@ -135,11 +136,20 @@ class LitLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Marks the file as ours; the tokenizer, vocabulary and model config are in its
         # hyper_parameters.
-        checkpoint["tinylm"] = {"format": FORMAT_VERSION, "best_val_loss": self.best_val_loss}
-        if self.model_config.learner_attention is not None:  # the file's hash: loads check they use it
-            file, name = self.model_config.learner_attention
-            run = self.trainer.default_root_dir if self._trainer is not None else "."
-            checkpoint["tinylm"]["attention_source"] = AttentionSource.of_file(file, name, run).as_dict()
+        checkpoint.setdefault("tinylm", {}).update(format=FORMAT_VERSION, best_val_loss=self.best_val_loss)
+        if (source := self.attention_source()) is not None:  # the class's hash: loads check they use it
+            checkpoint["tinylm"]["attention_source"] = source
+
+    def attention_source(self) -> dict[str, Any] | None:
+        """Where a learner's attention class came from (``tinylm.learner.source``): its file and that
+        file's hash, or for a class of a notebook cell, its name and its source's hash."""
+        if self.model_config.learner_attention is None:
+            return None
+        file, name = self.model_config.learner_attention
+        if (cls := registered(self.model_config.attention)) is not None:
+            return AttentionSource("notebook", name, source_sha256(cls)).as_dict()
+        run = self.trainer.default_root_dir if self._trainer is not None else "."
+        return AttentionSource.of_file(file, name, run).as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_loss = checkpoint.get("tinylm", {}).get("best_val_loss", math.inf)

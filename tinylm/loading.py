@@ -146,8 +146,10 @@ def _local(source, load):
     except Exception as error:  # datasets wraps a builder's error; the innermost one says what
         while error.__cause__ is not None or error.__context__ is not None:
             error = error.__cause__ or error.__context__
+        # An OSError on a file that opened (one of /proc's, a network file system's): a copy reads.
+        hint = "; copy it into a regular file and give that" if isinstance(error, OSError) else ""
         raise DataError(f"data.source={source!r} could not be read: {type(error).__name__}: "
-                        f"{first_line(error)}") from None
+                        f"{first_line(error)}{hint}") from None
 
 
 def _concatenate_splits(loaded):

@@ -18,7 +18,7 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.memory import check_before_torch
-from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, run_dir
+from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, preferred, run_dir
 from tinylm.sources import check_source
 
 
@@ -44,7 +44,7 @@ def check_checkpoint(config: SampleConfig | AttentionScriptConfig | PatchConfig 
     exported = (path / EXPORTED_CONFIG).is_file()  # a directory tinylm export wrote
     if not path.is_file() and not explores_run and not exported:
         raise ConfigError(f"ckpt: no checkpoint file at {path.absolute()}")
-    if path.is_file():
+    if path.is_file() and preferred(path) == path:  # model.safetensors checks its own tensors
         check_intact(path, "ckpt")
 
 

@@ -8,6 +8,11 @@ in the same directory (the same TensorBoard run, the curve continuing) unless
 that changes the model, the data or the optimisation is refused in one line. A finished run is
 said to be finished, and nothing is written.
 
+A run started into a directory that holds a run of the same settings, unfinished (a job that
+SLURM or submitit requeued after a stop, the same command run again), continues it without
+``ckpt_path``: its checkpoints record the settings they were trained with (``run_settings``).
+A directory holding a run of other settings is refused in one line.
+
 Torch-free: it runs in the CLI before Hydra makes or touches a directory. The checkpoint's step
 is read from its pickle without torch (no class it names is imported or called).
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import collections
 import pickle
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +31,14 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tinylm.errors import ConfigError
-from tinylm.rundir import RunDir, run_of, shown
+from tinylm.rundir import RunDir, run_dir, run_of, shown
 
 # Settings a resumed run may change: they say how long and how it is watched, not what it
 # learns. Anything else (model.*, data.*, optim.*, seed, presets) must stay the run's own.
 MAY_CHANGE = ("trainer.", "callbacks.", "logger")
+# Keys of a run's config that say nothing about what it learns: where it is, how it is resumed.
+NOT_SETTINGS = (*MAY_CHANGE, "paths.", "ckpt_path", "ddp_timeout")
+SETTINGS_KEY = "settings"  # in a checkpoint's "tinylm" record: run_settings of the run that wrote it
 
 
 class RunFinished(Exception):
@@ -84,8 +92,8 @@ def resume_arguments(arguments: Sequence[str]) -> tuple[list[str], Resumed | Non
         changed.append(f"{override.lstrip('+~')} (was {override_value(before) if before else 'its default'})")
         settings[key] = override
     if not moved:
-        settings["hydra.run.dir"] = f"hydra.run.dir={_quoted(str(run.root))}"
-    settings["ckpt_path"] = f"ckpt_path={_quoted(str(checkpoint))}"
+        settings["hydra.run.dir"] = f"hydra.run.dir={quoted_value(str(run.root))}"
+    settings["ckpt_path"] = f"ckpt_path={quoted_value(str(checkpoint))}"
     step = checkpoint_step(checkpoint)
     where = f"resuming {shown(run.root)}" + (f" from step {step:,}" if step is not None else "")
     note = f"{where} with the settings it was started with" + (
@@ -97,11 +105,62 @@ def check_unfinished(run_root: Path, checkpoint: Path, max_steps: int) -> None:
     """Raise RunFinished when ``checkpoint`` has trained ``max_steps`` steps already."""
     step = checkpoint_step(checkpoint)
     if step is not None and max_steps > 0 and step >= max_steps:
+        trained = (f"{step:,} of trainer.max_steps={max_steps:,} steps are trained" if step == max_steps
+                   else f"{step:,} steps are trained, more than trainer.max_steps={max_steps:,}")
         raise RunFinished(
-            f"{shown(run_root)} is finished: {step:,} of trainer.max_steps={max_steps:,} steps are "
-            f"trained, nothing to do; to train on, raise it: tinylm train ckpt_path={shown(run_root)} "
-            f"trainer.max_steps={2 * max_steps}"
+            f"{shown(run_root)} is finished: {trained}, nothing to do; to train on, raise it: "
+            f"tinylm train ckpt_path={shown(run_root)} trainer.max_steps={2 * step}"
         )
+
+
+def run_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run's config (as plain dicts) flattened to what it learns from: ``{"model.heads": 4,
+    ...}`` without the keys a resume may change, its paths and its checkpoint."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(run_settings(value, f"{name}."))
+        elif not name.startswith(NOT_SETTINGS):
+            flat[name] = value if value is None or isinstance(value, bool | int | float | str) else str(value)
+    return flat
+
+
+def continued_run(root: Path, settings: Mapping[str, Any], max_steps: int, key: str) -> Path | None:
+    """The checkpoint a run into directory ``root`` with ``settings`` continues from: None when
+    ``root`` holds none. Its last.ckpt, when it was trained with the same settings and is not
+    finished (a requeued job); RunFinished when it is finished; ConfigError naming ``key`` (how
+    the user chose the directory) when it holds a run of other settings."""
+    last = run_dir(root).last
+    if not last.is_file():
+        return None
+    state = checkpoint_state(last)
+    if state is None:  # damaged: the loaders say so, and name the intact best.ckpt
+        return last
+    record = state.get("tinylm")
+    saved = record.get(SETTINGS_KEY) if isinstance(record, dict) else None
+    resume = f"tinylm train ckpt_path={shown(root)}"
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{key}: {shown(root)} holds a run whose checkpoint does not record its "
+                          f"settings; continue it with: {resume}, or choose another directory")
+    differences = [f"{name}={saved.get(name, '(none)')} there, {settings.get(name, '(none)')} here"
+                   for name in sorted(saved.keys() | settings.keys())
+                   if saved.get(name) != settings.get(name)]
+    if differences:
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise ConfigError(f"{key}: {shown(root)} holds a run of other settings "
+                          f"({'; '.join(differences[:3])}{more}); choose another directory, or continue "
+                          f"that run with: {resume}")
+    check_unfinished(root, last, max_steps)
+    return last
+
+
+def requeue_note(root: Path, checkpoint: Path) -> str:
+    """The line that says a run continues one of its own settings in its directory."""
+    step = checkpoint_step(checkpoint)
+    at = f" from step {step:,}" if step is not None else ""
+    return (f"resuming {shown(root)}{at}: it holds an unfinished run of these settings "
+            f"(a requeued job continues where it stopped)")
 
 
 def _recorded(run: RunDir) -> list[str]:
@@ -128,7 +187,7 @@ def override_value(argument: str) -> Any:
         return argument.partition("=")[2]
 
 
-def _quoted(path: str) -> str:
+def quoted_value(path: str) -> str:
     """A path as a Hydra override value: quoted when it holds characters Hydra's grammar takes
     for syntax (a run directory named by its overrides holds "=" and ",")."""
     if all(c.isalnum() or c in "/._-~" for c in path):
@@ -151,14 +210,19 @@ def _stub(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The global step a checkpoint holds, read without torch; None if it cannot be read (the
-    loaders then say what is wrong with it)."""
+def checkpoint_state(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's plain values (its tensors and classes left out), read without torch; None
+    if it cannot be read (the loaders then say what is wrong with it)."""
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
             state = _Skeleton(archive.open(name)).load()
     except Exception:  # a damaged or foreign file: its loader reports it
         return None
-    step = state.get("global_step") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint holds, read without torch; None if it cannot be read."""
+    step = (checkpoint_state(path) or {}).get("global_step")
     return step if isinstance(step, int) else None

@@ -26,6 +26,7 @@ LOCK_NAME = ".lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
 
 _held: dict[Path, list[int]] = {}  # resolved directory -> [fd, how many holds]
+_made: list[Path] = []  # the run directories acquire made: a start-up stopped early removes them
 
 
 class RunDirUnwritable(TinyLMError):
@@ -72,6 +73,8 @@ def acquire(root: str | Path, key: str = "hydra.run.dir") -> None:
         _held[root][1] += 1
         return
     path = root / LOCK_NAME
+    if not given.exists() and not given.is_symlink():
+        _made.append(given.absolute())
     while True:
         try:
             given.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,11 @@ def forget(root: str | Path) -> None:
     if root in _held:
         _held[root][1] = 1
         release(root)
+
+
+def made() -> list[Path]:
+    """The run directories this process made to lock them (before Hydra wrote anything)."""
+    return list(_made)
 
 
 @atexit.register

@@ -1,8 +1,8 @@
 """Runs on disk: find the TensorBoard runs under some directories and read them back.
 
-A run is a directory of TensorBoard event files (``events.out.tfevents.*``); tinylm writes
-one per job, in ``<run dir>/tb``. Everything here comes from those files, as TensorBoard
-itself reads them: the scalars, and the hyperparameters of the HPARAMS tab.
+A run is a directory of TensorBoard event files (``events.out.tfevents.*``); tinylm
+writes one per job, in ``<run dir>/<its name>`` (``tb`` before). Everything here comes
+from those files, as TensorBoard itself reads them: the scalars, and the hyperparameters of the HPARAMS tab.
 """
 
 from __future__ import annotations

@@ -93,6 +93,11 @@ def _check_decodes(path: Path, encoding: str) -> None:
         while True:
             chunk = file.read(CHECK_CHUNK)
             if nul_is_binary and (nul := chunk.find(b"\0")) >= 0:
+                if offset == 0 and (utf16 := _bomless_utf16(chunk)) is not None:
+                    raise DataError(
+                        f"data.source: {path} looks like UTF-16 text without a byte-order mark (a NUL "
+                        f"byte beside every character), not {encoding}; read it with data.encoding={utf16}"
+                    )
                 raise DataError(
                     f"data.source: {path} is not text: it holds a NUL byte at byte {offset + nul:,} "
                     f"(a binary file: a program, an archive, an image?); give a text file"
@@ -110,6 +115,18 @@ def _check_decodes(path: Path, encoding: str) -> None:
             if not chunk:
                 return
             offset += len(chunk)
+
+
+def _bomless_utf16(start: bytes) -> str | None:
+    """``utf-16-le`` or ``utf-16-be`` when ``start`` reads as ASCII-range text in it (every other
+    byte NUL, none of the others), else None."""
+    head = start[:256] if len(start) % 2 == 0 else start[:min(len(start) - 1, 256)]
+    if len(head) < 8:
+        return None
+    for zeros, other, name in ((head[1::2], head[0::2], "utf-16-le"), (head[0::2], head[1::2], "utf-16-be")):
+        if set(zeros) == {0} and 0 not in other:
+            return name
+    return None
 
 
 def row_unit(source: str | tuple[str, ...]) -> str:

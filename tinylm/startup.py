@@ -11,8 +11,10 @@ import shutil
 import signal
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+
 from tinylm.errors import TinyLMError
-from tinylm.runlock import RunDirUnwritable, forget
+from tinylm.runlock import LOCK_NAME, RunDirUnwritable, forget, made
 
 # What a write into a directory one may not write to fails with.
 UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT)
@@ -29,14 +31,16 @@ class StoppedAtStart(TinyLMError):
         self.exit_code = 128 + signum
 
 
-def unwritable(error: OSError) -> RunDirUnwritable | None:
-    """``error`` as one line naming the directory and the fix, when it is a write refused."""
+def unwritable(error: OSError, key: str = "hydra.run.dir") -> RunDirUnwritable | None:
+    """``error`` as one line naming the directory and the fix, when it is a write refused;
+    ``key``: the setting that names the directory (``hydra.sweep.dir`` for a sweep)."""
     if error.errno not in UNWRITABLE:
         return None
     where = error.filename if error.filename is not None else "the run directory"
+    example = "/tmp/tinylm-sweep" if key == "hydra.sweep.dir" else "/tmp/tinylm-run"
     return RunDirUnwritable(
-        f"hydra.run.dir: cannot write {where} ({error.strerror}); run where you can write, or set "
-        f"hydra.run.dir to a directory you can write to, e.g. hydra.run.dir=/tmp/tinylm-run"
+        f"{key}: cannot write {where} ({error.strerror}); run where you can write, or set "
+        f"{key} to a directory you can write to, e.g. {key}={example}"
     )
 
 
@@ -56,9 +60,16 @@ def remove_run_dir(run_dir: Path) -> None:
     if run_dir == cwd or cwd.is_relative_to(run_dir):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
+    remove_empty_parents(run_dir)
+
+
+def remove_empty_parents(run_dir: Path) -> None:
+    """Remove ``run_dir``'s parents that are empty now (``outputs/<date>``), up to the working
+    directory: never it, nor anything outside it."""
+    cwd = Path.cwd()
     for parent in run_dir.parents:
         if cwd not in parent.parents:
-            break  # never the working directory, nor anything outside it
+            break
         try:
             parent.rmdir()
         except OSError:
@@ -68,3 +79,45 @@ def remove_run_dir(run_dir: Path) -> None:
 def stopped_at_start(removed: bool) -> StoppedAtStart:
     left = "nothing is left on disk" if removed else "the run directory is as it was"
     return StoppedAtStart(f"Ctrl-C before training began: nothing was trained, {left}")
+
+
+def hydra_run_dir() -> tuple[Path, set[Path]]:
+    """This job's run directory and the files of Hydra's own bookkeeping in it."""
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir).absolute()
+    bookkeeping = {run_dir / f"{hydra.job.name}.log"}
+    if hydra.output_subdir is not None:
+        bookkeeping.add(run_dir / hydra.output_subdir)
+    return run_dir, bookkeeping
+
+
+def discard_unused_run_dir() -> None:
+    """Remove the directory Hydra made for this job if it holds nothing but Hydra's own
+    bookkeeping (``.hydra/`` and the job's log): after a run stopped on bad input, that is
+    all it holds. Anything else in it (a resumed run's checkpoints) keeps it as it is.
+    Empty parents (``outputs/<date>``) go too, up to the working directory."""
+    if not HydraConfig.initialized():
+        return
+    run_dir, bookkeeping = hydra_run_dir()
+    forget(run_dir)  # this run's lock goes with it
+    if not run_dir.is_dir() or run_dir == Path.cwd():
+        return
+    entries = list(run_dir.iterdir())
+    hydra_files = [p for d in entries if d.is_dir() and d in bookkeeping for p in d.iterdir()]
+    if any(p not in bookkeeping for p in entries) or any(not p.is_file() for p in hydra_files):
+        return
+    for path in [*hydra_files, *entries]:
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink()
+    run_dir.rmdir()
+    remove_empty_parents(run_dir)
+
+
+def discard_made_run_dirs() -> None:
+    """Remove the run directories this process made to lock them that still hold nothing but the
+    lock: the start-up stopped (a mistake Hydra found, Ctrl-C) before anything was written."""
+    for run_dir in made():
+        if run_dir.is_dir() and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
+            remove_run_dir(run_dir)

@@ -27,7 +27,9 @@ import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 if TYPE_CHECKING:
@@ -67,6 +69,53 @@ def overridden_keys(overrides: Iterable[str], params: Collection[str]) -> list[s
     ``+x=1``, ``~x``; a config-group choice (``model=baby``) is not one of them."""
     keys = (item.split("=", 1)[0].lstrip("+~") for item in overrides)
     return [key for key in keys if key in params]
+
+
+# What a learner reads a run by, shown in HPARAMS when the command line set fewer keys than the
+# tab's first columns (TensorBoard orders them: marked as differing first, then by name).
+HEADLINE_KEYS = ("model.layers", "model.heads", "model.d_model", "model.block_size", "optim.lr")
+
+
+def leading_keys(overrides: Iterable[str], params: Collection[str]) -> list[str]:
+    """The keys HPARAMS shows first: those the command line set, then model and optimiser
+    keys up to the tab's five, rather than the alphabet's ``callbacks.attention.*``."""
+    keys = overridden_keys(overrides, params)
+    for key in HEADLINE_KEYS:
+        if len(keys) >= len(HEADLINE_KEYS):
+            break
+        if key in params and key not in keys:
+            keys.append(key)
+    return keys
+
+
+# The custom-scalars tab, in the order a learner reads a run: the losses, then how training
+# went, then one chart per head score (every head of the score on it).
+LOSS_CHARTS = {"train/loss and val/loss": ("train/loss", "val/loss"), "val/bpc": ("val/bpc",)}
+TRAINING_CHARTS = {"train/lr": ("train/lr",), "train/tokens_per_sec": ("train/tokens_per_sec",)}
+
+
+def layout_summary(head_scores: Iterable[str] = ()) -> summary_pb2.Summary:
+    """The layout of TensorBoard's custom-scalars tab: a "loss" category first, then
+    "training", then "heads" with one chart per score in ``head_scores``. Built as
+    ``tensorboard.plugins.custom_scalar.summary.pb`` builds it, without TensorFlow."""
+
+    def category(title: str, charts: dict[str, Iterable[str]]) -> layout_pb2.Category:
+        return layout_pb2.Category(title=title, chart=[
+            layout_pb2.Chart(title=name, multiline=layout_pb2.MultilineChartContent(tag=list(tags)))
+            for name, tags in charts.items()])
+
+    charts = {**LOSS_CHARTS, **TRAINING_CHARTS}
+    exactly = {name: [f"^{tag}$" for tag in tags] for name, tags in charts.items()}
+    layout = layout_pb2.Layout(category=[
+        category("loss", {name: exactly[name] for name in LOSS_CHARTS}),
+        category("training", {name: exactly[name] for name in TRAINING_CHARTS}),
+        *([category("heads", {f"heads/{s}": [f"^heads/{s}/"] for s in head_scores})] if head_scores else []),
+    ])
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[layout.SerializeToString()],
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    value = summary_pb2.Summary.Value(tag=layout_metadata.CONFIG_SUMMARY_TAG, tensor=tensor,
+                                      metadata=layout_metadata.create_summary_metadata())
+    return summary_pb2.Summary(value=[value])
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import shlex
+import sys
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -20,12 +21,13 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinylm.callbacks import RankLost, Ranks, StopOnSignal, build_callbacks
+from tinylm.callbacks import DivergedError, RankLost, Ranks, RecordSettings, StopOnSignal, build_callbacks
 from tinylm.callbacks.checkpoint_io import AtomicCheckpointIO
 from tinylm.checkpoint import model_config_of, read_checkpoint
 from tinylm.config import TrainConfig
@@ -37,9 +39,11 @@ from tinylm.lit import LitLM
 from tinylm.memory import check_fits
 from tinylm.precision import choose_precision
 from tinylm.preflight import check_train
+from tinylm.resume import RunFinished, checkpoint_state, continued_run, requeue_note, run_settings
 from tinylm.rundir import RunDir, run_dir, shown
 from tinylm.runlock import holding, remove_leftovers
-from tinylm.schema import check_trainer_arguments
+from tinylm.schema import as_plain, check_trainer_arguments
+from tinylm.search import searching
 from tinylm.sources import row_unit
 
 GPU_ACCELERATORS = ("auto", "gpu", "cuda")  # what trains on a CUDA GPU when one is there
@@ -49,8 +53,36 @@ RESUMABLE_CHANGES = ("attention", "dropout")
 
 def run(config: TrainConfig) -> float | None:
     """``tinylm train``: one job of Hydra's (a run, or one job of a ``-m`` sweep), its config
-    checked by the CLI; a sweep's jobs were all checked, DDP strategy included, before the first."""
-    return fit_and_report(config, overrides=list(HydraConfig.get().overrides.task))
+    checked by the CLI; a sweep's jobs were all checked, DDP strategy included, before the first.
+    A job whose directory holds an unfinished run of its settings (requeued) continues it.
+    Returns the run's best val/bpc: what a search (``hparams_search=``) minimises; a trial that
+    diverged is a failed trial (NaN) and the search goes on."""
+    try:
+        best = _run(config)
+    except DivergedError as error:
+        if not searching(HydraConfig.get()):
+            raise
+        print(f"{error.label}: {error}", file=sys.stderr, flush=True)
+        return math.nan
+    return best / math.log(2) if best is not None else None
+
+
+def _run(config: TrainConfig) -> float | None:
+    overrides = list(HydraConfig.get().overrides.task)
+    if config.ckpt_path is None and not config.trainer.get("fast_dev_run"):
+        root = Path(config.paths.output_dir)
+        key = "hydra.sweep.dir" if HydraConfig.get().mode == RunMode.MULTIRUN else "hydra.run.dir"
+        try:
+            last = continued_run(root, run_settings(as_plain(config)), config.max_steps, key=key)
+        except RunFinished as finished:
+            print(f"run: {finished}")
+            best = ((checkpoint_state(run_dir(root).last) or {}).get("tinylm") or {}).get("best_val_loss")
+            return float(best) if isinstance(best, float) and math.isfinite(best) else None
+        if last is not None:
+            if rank_zero():
+                print(requeue_note(root, last), flush=True)
+            config = dataclasses.replace(config, ckpt_path=str(last))
+    return fit_and_report(config, overrides=overrides)
 
 
 def train(config: TrainConfig, overrides: Sequence[str] = ()) -> float | None:
@@ -135,6 +167,8 @@ def fit(config: TrainConfig, overrides: Sequence[str] = (),
     if config.trainer.get("fast_dev_run"):  # writes nothing, so holds no directory
         return _fit(config, overrides, extra_callbacks, run_dir(config.paths.output_dir))
     paths = run_dir(config.paths.output_dir)
+    # Recorded as given: the learner check may change model.heads, a requeue compares these.
+    extra_callbacks = [*extra_callbacks, RecordSettings(run_settings(as_plain(config)))]
     with holding(paths.root, key="paths.output_dir"):
         remove_leftovers(paths.checkpoints)  # what a process killed mid-write left
         return _fit(config, overrides, extra_callbacks, paths)
@@ -156,8 +190,7 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
         device = torch.cuda.current_device()
         free, _ = torch.cuda.mem_get_info(device)
         check_fits(config, free, f"GPU memory (cuda:{device})", overrides, vocab=data.tokenizer.vocab_size)
-    if config.ckpt_path is not None:
-        _check_resumable(config, data.tokenizer.spec())
+    resumed_step = _check_resumable(config, data.tokenizer.spec()) if config.ckpt_path is not None else None
     module = LitLM(model=config.model, optim=config.optim, vocab=data.tokenizer.vocab,
                    max_steps=config.max_steps, tokenizer=data.tokenizer.kind)
 
@@ -166,8 +199,12 @@ def _fit(config: TrainConfig, overrides: Sequence[str], extra_callbacks: Sequenc
     refresh_rate = config.callbacks.progress_bar.refresh_rate
     logger: TensorBoardLogger | bool = False
     if config.logger == "tensorboard":
-        logger = TensorBoardLogger(save_dir=paths.root, name=paths.tensorboard.name, version="",
-                                   default_hp_metric=False)
+        # A resume from a checkpoint behind what the run logged (a kill -9 after the last save, a
+        # best.ckpt) logs those steps again: purge_step makes TensorBoard drop the old ones.
+        purge = {"purge_step": resumed_step + 1} if resumed_step is not None else {}
+        events = paths.tensorboard
+        logger = TensorBoardLogger(save_dir=events.parent, name=events.name, version="",
+                                   default_hp_metric=False, **purge)
 
     ranks = next(callback for callback in callbacks if isinstance(callback, Ranks))
     trainer_args = {**config.trainer, "strategy": strategy(config)}
@@ -289,8 +326,9 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"lightning(\.|$)")
 
 
-def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
-    """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue."""
+def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> int:
+    """Refuse, with the keys to fix, a checkpoint that this run's model or data cannot continue;
+    returns the global step it holds."""
     checkpoint = read_checkpoint(config.ckpt_path, key="ckpt_path", mmap=True)
     saved = model_config_of(checkpoint)
     differences = [
@@ -322,3 +360,4 @@ def _check_resumable(config: TrainConfig, tokenizer: dict[str, Any]) -> None:
             f"ckpt_path: the checkpoint's vocabulary ({len(saved_vocab)} characters) differs from "
             f"this run's data.source ({len(vocab)} characters); resume with the data it was trained on"
         )
+    return int(checkpoint["global_step"])

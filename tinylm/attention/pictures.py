@@ -168,10 +168,12 @@ class AttentionFigure:
     """A grid of ``rows`` × ``cols`` attention maps over one probe, drawn again on each ``draw``.
 
     ``labels`` are the probe's characters (T of them); every panel shows a (T, T) map, with
-    its own tick labels and title, and one colour bar serves them all.
+    its own tick labels and title, and one colour bar serves them all. ``label_size`` (points):
+    larger labels for fewer, wider cells (MIN_PANEL_INCHES keeps a short probe's panel wide).
     """
 
-    def __init__(self, labels: Sequence[str], rows: int = 1, cols: int = 1, dpi: int = 100) -> None:
+    def __init__(self, labels: Sequence[str], rows: int = 1, cols: int = 1, dpi: int = 100,
+                 label_size: float = LABEL_SIZE) -> None:
         self.length, self.rows, self.cols = len(labels), rows, cols
         T = self.length
         panel = max(MIN_PANEL_INCHES, CELL_INCHES * T)
@@ -180,7 +182,7 @@ class AttentionFigure:
         self.canvas = FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(rows, cols, squeeze=False)  # (rows, cols) array of Axes
         families, shown = label_fonts([visible_char(c) for c in labels])
-        font = {"family": families, "size": LABEL_SIZE}
+        font = {"family": families, "size": label_size}
         for ax in self.axes.ravel():
             ax.set_xlim(-0.5, T - 0.5)  # position i fills [i - 0.5, i + 0.5], as with imshow
             ax.set_ylim(T - 0.5, -0.5)  # query 0 at the top

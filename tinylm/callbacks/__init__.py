@@ -2,7 +2,7 @@
 
 - ``checkpoints``: ``best.ckpt`` (lowest val/loss) and ``last.ckpt`` (to resume);
 - ``safety``: exact resumes (``StepSeed``), a clean stop on a signal, a clear stop on divergence;
-- ``metrics``: the training scalars, the progress bar, TensorBoard's HPARAMS tab;
+- ``metrics``: the training scalars, the progress bar, TensorBoard's HPARAMS and custom-scalars tabs;
 - ``ranks``: several processes end with the same weights, and one that dies is named;
 - ``watch``: attention maps, head scores and text samples in TensorBoard.
 """
@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING
 from lightning.pytorch.callbacks import Callback
 
 from tinylm.attention.ablation import validation_windows
-from tinylm.callbacks.checkpoints import LastCheckpoint, best_checkpoint
-from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, TrainingMetrics
+from tinylm.attention.scores import SCORES
+from tinylm.callbacks.checkpoints import LastCheckpoint, RecordSettings, best_checkpoint
+from tinylm.callbacks.metrics import HParamsLogger, ProgressBar, ScalarsLayout, TrainingMetrics
 from tinylm.callbacks.ranks import RankLost, Ranks, WeightsDiffer, weights_digest
 from tinylm.callbacks.safety import DivergedError, Interrupted, StepSeed, StopOnNonFiniteLoss, StopOnSignal
 from tinylm.callbacks.watch import AttentionMaps, Periodic, TextSamples
 from tinylm.rundir import RunDir
 from tinylm.schema import as_plain
-from tinylm.tensorboard import flatten, overridden_keys
+from tinylm.tensorboard import flatten, leading_keys
 
 if TYPE_CHECKING:
     from tinylm.config import TrainConfig
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttentionMaps", "DivergedError", "HParamsLogger", "Interrupted", "LastCheckpoint", "Periodic",
-    "ProgressBar", "RankLost", "Ranks", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal", "TextSamples",
-    "TrainingMetrics",
+    "ProgressBar", "RankLost", "Ranks", "RecordSettings", "StepSeed", "StopOnNonFiniteLoss", "StopOnSignal",
+    "TextSamples", "TrainingMetrics",
     "WeightsDiffer", "best_checkpoint", "build_callbacks", "watch_callbacks", "weights_digest",
 ]
 
@@ -61,8 +62,11 @@ def build_callbacks(config: TrainConfig, data: CharDataModule, paths: RunDir,
     if config.logger == "tensorboard":
         params = flatten(as_plain(config))
         continuing = config.ckpt_path is not None and paths.holds(config.ckpt_path)  # its TensorBoard run
-        callbacks.append(HParamsLogger(params, highlight=overridden_keys(overrides, params),
+        callbacks.append(HParamsLogger(params, highlight=leading_keys(overrides, params),
                                        continuing=continuing))
+        attention = config.callbacks.attention
+        scores = (*SCORES, "copying", *(["ablation"] if attention.ablation else []))
+        callbacks.append(ScalarsLayout(scores if attention.enabled else ()))
         callbacks.extend(watch_callbacks(config, data, paths.attention_history))
     return callbacks
 

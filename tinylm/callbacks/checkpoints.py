@@ -7,9 +7,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 
 from tinylm.model import evaluating
+from tinylm.resume import SETTINGS_KEY
+from tinylm.rundir import WEIGHTS
+from tinylm.weights import save_weights
 
 
 def best_checkpoint(path: Path) -> ModelCheckpoint:
@@ -21,7 +24,8 @@ def best_checkpoint(path: Path) -> ModelCheckpoint:
 
 class LastCheckpoint(Checkpoint):
     """Keeps ``path`` (a run's last.ckpt) current: after each validation, every ``every_n_steps``
-    optimizer steps if set, and when training ends, so a resume never repeats work.
+    optimizer steps if set, and when training ends, so a resume never repeats work. When
+    training ends it also writes the weights beside it as model.safetensors (tinylm.weights).
 
     A ``Checkpoint`` callback, so Lightning runs it after the others, best.ckpt's included: the
     file then holds what that validation changed (which checkpoint is best, and its score), and
@@ -64,6 +68,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        if self.saved_step == trainer.global_step and trainer.is_global_zero:
+            # The same good weights as last.ckpt, in a file that loads without pickle; written
+            # after it, so loaders know it is current (tinylm.weights.preferred).
+            save_weights(self.path.with_name(WEIGHTS), pl_module.model, pl_module.model_config,
+                         pl_module.tokenizer, trainer.global_step, pl_module.attention_source())
 
 
 def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Tensor:
@@ -73,3 +82,16 @@ def _loss_of_updated_weights(module: L.LightningModule, batch: Any) -> torch.Ten
     enough (without this pass, a diverging run's last.ckpt held the step whose loss was inf)."""
     with evaluating(module), torch.no_grad():
         return module.loss(batch)
+
+
+class RecordSettings(Callback):
+    """Writes the run's settings (``tinylm.resume.run_settings``) into each of its checkpoints, so
+    a run started into a directory holding one can tell whether it is the same run (a requeued
+    job, which continues it) or another (refused)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("tinylm", {})[SETTINGS_KEY] = dict(self.settings)

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tinylm.tensorboard import (
     add_summaries,
     experiment_summary,
+    layout_summary,
     session_end_summary,
     session_start_summary,
     tensorboard_logger,
@@ -76,10 +77,25 @@ class ProgressBar(TQDMProgressBar):
         metrics.pop("v_num", None)  # the run's version number: always "" in tinylm
         if (loss := trainer.callback_metrics.get("train/loss")) is not None:
             metrics["loss"] = f"{float(loss):.3f}"
+        if (val_loss := trainer.callback_metrics.get("val/loss")) is not None:
+            metrics["val/loss"] = f"{float(val_loss):.4f}"  # as the closing lines print it
         for callback in trainer.callbacks:
             if isinstance(callback, TrainingMetrics) and "train/tokens_per_sec" in callback.latest:
                 metrics["tok/s"] = f"{callback.latest['train/tokens_per_sec']:,.0f}"
         return metrics
+
+
+class ScalarsLayout(Callback):
+    """Writes the custom-scalars tab's layout once: the losses first, then the training
+    scalars, then one chart per head score (``tinylm.tensorboard.layout_summary``)."""
+
+    def __init__(self, head_scores: Collection[str] = ()) -> None:
+        self.head_scores = head_scores
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (writer := tensorboard_writer(trainer)) is not None:
+            add_summaries(writer, layout_summary(self.head_scores))
 
 
 class HParamsLogger(Callback):

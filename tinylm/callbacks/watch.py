@@ -38,6 +38,13 @@ from tinylm.model import evaluating
 from tinylm.tensorboard import add_image, add_text, tensorboard_writer
 from tinylm.tokenizer import Tokenizer
 
+# The positions TensorBoard's pictures show, and their labels' size in points: TensorBoard fits
+# a picture to its card, where these stay legible (a panel is MIN_PANEL_INCHES wide at least,
+# so 16 positions get cells wide enough for this type). The explorer (the history) shows up to
+# callbacks.attention.max_chars.
+CARD_CHARS = 16
+CARD_LABEL_SIZE = 11.0
+
 
 class Periodic(Callback):
     """Calls ``record(trainer, module, writer)`` at step 0, then after every validation, or every
@@ -74,7 +81,8 @@ class AttentionMaps(Periodic):
     """Logs every head's attention on a fixed probe text, as pictures and as scores.
 
     Images: ``attention/layer_{l}`` (all heads of layer l side by side) and
-    ``attention/layer_{l}/head_{h}``, showing the first ``max_chars`` positions of the probe.
+    ``attention/layer_{l}/head_{h}``, showing the first ``CARD_CHARS`` positions of the probe
+    (at most ``max_chars``); the history, the explorer's, keeps ``max_chars``.
     Scalars: ``heads/<score>/layer_{l}_head_{h}`` for entropy, prev_token, first_token (on the
     whole probe), prefix_matching, duplicate_token (on random sequences of ``period`` tokens
     repeated twice) and copying (from the weights), see ``tinylm.attention.scores`` and
@@ -129,8 +137,11 @@ class AttentionMaps(Periodic):
                                   {name: values.numpy() for name, values in scores.items()})
             self.keep_curves(kept.steps, kept.scores)  # a resumed run's earlier records too
         layers, heads = shown.shape[:2]
+        # TensorBoard fits a picture to its card: fewer positions keep the labels legible there.
+        n = min(n, CARD_CHARS)
+        shown = shown[:, :, :n, :n]
         if self.figure is None:
-            self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads)
+            self.figure = AttentionFigure(self.labels[:n], rows=1, cols=heads, label_size=CARD_LABEL_SIZE)
         tags, pictures = [], []
         for layer in range(layers):
             # Titles name the head only: each title's glyphs are drawn again every time, and

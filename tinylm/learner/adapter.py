@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tinylm.errors import TinyLMError
+from tinylm.learner.registry import registered
 
 WIDTH_NAMES = ("d_model", "hidden_size", "embed_dim", "input_dim", "d_feat", "n_embd", "emb_dim", "dim",
                "d_in", "d_out", "d")
@@ -70,7 +71,10 @@ def failing(doing: str, error: BaseException) -> LearnerError:
 
 
 def load_class(spec: str, key: str = "attention") -> type:
-    """The class named by ``path/to/file.py:ClassName``, imported from that file."""
+    """The class named by ``path/to/file.py:ClassName``, imported from that file (or a notebook's
+    class registered by ``tinylm.train(attention=...)``)."""
+    if (notebook_class := registered(spec)) is not None:
+        return notebook_class
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not name.isidentifier():
         raise CheckError(f"{key}: expected path/to/file.py:ClassName, got {spec!r}")
@@ -125,6 +129,7 @@ class Built:
     call: str  # how it was built, as Python
     kwargs: dict[str, Any] = field(default_factory=dict)  # what tinylm passed, by name
     given: dict[str, Any] = field(default_factory=dict)  # what the user passed (kwargs.NAME=...)
+    config_arg: str | None = None  # the name of its one config-object argument, if it takes one
 
 
 def build_module(cls: type, d_model: int = 48, heads: int = 4, kwargs: dict | None = None,
@@ -190,11 +195,9 @@ def build_module(cls: type, d_model: int = 48, heads: int = 4, kwargs: dict | No
                 f"layer in {cls.__name__}; give it with {kwargs_key}.d_model=48"
             )
         d_model = linear.in_features
-    if head_key is None:
-        heads = 1
-    heads = _attribute_heads(module, d_model, heads)
+    heads = _attribute_heads(module, d_model, 1 if head_key is None else heads, by_width=head_key is None)
     passed = {k: v for k, v in kwargs.items() if k != config_arg}
-    return Built(module.eval(), d_model, heads, call, passed, given)
+    return Built(module.eval(), d_model, heads, call, passed, given, config_arg)
 
 
 def _config_argument(parameters: dict[str, inspect.Parameter], required: list[str]) -> str | None:
@@ -208,15 +211,16 @@ def _config_argument(parameters: dict[str, inspect.Parameter], required: list[st
     return name if name.lower() in CONFIG_NAMES or typed else None
 
 
-def _attribute_heads(module: Any, d_model: int, heads: int) -> int:
-    """The head count the instance says it has (``self.num_heads``, ``self.d_k`` ...), if any."""
+def _attribute_heads(module: Any, d_model: int, heads: int, by_width: bool = True) -> int:
+    """The head count the instance says it has (``self.num_heads``; ``self.d_k`` ... when
+    ``by_width``: a class given a heads argument that splits another way has that mistake)."""
     for name in ("num_heads", "n_head", "n_heads", "nhead", "heads", "h"):
         value = getattr(module, name, None)
         if isinstance(value, int) and value >= 1 and d_model % value == 0:
             return value
         if name == "heads" and hasattr(value, "__len__") and len(value) >= 1 and d_model % len(value) == 0:
             return len(value)
-    for name in ("head_dim", "d_k", "d_head", "head_size", "dk"):
+    for name in ("head_dim", "d_k", "d_head", "head_size", "dk") if by_width else ():
         value = getattr(module, name, None)
         if isinstance(value, int) and value >= 1 and d_model % value == 0:
             return d_model // value

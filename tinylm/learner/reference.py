@@ -68,26 +68,31 @@ def find_weights(module: Any, d: int, mapping: dict[str, str] | None = None, ori
     Raises LookupError saying what is missing."""
     layers = projections(module)
     found: dict[str, list[str]] = {"q": [], "k": [], "v": [], "o": [], "qkv": []}
-    if mapping:
-        for role, names in mapping.items():
-            for name in names.split("+"):
-                if name not in layers:
-                    raise LookupError(
-                        f"map.{role}={name}: no Linear layer or Parameter {name!r}; "
-                        f"it has {', '.join(layers)}"
-                    )
-                found[role].append(name)
-    else:
-        for name, layer in layers.items():
-            tokens = _tokens(name.rsplit(".", 1)[-1])
-            width_in, width_out = (layer.in_features, layer.out_features) if isinstance(
-                layer, torch.nn.Linear) else (min(layer.shape[-2:]), max(layer.shape[-2:]))
-            if any(t in FUSED or "qkv" in t for t in tokens) and width_out == 3 * width_in:
-                found["qkv"].append(name)
-                continue
-            role = next((r for r in "qkvo" if any(t in ROLES[r] for t in tokens)), None)
-            if role is not None:
-                found[role].append(name)
+    for name, layer in layers.items():
+        tokens = _tokens(name.rsplit(".", 1)[-1])
+        width_in, width_out = (layer.in_features, layer.out_features) if isinstance(
+            layer, torch.nn.Linear) else (min(layer.shape[-2:]), max(layer.shape[-2:]))
+        if any(t in FUSED or "qkv" in t for t in tokens) and width_out == 3 * width_in:
+            found["qkv"].append(name)
+            continue
+        role = next((r for r in "qkvo" if any(t in ROLES[r] for t in tokens)), None)
+        if role is not None:
+            found[role].append(name)
+    for role, names in (mapping or {}).items():  # what map.ROLE names replaces what names found
+        found[role] = []
+        found.update({"q": [], "k": [], "v": []} if role == "qkv" else {"qkv": []} if role != "o" else {})
+        for name in names.split("+"):
+            if name not in layers:
+                raise LookupError(
+                    f"map.{role}={name}: no Linear layer or Parameter {name!r}; "
+                    f"it has {', '.join(layers)}"
+                )
+            found[role].append(name)
+    used_names = {n for names in found.values() for n in names}
+    square = [n for n, layer in layers.items() if n not in used_names and isinstance(layer, torch.nn.Linear)
+              and layer.in_features == layer.out_features == d]
+    if not found["o"] and len(square) == 1:  # its one other (d, d) Linear, such as the ML book's `linear`
+        found["o"] = square
 
     def stacked(names: list[str]) -> tuple[Any, Any]:
         parts = [_as_linear(layers[n], orientation) for n in names]

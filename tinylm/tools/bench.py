@@ -1,7 +1,7 @@
 """``tinylm bench``: training speed against a bare PyTorch loop (here), and the benchmarks
 ``bench.task`` picks: ``data`` (bench_data), ``sample`` (bench_sample), ``norms`` (bench_norms),
-``speedrun`` (bench_speedrun), ``step`` (bench_step). Speed targets live here, never in unit tests;
-results are medians.
+``speedrun`` (bench_speedrun), ``step`` (bench_step), ``gpu`` (bench_gpu). Speed targets live
+here, never in unit tests; results are medians.
 
     python scripts/bench.py experiment=cpu_quick data.source=PATH bench.steps=200
     python scripts/bench.py bench.task=sample model=baby
@@ -10,6 +10,7 @@ results are medians.
     python scripts/bench.py bench.task=norms                                # LayerNorm vs RMSNorm
     NANOGPT_DIR=path/to/nanoGPT python scripts/bench.py bench.task=speedrun data.source=input.txt
     python scripts/bench.py bench.task=step experiment=speedrun bench.steps=20  # the step's split
+    NANOGPT_DIR=path/to/nanoGPT tinylm bench bench.task=gpu   # on a CUDA GPU: beside nanoGPT, NCCL, decode
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tinylm.model import TransformerLM
 from tinylm.optim import build_optimizer
 from tinylm.precision import choose_precision
 from tinylm.tools.bench_data import bench_data
+from tinylm.tools.bench_gpu import bench_gpu
 from tinylm.tools.bench_norms import bench_norms
 from tinylm.tools.bench_sample import bench_sample
 from tinylm.tools.bench_speedrun import bench_speedrun
@@ -66,6 +68,8 @@ def run(config: BenchRunConfig) -> None:
         result = bench_speedrun(config, config.bench)
     elif config.bench.task == "step":
         result = bench_step(config, config.bench)
+    elif config.bench.task == "gpu":
+        result = bench_gpu(config, config.bench)
     elif config.bench.task == "norms":
         result = bench_norms(config.model, config.data.batch_size, config.bench)
     else:

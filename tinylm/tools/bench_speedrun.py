@@ -51,7 +51,7 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
             for name, (command, cwd, pattern) in commands.items():
                 progress(f"round {n + 1}/{bench.repeats}: {name}")
                 load = os.getloadavg()[0]
-                seconds, stdout = _timed(command, cwd, name)
+                seconds, stdout = timed(command, cwd, name)
                 losses = [float(v) for v in re.findall(pattern, stdout)]
                 runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load,
                                    "load_after": os.getloadavg()[0]})
@@ -68,7 +68,7 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _timed(command: list[str], cwd: Path, name: str) -> tuple[float, str]:
+def timed(command: list[str], cwd: Path, name: str) -> tuple[float, str]:
     """Run ``command`` to its exit: its wall time and its output, with a progress line on stderr
     every PROGRESS_SECONDS (its latest line of output)."""
     start = time.perf_counter()

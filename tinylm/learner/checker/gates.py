@@ -103,21 +103,49 @@ def at_context(built: Built, convention: MaskConvention | None, block_size: int,
     return Line(False, f"context: {prefix} {failure}")
 
 
+PROBE_DROPOUT = 0.1  # a dropout that shows whether eval mode turns it off
+
+
+def _chosen_dropout(built: Built) -> tuple[str, dict] | None:
+    """When tinylm itself built the class with dropout 0 (a required ``dropout`` argument, or a
+    config object's ``config.dropout``): how that was spelled, and the kwargs that build it with
+    ``PROBE_DROPOUT`` instead."""
+    drop_names = (*DROPOUT_NAMES, "resid_pdrop", "embd_pdrop")
+    if built.config_arg is not None:
+        own = dict(built.given.get(built.config_arg) or {})
+        if any(n in own for n in drop_names):
+            return None
+        return (f"{built.config_arg}.dropout=0.0",
+                built.given | {built.config_arg: own | dict.fromkeys(drop_names, PROBE_DROPOUT)})
+    chosen = [k for k, v in built.kwargs.items() if k in DROPOUT_NAMES and k not in built.given and not v]
+    if not chosen:
+        return None
+    return f"{chosen[0]}=0.0", built.given | {chosen[0]: PROBE_DROPOUT}
+
+
 def dropout_given(built: Built, rebuild: Callable[[dict], Built], convention: MaskConvention | None
                   ) -> Line | None:
-    """When kwargs set a dropout argument to 0: None if the class is also repeatable in eval mode
-    at its own default; else the line saying the ✓ lines held only with that kwargs value."""
+    """When its dropout was 0 (set by kwargs, or chosen by tinylm for a required argument or a
+    config object): None if the class is also repeatable in eval mode at its own default (or at
+    ``PROBE_DROPOUT``); else the line saying the ✓ lines held only with dropout 0."""
     given = [(k, v) for k, v in built.given.items() if k in DROPOUT_NAMES and not v]
-    if not given:
+    chosen = None if given else _chosen_dropout(built)
+    if not given and chosen is None:
         return None
-    name, value = given[0]
+    other_kwargs = ({k: v for k, v in built.given.items() if k != given[0][0]} if given else chosen[1])
     try:
-        other = rebuild({k: v for k, v in built.given.items() if k != name})
+        other = rebuild(other_kwargs)
         line = repeatable(Probe.of(other), convention)
     except Exception:  # without it the class does not build or run: the ✓ lines stand as given
         return None
     if line is None:
         return None
+    if chosen is not None:
+        return Line(False, f"repeatable: built with dropout {PROBE_DROPOUT} its output changes between two "
+                           f"identical calls in eval mode: dropout with training=self.training? "
+                           f"(F.dropout(w, p, training=self.training), or an nn.Dropout module); the ✓ "
+                           f"lines hold only because tinylm built it with {chosen[0]}")
+    name, value = given[0]
     default = inspect.signature(type(other.module).__init__).parameters[name].default
     return Line(False, f"repeatable: with {name}={default!r} (its default) its output changes between two "
                        f"identical calls in eval mode: dropout with training=self.training? The ✓ "

@@ -53,6 +53,11 @@ MISTAKES = {
         "hide only the keys after the query: keep torch.tril(torch.ones(T, T)) (diagonal=0), hide "
         "torch.triu(torch.ones(T, T), diagonal=1); not triu(diagonal=0) nor tril(diagonal=-1)",
     ),
+    "residual_inside": Mistake(
+        "its input added back to its output (a residual inside the attention)",
+        "return the attention's output alone (return self.W_O(out), not x + ...): tinylm's block "
+        "adds the residual itself",
+    ),
     "one_ahead": Mistake(
         "the mask off by one: each position sees the next",
         "hide every key after the query: torch.triu(torch.ones(T, T), diagonal=1) is the hidden part",
@@ -61,6 +66,7 @@ MISTAKES = {
 ACTIVATIONS = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "tanh": torch.tanh,
                "sigmoid": torch.sigmoid, "silu": torch.nn.functional.silu, "elu": torch.nn.functional.elu}
 WEAK_FILLS = (0.0, -1.0, -2.0, -5.0, -10.0)  # fills that leave a hidden key a visible weight
+FILL_RANGE = (-20.0, 0.0)  # finite fills searched for beyond WEAK_FILLS; below, a key is all but hidden
 
 
 def mistake(key: str) -> Mistake:
@@ -222,4 +228,40 @@ def explain(weights: dict[str, Any], x: Any, heads: int, output: Any,
                 target = output
             if (candidate - target).abs().max().item() <= TOLERANCE:
                 return _names(chosen, heads, d, T)
+        candidate, target = variant_output(weights, x, heads) + x, output  # a residual of its own
+        if rows is not None:
+            candidate, target = candidate[:, rows], output[:, rows]
+        if (candidate - target).abs().max().item() <= TOLERANCE:
+            return ["residual_inside"]
+        return _fitted_fill(weights, x, heads, output, rows)
+
+
+def _fitted_fill(weights: dict[str, Any], x: Any, heads: int, output: Any, rows: Any) -> list[str] | None:
+    """A mask filled with a finite value other than ``WEAK_FILLS`` (-3, -2.5 ...): the fill
+    between FILL_RANGE that reproduces ``output`` exactly, found on a grid then by golden
+    section, and named as written (rounded to two decimals) when that still reproduces it."""
+    def gap(fill: float, scale: str) -> float:
+        candidate = variant_output(weights, x, heads, scale=scale, mask=f"fill={fill}")
+        target = output
+        if rows is not None:
+            candidate, target = candidate[:, rows], output[:, rows]
+        return (candidate - target).abs().max().item()
+
+    low, high = FILL_RANGE
+    steps = int((high - low) * 2)
+    for scale in ("ok", "d_model", "none"):
+        grid = [high - i / 2 for i in range(steps + 1)]
+        best = min(grid, key=lambda f: gap(f, scale))
+        a, b = best - 0.5, best + 0.5
+        for _ in range(40):  # golden section: the gap has one minimum near a grid point
+            c, e = b - 0.618 * (b - a), a + 0.618 * (b - a)
+            a, b = (a, e) if gap(c, scale) < gap(e, scale) else (c, b)
+        fitted = (a + b) / 2
+        # as written: the fill itself, or one the scores are divided by the scale after (the LLM book's order)
+        root = {"ok": math.sqrt(x.size(-1) // heads), "d_model": math.sqrt(x.size(-1)), "none": 1.0}[scale]
+        before = round(fitted * root, 2)
+        for written, effective in ((round(fitted, 2), round(fitted, 2)), (before, before / root)):
+            if written < 0 and gap(effective, scale) <= TOLERANCE:
+                names = {"ok": [], "d_model": ["scale_d_model"], "none": ["no_scale"]}[scale]
+                return [*names, f"fill={written:g}"]
     return None
