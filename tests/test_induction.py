@@ -4,7 +4,6 @@ which. The sizes: docs/attention.md#induction-heads-forming."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -26,12 +25,6 @@ REDUCED = ["model.d_model=64", "model.block_size=64", "data.repeat_length=16", "
            "callbacks.attention.repeat_length=16", "optim.lr=3e-3", "optim.min_lr=3e-3",
            f"trainer.max_steps={STEPS}", "trainer.val_check_interval=50", "trainer.limit_val_batches=2",
            "callbacks.samples.enabled=false", "callbacks.progress_bar.refresh_rate=0"]
-
-
-# Issue 25 is open: this reduced run has not yet been seen to pass within the suite's time on a
-# 2-core CPU (it timed out under load), so it runs only when asked for, until it has.
-pytestmark = pytest.mark.skipif(not os.environ.get("TINYLM_PHASE_CHANGE_TEST"),
-                                reason="the phase-change run: set TINYLM_PHASE_CHANGE_TEST=1 (issue 25 open)")
 
 
 @pytest.fixture(scope="module")
