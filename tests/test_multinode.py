@@ -64,4 +64,4 @@ def test_two_machines_train_as_one(way: str, one_process: dict, small_text: Path
     tb = sorted(p.name for p in RunDir(run_dir).tensorboard.iterdir())
     assert len([name for name in tb if name.startswith("events")]) == 1, tb
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "attention.npz", "best.ckpt", "last.ckpt"]
+        "attention.npz", "best.ckpt", "last.ckpt", "model.safetensors"]
