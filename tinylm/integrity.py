@@ -14,6 +14,7 @@ Torch-free (zipfile and hashlib), so the torch-free checks can use it too.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -67,16 +68,29 @@ def seal(path: str | Path) -> str:
 CHANGED = "its checksum does not match its content: it changed after it was written"
 
 
+# The files this process has checked, by where they are and their identity then: a command's
+# torch-free check and its loader read a checkpoint once between them, not twice.
+_checked: dict[Path, tuple[tuple[int, int, int], bool]] = {}
+
+
 def verify(path: str | Path) -> bool:
     """Check the checkpoint at ``path`` against its checksum: True when it matches, False when
     the file carries none (written before checksums, or by another program). Raises
-    DamagedCheckpoint when its content is not what was sealed, OSError when it cannot be read."""
-    with open(path, "rb") as file:
+    DamagedCheckpoint when its content is not what was sealed, OSError when it cannot be read.
+    A file checked before and unchanged since (same inode, size and mtime) is not read again."""
+    where = Path(path).resolve()
+    with open(where, "rb") as file:
+        stat = os.fstat(file.fileno())
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if (known := _checked.get(where)) is not None and known[0] == identity:
+            return known[1]
         try:
             archive = zipfile.ZipFile(file)
         except Exception:  # BadZipFile, or whatever a damaged index makes zipfile raise
             raise DamagedCheckpoint("not a complete zip archive, as torch.save writes") from None
-        return _matches(archive, file)
+        sealed = _matches(archive, file)
+    _checked[where] = (identity, sealed)
+    return sealed
 
 
 def _matches(archive: zipfile.ZipFile, file: BinaryIO) -> bool:
