@@ -42,7 +42,7 @@ def test_train_benchmark_reports_every_figure(small_text: Path) -> None:
     # The halves took turns, each round's ratio beside its load; the machine's kind beside all.
     assert "bench: round 2/2: the bare loop" in result.stderr
     assert len(figures["lightning_overhead_rounds"].split("(load ")) == 3
-    assert "float32 matmuls" in figures["machine"] and "threads" in figures["machine"]
+    assert "float32 matmuls" in figures["machine"] and "bfloat16 instructions" in figures["machine"]
     assert figures["ms_per_step"] > 0 and figures["mean_ms_per_step"] > 0 and 0 < figures["mfu"] < 1
     assert figures["startup_s"] > 0 and figures["data_prep_cold_s"] > 0
 
@@ -123,6 +123,27 @@ def test_sample_benchmark_times_the_compiled_step_and_nanogpt_beside_in_batches(
 def test_speedrun_benchmark_needs_nanogpt() -> None:
     result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
     assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+NANOGPT_TRAIN_STUB = """
+import sys
+print("step 2000: train loss 1.7000, val loss 1.8800")  # the line nanoGPT's train.py prints
+assert "--device=cpu" in sys.argv and "--max_iters=2000" in sys.argv, sys.argv
+"""
+
+
+@pytest.mark.slow
+def test_speedrun_benchmark_gives_each_round_a_directory(small_text: Path, tmp_path: Path) -> None:
+    """Each round is a whole new run: a second round in the first round's directory would only
+    say that the run has finished, and print no loss."""
+    (tmp_path / "train.py").write_text(NANOGPT_TRAIN_STUB)
+    result = run_script("bench.py", "bench.task=speedrun", f"data.source={small_text}", "bench.repeats=2",
+                        env={"NANOGPT_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = last_json(result.stdout)
+    assert "bench: round 2/2: tinylm" in result.stderr
+    assert figures["nanogpt_best_val_loss"] == 1.88 and 0 < figures["tinylm_best_val_loss"] < 5
+    assert figures["time_ratio"] > 0 and len(figures["time_ratio_rounds"].split("(load ")) == 3
 
 
 def test_step_benchmark_splits_the_step_and_times_torchs_muon_beside_ours(small_text: Path) -> None:

@@ -42,8 +42,7 @@ def choose_precision(config: TrainConfig, overrides: Sequence[str] = (), on_cpu:
         return config, None
     speed = speed or matmul_speed()
     typed = typed_keys(overrides)
-    why = (f"bfloat16 matmuls run at {speed.bf16_factor:.2g}× float32's speed on this CPU "
-           f"({speed.cpu}, {speed.isa}, {speed.threads} threads)")
+    why = f"bfloat16 matmuls run at {speed.bf16_factor:.2g}× float32's speed on this CPU ({speed.kind()})"
     warnings, chosen = [], []
     if wants_bf16 and not speed.bf16_fast:
         if "trainer.precision" in typed:

@@ -40,19 +40,24 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     source = config.data.source if isinstance(config.data.source, str) else ",".join(config.data.source)
     runs: dict[str, list[dict[str, float]]] = {"nanogpt": [], "tinylm": []}
     with tempfile.TemporaryDirectory(prefix="tinylm-speedrun-") as out:
+        # Each round writes into a directory of its own: a second run in a finished run's
+        # directory would only say that it has finished.
         commands = {
-            "nanogpt": ([sys.executable, *NANOGPT_CPU_RUN, f"--out_dir={out}/nanogpt"],
+            "nanogpt": (lambda n: [sys.executable, *NANOGPT_CPU_RUN, f"--out_dir={out}/nanogpt-{n}"],
                         Path(nanogpt_dir).expanduser(), r"val loss (\d+\.\d+)"),
-            "tinylm": ([sys.executable, "-m", "tinylm", "train", "experiment=speedrun",
-                        f"data.source={source}", f"hydra.run.dir={out}/tinylm"], Path.cwd(),
-                       r"best val/loss (\d+\.\d+)"),
+            "tinylm": (lambda n: [sys.executable, "-m", "tinylm", "train", "experiment=speedrun",
+                                  f"data.source={source}", f"hydra.run.dir={out}/tinylm-{n}"],
+                       Path.cwd(), r"best val/loss (\d+\.\d+)"),
         }
         for n in range(bench.repeats):
             for name, (command, cwd, pattern) in commands.items():
                 progress(f"round {n + 1}/{bench.repeats}: {name}")
                 load = os.getloadavg()[0]
-                seconds, stdout = timed(command, cwd, name)
+                seconds, stdout = timed(command(n), cwd, name)
                 losses = [float(v) for v in re.findall(pattern, stdout)]
+                if not losses:
+                    raise RuntimeError(f"{name} printed no validation loss (looked for "
+                                       f"{pattern!r}); its last lines:\n{stdout[-1500:]}")
                 runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load,
                                    "load_after": os.getloadavg()[0]})
     result: dict[str, Any] = {"task": "speedrun", "threads": os.environ.get("OMP_NUM_THREADS", "default"),
