@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import types
@@ -32,13 +33,18 @@ _LAZY = {
 
 def command(argv: Sequence[str] | None = None) -> Any:
     """The ``tinylm`` command (``tinylm.cli.main``), which a Ctrl-C stops in one line even while
-    it is still loading."""
+    it is still loading. A process's entry point: the process ends when it returns."""
     try:
         from tinylm.cli import main  # here, inside the try: a Ctrl-C while it loads is caught too
     except KeyboardInterrupt:
         print("stopped: Ctrl-C while tinylm was starting: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
-    return main(argv)
+    try:
+        return main(argv)
+    finally:
+        # The interpreter's exit would otherwise search every object that torch's and Lightning's
+        # imports made for reference cycles, which the OS frees anyway (docs/performance.md).
+        gc.freeze()
 
 
 def __getattr__(name: str) -> Any:

@@ -2,11 +2,18 @@
 
 The update is ``torch.optim.Muon``'s (Keller Jordan's): Nesterov momentum, the update scaled to
 spectral norm at most 1 (divided by its Frobenius norm), five quintic Newton–Schulz iterations,
-decoupled weight decay, and the rate scaled by √max(1, rows/columns). Two things differ, both
+decoupled weight decay, and the rate scaled by √max(1, rows/columns). Three things differ, all
 for speed on small matrices: every matrix of one shape goes through the iterations together (a
-batched matmul per product instead of one matmul per matrix), and the iterations run in
-``ns_dtype``: bfloat16 as torch's always does, or float32 on a CPU where bfloat16 matmuls are
-the slower (``tinylm.machine``).
+batched matmul per product instead of one matmul per matrix); the iterations run in
+``ns_dtype``, bfloat16 as torch's always does or float32 on a CPU where bfloat16 matmuls are the
+slower (``tinylm.machine``); and in float32 a wide matrix iterates on its Gram matrix.
+
+Why the Gram matrix: every iterate of X (r × c, r ≤ c) is Q·X₀ with Q a polynomial in
+G = X₀·X₀ᵀ (r × r), so the iterations can update Q alone, in r × r products, and touch X₀ once
+at the end. Each iteration then costs 8r³ flops instead of 4r²c + 2r³: for nano's 128 × 512
+matrices, 117 instead of 189 MFLOP in all. The same numbers in exact arithmetic; in float32,
+relative to the largest entry, within 1e-5 of float64's iterations for a full-rank update and
+1e-3 for a rank-deficient one, where torch's bfloat16 iterations are within 2e-2 and 1.
 """
 
 from __future__ import annotations
@@ -29,14 +36,33 @@ NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 def orthogonalise(updates: Tensor, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                   steps: int = NS_STEPS, eps: float = EPS) -> Tensor:
     """Newton–Schulz iterations on a batch of matrices ``updates`` (N, rows, cols), rows ≤
-    cols, in their dtype: each tends to U·Vᵀ of its singular value decomposition U·S·Vᵀ."""
+    cols, in their dtype: each tends to U·Vᵀ of its singular value decomposition U·S·Vᵀ.
+    float32 matrices wide enough for it to pay iterate on their Gram matrix (the module's docstring)."""
     a, b, c = coefficients
     x = updates / updates.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm ≤ 1
+    rows, cols = x.shape[-2:]
+    if x.dtype == torch.float32 and 16 * cols > 26 * rows:  # fewer flops over all the steps
+        return _orthogonalise_by_gram(x, coefficients, steps)
     for _ in range(steps):
         gram = x @ x.mT  # (N, rows, rows)
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·G + c·G²
         x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·G + c·G²)·X
     return x
+
+
+def _orthogonalise_by_gram(x: Tensor, coefficients: tuple[float, float, float], steps: int) -> Tensor:
+    """The iterations of ``orthogonalise`` on X = Q·x, updating Q (N, r, r) only: X·Xᵀ = Q·G·Q
+    (Q is symmetric and commutes with G = x·xᵀ, both polynomials in G), and a·X + (b·A + c·A²)·X
+    = (a + b·A + c·A²)·Q·x for A = X·Xᵀ."""
+    a, b, c = coefficients
+    g = x @ x.mT  # (N, r, r): the only product with x's c columns before the last
+    q = None  # the identity, before the first step
+    for _ in range(steps):
+        gram = g if q is None else q @ (g @ q)  # X·Xᵀ (N, r, r)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·A + c·A²
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)  # + a·I
+        q = poly if q is None else poly @ q
+    return x if q is None else q @ x  # (N, r, c)
 
 
 class Muon(torch.optim.Optimizer):
