@@ -17,7 +17,8 @@ import tinylm
 from tinylm import TransformerLM
 from tinylm.config import ModelConfig, TrainConfig
 from tinylm.errors import ConfigError
-from tinylm.model import apply_rope, causal_attention, make_norm, rope_angles
+from tinylm.functions import ReLUSquared, RMSNormFunction
+from tinylm.model import RMSNorm, apply_rope, causal_attention, make_norm, rope_angles
 from tinylm.train import _check_resumable, fit
 
 # --- RoPE -----------------------------------------------------------------------------------------
@@ -383,7 +384,6 @@ def test_logit_softcap_bounds_the_logits() -> None:
 
 
 def test_rmsnorm_matches_torchs_values_and_gradients() -> None:
-    from tinylm.model import RMSNorm, RMSNormFunction
 
     ours, reference = RMSNorm(16).double(), torch.nn.RMSNorm(16, eps=1e-5).double()
     with torch.no_grad():
@@ -394,3 +394,16 @@ def test_rmsnorm_matches_torchs_values_and_gradients() -> None:
     assert torch.autograd.gradcheck(lambda x, w: RMSNormFunction.apply(x, w, 1e-5), (x, ours.weight))
     with torch.no_grad():  # the fused kernel of F.rms_norm, without autograd
         torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_squared_relu_matches_autograds_values_and_gradients() -> None:
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    x[0, 0, :4] = 0.0  # ReLU's kink: both give 0 there
+    x.requires_grad_()
+    torch.testing.assert_close(ReLUSquared.apply(x), torch.relu(x).square())
+    assert torch.autograd.gradcheck(ReLUSquared.apply, (x,))
+    grad = torch.randn_like(x)
+    ours, = torch.autograd.grad(ReLUSquared.apply(x), x, grad)
+    theirs, = torch.autograd.grad(torch.relu(x).square(), x, grad)
+    torch.testing.assert_close(ours, theirs)
+

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinylm.config import ModelConfig
+from tinylm.functions import ReLUSquared, RMSNormFunction
 
 
 class LayerCache(Protocol):
@@ -119,31 +120,6 @@ class RMSNorm(nn.Module):
         if not torch.is_grad_enabled() or not (x.requires_grad or self.weight.requires_grad):
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
         return RMSNormFunction.apply(x, self.weight, self.eps)
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """y = x̂ · g with x̂ = x · r, r = 1 / √(mean(x²) + ε); its gradients in a few whole-tensor
-    operations: ∂x = r · (∂x̂ - x̂ · mean(∂x̂ ⊙ x̂)) with ∂x̂ = ∂y ⊙ g, and ∂g = Σ ∂y ⊙ x̂."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        # ‖x‖ in one reduction kernel; mean(x²) = ‖x‖² / d on the small (..., 1) tensor.
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.size(-1)).add_(eps).rsqrt_()
-        x_hat = x * r  # (..., d)
-        ctx.save_for_backward(x_hat, r, weight)
-        return x_hat * weight
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
-        x_hat, r, weight = ctx.saved_tensors
-        grad_x_hat = grad * weight
-        x_hat = x_hat.to(grad_x_hat.dtype)  # under autocast x̂ may be bf16 and the gradient fp32
-        dot = torch.linalg.vecdot(grad_x_hat, x_hat).unsqueeze(-1).div_(x_hat.size(-1))  # (..., 1)
-        grad_x = torch.addcmul(grad_x_hat, x_hat, dot, value=-1).mul_(r)
-        grad_weight = None
-        if ctx.needs_input_grad[1]:  # Σ over every position of ∂y ⊙ x̂, one fused reduction
-            grad_weight = torch.linalg.vecdot(grad.flatten(0, -2), x_hat.flatten(0, -2), dim=0)
-        return grad_x, grad_weight, None
 
 
 def rope_angles(positions: int, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
@@ -239,8 +215,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)  # 2 × (B, T, hidden)
             h = F.silu(gate) * up  # each unit passes as much of `up` as its gate lets through
-        elif self.relu2:
-            h = F.relu(h).square()  # sparse like ReLU, smooth at 0 like GELU, and cheap
+        elif self.relu2:  # ReLU(h)²: sparse like ReLU, smooth at 0 like GELU, and cheap
+            h = ReLUSquared.apply(h) if torch.is_grad_enabled() and h.requires_grad else F.relu(h).square()
         else:
             h = F.gelu(h)
         return self.dropout(self.proj(h))  # (B, T, d)
