@@ -13,8 +13,10 @@ learner's attention), ``eager_step`` gives None and generation runs the model it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +36,54 @@ def eager_step(model: TransformerLM, cache: KVCache) -> OneTokenStep | None:
     return OneTokenStep(model, cache) if known else None
 
 
-def _norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm(x)``, calling its function directly (nn.LayerNorm, or tinylm's RMSNorm without
-    gradients)."""
+def _norm(norm: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``norm``'s function on its weights, to call directly: torch's own, without F's wrapper
+    (nn.LayerNorm, or tinylm's RMSNorm without gradients)."""
     if type(norm) is RMSNorm:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return partial(torch.rms_norm, normalized_shape=norm.weight.shape, weight=norm.weight, eps=norm.eps)
+    return partial(torch.layer_norm, normalized_shape=norm.normalized_shape, weight=norm.weight,
+                   bias=norm.bias, eps=norm.eps)
+
+
+def _linear(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
+    """``layer``'s product on (B, in) rows: x·Wᵀ + b with Wᵀ taken once, here, not at every call."""
+    weight_t = layer.weight.t()  # (in, out)
+    if layer.bias is None:
+        return partial(torch.mm, mat2=weight_t)
+    return partial(torch.addmm, layer.bias, mat2=weight_t)
+
+
+class _Layer(NamedTuple):
+    """One block's weights and settings as the step uses them, looked up once per generation:
+    a module attribute costs about a microsecond a lookup, and a step makes dozens per layer."""
+
+    ln_1: Callable[[Tensor], Tensor]
+    qkv: Callable[[Tensor], Tensor]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    q_norm: Callable[[Tensor], Tensor] | None
+    k_norm: Callable[[Tensor], Tensor] | None
+    explicit: bool
+    proj: Callable[[Tensor], Tensor]
+    ln_2: Callable[[Tensor], Tensor] | None  # None: no MLP
+    fc: Callable[[Tensor], Tensor] | None
+    activation: str  # "swiglu", "relu2" or "gelu"
+    mlp_proj: Callable[[Tensor], Tensor] | None
+    cache: LayerCache
+    joint: Tensor | None  # the cache's keys and values side by side, when it holds them so
+
+
+def _layer(block: nn.Module, cache: LayerCache) -> _Layer:
+    attn, mlp = block.attn, block.mlp
+    activation = "" if mlp is None else "swiglu" if mlp.swiglu else "relu2" if mlp.relu2 else "gelu"
+    return _Layer(
+        ln_1=_norm(block.ln_1), qkv=_linear(attn.qkv), heads=attn.heads, kv_heads=attn.kv_heads,
+        head_dim=attn.head_dim, q_norm=_norm(attn.q_norm) if attn.q_norm is not None else None,
+        k_norm=_norm(attn.k_norm) if attn.k_norm is not None else None, explicit=attn.explicit,
+        proj=_linear(attn.proj), ln_2=_norm(block.ln_2) if mlp is not None else None,
+        fc=_linear(mlp.fc) if mlp is not None else None, activation=activation,
+        mlp_proj=_linear(mlp.proj) if mlp is not None else None, cache=cache, joint=cache.joint)
 
 
 class OneTokenStep:
@@ -47,71 +91,74 @@ class OneTokenStep:
     stores; the same maths as ``model.place`` then ``model.logits`` on a sliced cache."""
 
     def __init__(self, model: TransformerLM, cache: KVCache) -> None:
-        self.model, self.cache, self.config = model, cache, model.config
-        # Keys and values side by side in one buffer per layer when the cache holds them so:
-        # then the new ones are one copy straight out of the QKV product.
-        self.joint = [layer.joint for layer in cache.layers]
+        self.cache, config = cache, model.config
+        self.block_size, self.softcap = config.block_size, config.logit_softcap
+        self.embedding = model.token_embedding.weight  # (V, d)
+        self.positions = model.position_embedding.weight if model.position_embedding is not None else None
+        self.rope = (model.rope_cos, model.rope_sin) if config.position == "rope" else None
+        self.layers = [_layer(block, layer) for block, layer in zip(model.blocks, cache.layers, strict=True)]
+        self.ln_f, self.head = _norm(model.ln_f), _linear(model.lm_head)
 
     def __call__(self, token: Tensor) -> Tensor:
-        model, cache, config = self.model, self.cache, self.config
+        cache = self.cache
         p = cache.length  # the new token's position
-        if p >= config.block_size:
+        if p >= self.block_size:
             raise ValueError(f"a sequence of {p + 1} tokens is longer than "
-                             f"model.block_size={config.block_size}")
+                             f"model.block_size={self.block_size}")
         cache.length = p + 1
-        x = F.embedding(token[:, 0], model.token_embedding.weight)  # (B, d)
-        if model.position_embedding is not None:
-            x = x + model.position_embedding.weight[p]
+        x = self.embedding.index_select(0, token.view(-1))  # (B, d)
+        if self.positions is not None:
+            x = x + self.positions[p]
         rope = None
-        if config.position == "rope":
-            rope = (model.rope_cos[p : p + 1], model.rope_sin[p : p + 1])  # 2 × (1, hd/2)
-        for block, layer, joint in zip(model.blocks, cache.layers, self.joint, strict=True):
-            x = x + self._attend(block.attn, _norm(block.ln_1, x), layer, joint, p, rope)
-            if block.mlp is not None:
-                x = x + self._mlp(block.mlp, _norm(block.ln_2, x))
-        logits = F.linear(_norm(model.ln_f, x), model.lm_head.weight)  # (B, V)
-        if config.logit_softcap is not None:
-            cap = config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
+        if self.rope is not None:
+            cos, sin = self.rope
+            rope = (cos[p : p + 1], sin[p : p + 1])  # 2 × (1, hd/2)
+        for layer in self.layers:
+            x = x + self._attend(layer, layer.ln_1(x), p, rope)
+            if layer.ln_2 is not None:
+                x = x + self._mlp(layer, layer.ln_2(x))
+        logits = self.head(self.ln_f(x))  # (B, V)
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
     @staticmethod
-    def _attend(attn: CausalSelfAttention, x: Tensor, layer: LayerCache, joint: Tensor | None, p: int,
-                rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def _attend(layer: _Layer, x: Tensor, p: int, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """CausalSelfAttention.forward for one position ``p`` of a sliced cache: (B, d)."""
-        B, H, G, hd = x.size(0), attn.heads, attn.kv_heads, attn.head_dim
-        heads = F.linear(x, attn.qkv.weight, attn.qkv.bias).view(B, H + 2 * G, 1, hd)
+        B, H, G, hd = x.size(0), layer.heads, layer.kv_heads, layer.head_dim
+        heads = layer.qkv(x).view(B, H + 2 * G, 1, hd)
         # narrow, not indexing: the same views in one call each instead of a tuple of slices
         q = heads.narrow(1, 0, H)  # (B, H, 1, hd)
-        if joint is not None and attn.q_norm is None and rope is None:  # k, v as they come
-            joint.narrow(2, p, 1).copy_(heads.narrow(1, H, 2 * G))
+        cache = layer.cache
+        if layer.joint is not None and layer.q_norm is None and rope is None:  # k, v as they come
+            layer.joint.narrow(2, p, 1).copy_(heads.narrow(1, H, 2 * G))
         else:
             k, v = heads.narrow(1, H, G), heads.narrow(1, H + G, G)  # (B, G, 1, hd)
-            if attn.q_norm is not None:
-                q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
+            if layer.q_norm is not None:
+                q, k = layer.q_norm(q), layer.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            layer.keys.narrow(2, p, 1).copy_(k)
-            layer.values.narrow(2, p, 1).copy_(v)
-        k, v = layer.keys.narrow(2, 0, p + 1), layer.values.narrow(2, 0, p + 1)  # (B, G, p + 1, hd)
+            cache.keys.narrow(2, p, 1).copy_(k)
+            cache.values.narrow(2, p, 1).copy_(v)
+        k, v = cache.keys.narrow(2, 0, p + 1), cache.values.narrow(2, 0, p + 1)  # (B, G, p + 1, hd)
         if G != H:
             k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
         # One query: every cached key is visible, so no mask.
-        y = causal_attention(q, k, v)[0] if attn.explicit else F.scaled_dot_product_attention(q, k, v)
-        return F.linear(y.view(B, H * hd), attn.proj.weight, attn.proj.bias)  # (B, d)
+        y = causal_attention(q, k, v)[0] if layer.explicit else F.scaled_dot_product_attention(q, k, v)
+        return layer.proj(y.view(B, H * hd))  # (B, d)
 
     @staticmethod
-    def _mlp(mlp: MLP, x: Tensor) -> Tensor:
+    def _mlp(layer: _Layer, x: Tensor) -> Tensor:
         """MLP.forward on (B, d) rows."""
-        h = F.linear(x, mlp.fc.weight, mlp.fc.bias)
-        if mlp.swiglu:
+        h = layer.fc(x)
+        if layer.activation == "swiglu":
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
-        elif mlp.relu2:
+        elif layer.activation == "relu2":
             h = F.relu(h).square()
         else:
             h = F.gelu(h)
-        return F.linear(h, mlp.proj.weight, mlp.proj.bias)
+        return layer.mlp_proj(h)
 
 
 @contextmanager

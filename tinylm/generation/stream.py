@@ -66,7 +66,8 @@ def stream(model: TransformerLM, idx: Tensor, max_new_tokens: int, temperature: 
             if cache is not None:
                 cache.clear()
                 filled = True
-        with native_kernels(one_thread=eager is not None and batch == 1):
+        # One row's one-token step on one thread; filling the cache is rows enough to share.
+        with native_kernels(one_thread=one_token and eager is not None and batch == 1):
             if one_token and eager is not None:
                 token = choose_next(eager(new), noise, temperature, top_k, top_p)
             else:
