@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_script
+
+from tinylm.tools.measures import OtherWork, ratio_with_load
 
 TRAIN_KEYS = {
     "ms_per_step", "mean_ms_per_step", "tokens_per_sec", "flops_per_token", "achieved_gflops",
@@ -144,6 +149,7 @@ def test_speedrun_benchmark_gives_each_round_a_directory(small_text: Path, tmp_p
     assert "bench: round 2/2: tinylm" in result.stderr
     assert figures["nanogpt_best_val_loss"] == 1.88 and 0 < figures["tinylm_best_val_loss"] < 5
     assert figures["time_ratio"] > 0 and len(figures["time_ratio_rounds"].split("(load ")) == 3
+    assert figures["time_ratio_rounds"].count("other work ") == 2
 
 
 def test_step_benchmark_splits_the_step_and_times_torchs_muon_beside_ours(small_text: Path) -> None:
@@ -162,3 +168,25 @@ def test_gpu_benchmark_on_a_cpu_machine_says_it_needs_a_gpu() -> None:
     assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
     assert result.stderr == ("error: bench.task: gpu needs a CUDA GPU and this machine has none "
                              "(torch.cuda.is_available() is False); run it on a machine with one\n")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads /proc/stat")
+def test_other_work_counts_processes_beside_a_benchmark_not_its_own() -> None:
+    """A ratio is flagged for other work, which the load average cannot tell from the
+    benchmark's own processes: a busy process beside the benchmark counts, a child it waits for
+    does not."""
+    busy = [sys.executable, "-c", "while True: pass"]
+    with OtherWork() as own:
+        subprocess.run([sys.executable, "-c", "sum(range(30_000_000))"], check=True)
+    beside = subprocess.Popen(busy)
+    try:
+        time.sleep(0.5)  # the interpreter starting is not the point
+        with OtherWork() as other:
+            time.sleep(1.5)
+    finally:
+        beside.kill()
+        beside.wait()
+    assert own.cores is not None and own.cores < 0.5, own.cores
+    assert other.cores is not None and other.cores > 0.6, other.cores
+    assert "OTHER WORK: rerun on a quieter machine" in ratio_with_load(0.2, 1.0, 2.0, other.cores)
+    assert ratio_with_load(0.2, 1.0, 2.0, 0.01) == "0.200 (load 1.00→2.00, other work 0.01 cores)"

@@ -44,6 +44,7 @@ from tinylm.tools.bench_sample import bench_sample
 from tinylm.tools.bench_speedrun import bench_speedrun
 from tinylm.tools.bench_step import bench_step
 from tinylm.tools.measures import (
+    OtherWork,
     flops_per_token,
     machine_kind,
     mean_ms,
@@ -178,13 +179,14 @@ def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     rounds = []
     for n in range(bench.repeats):
         load_before = os.getloadavg()[0]
-        progress(f"round {n + 1}/{bench.repeats}: tinylm, {bench.warmup + bench.steps} steps")
-        ours = time_tinylm(config, bench)
-        bare = None
-        if bench.bare:
-            progress(f"round {n + 1}/{bench.repeats}: the bare loop, {bench.warmup + bench.steps} steps")
-            bare = time_bare_loop(config, bench)
-        rounds.append((ours, bare, load_before, os.getloadavg()[0]))
+        with OtherWork() as other:
+            progress(f"round {n + 1}/{bench.repeats}: tinylm, {bench.warmup + bench.steps} steps")
+            ours = time_tinylm(config, bench)
+            bare = None
+            if bench.bare:
+                progress(f"round {n + 1}/{bench.repeats}: the bare loop, {bench.warmup + bench.steps} steps")
+                bare = time_bare_loop(config, bench)
+        rounds.append((ours, bare, load_before, os.getloadavg()[0], other.cores))
     for key in ("ms_per_step", "mean_ms_per_step", "startup_s"):
         result[key] = statistics.median(ours[key] for ours, *_ in rounds)
     tokens_per_step = config.data.batch_size * config.model.block_size
@@ -197,7 +199,8 @@ def bench_train(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     result["mfu"] = result["achieved_gflops"] / result["peak_gflops"]
     if bench.bare:
         result["bare_ms_per_step"] = statistics.median(bare for _, bare, *_ in rounds)
-        ratios = [(ours["ms_per_step"] / bare, before, after) for ours, bare, before, after in rounds]
+        ratios = [(ours["ms_per_step"] / bare, before, after, other)
+                  for ours, bare, before, after, other in rounds]
         result["lightning_overhead"] = statistics.median(ratio for ratio, *_ in ratios)
         result["lightning_overhead_rounds"] = ", ".join(ratio_with_load(*r) for r in ratios)
     if bench.data_prep:

@@ -16,7 +16,7 @@ from typing import Any
 from tinylm.command_configs import BenchConfig
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
-from tinylm.tools.measures import progress, ratio_with_load
+from tinylm.tools.measures import OtherWork, progress, ratio_with_load
 
 PROGRESS_SECONDS = 15  # between progress lines of a long half
 
@@ -53,13 +53,14 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
             for name, (command, cwd, pattern) in commands.items():
                 progress(f"round {n + 1}/{bench.repeats}: {name}")
                 load = os.getloadavg()[0]
-                seconds, stdout = timed(command(n), cwd, name)
+                with OtherWork() as other:
+                    seconds, stdout = timed(command(n), cwd, name)
                 losses = [float(v) for v in re.findall(pattern, stdout)]
                 if not losses:
                     raise RuntimeError(f"{name} printed no validation loss (looked for "
                                        f"{pattern!r}); its last lines:\n{stdout[-1500:]}")
                 runs[name].append({"wall_s": seconds, "best_val_loss": min(losses), "load": load,
-                                   "load_after": os.getloadavg()[0]})
+                                   "load_after": os.getloadavg()[0], "other_cores": other.cores})
     result: dict[str, Any] = {"task": "speedrun", "threads": os.environ.get("OMP_NUM_THREADS", "default"),
                               "repeats": bench.repeats}
     for name, measured in runs.items():
@@ -68,9 +69,15 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
         result[f"{name}_load"] = ", ".join(f"{r['load']:.2f}" for r in measured)
     result["time_ratio"] = result["tinylm_wall_s"] / result["nanogpt_wall_s"]
     result["time_ratio_rounds"] = ", ".join(
-        ratio_with_load(ours["wall_s"] / theirs["wall_s"], theirs["load"], ours["load_after"])
+        ratio_with_load(ours["wall_s"] / theirs["wall_s"], theirs["load"], ours["load_after"],
+                        _most(theirs["other_cores"], ours["other_cores"]))
         for theirs, ours in zip(runs["nanogpt"], runs["tinylm"], strict=True))
     return result
+
+
+def _most(*cores: float | None) -> float | None:
+    known = [c for c in cores if c is not None]
+    return max(known) if known else None
 
 
 def timed(command: list[str], cwd: Path, name: str) -> tuple[float, str]:

@@ -17,9 +17,10 @@ import torch
 from tinylm.config import ModelConfig
 from tinylm.machine import matmul_speed
 
-# A ratio is flagged when the load average moved by more than this fraction (and more than
-# CHANGED_LOAD_ABS) between its two halves' start and end: the machine's speed changed under it.
-CHANGED_LOAD_FRACTION, CHANGED_LOAD_ABS = 0.25, 0.5
+# A ratio is flagged when other work kept more than this many cores busy, on average, during
+# either of its halves. The load average cannot say so: it counts the benchmark's own processes
+# (nanoGPT's two threads lift it to 2 on a quiet machine), and it lags by a minute.
+OTHER_WORK_CORES = 0.25
 
 
 def process_start_time() -> float:
@@ -76,13 +77,43 @@ def machine_kind() -> str:
     return f"{matmul_speed().describe()}; load {os.getloadavg()[0]:.2f}"
 
 
-def ratio_with_load(ratio: float, load_before: float, load_after: float) -> str:
-    """``1.02 (load 1.10→1.30)``, flagged when the load changed enough to move the ratio."""
-    changed = abs(load_after - load_before)
-    flag = (" CHANGING LOAD: rerun on a quieter machine"
-            if changed > CHANGED_LOAD_ABS and changed > CHANGED_LOAD_FRACTION * min(load_before, load_after)
-            else "")
-    return f"{ratio:.3f} (load {load_before:.2f}→{load_after:.2f}{flag})"
+def cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds used so far by the whole machine (/proc/stat: every state but idle and iowait;
+    steal too, the time a hypervisor gave this machine's CPUs to another) and by this process
+    with its finished children. None where there is no /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return ((user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
+            sum(usage.ru_utime + usage.ru_stime for usage in own))
+
+
+class OtherWork:
+    """``with OtherWork() as other: ...``; then ``other.cores``: how many cores, on average,
+    worked for anything but this process and its children meanwhile (None without /proc)."""
+
+    def __enter__(self) -> OtherWork:
+        self.cores: float | None = None
+        self._start, self._cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu, wall = cpu_seconds(), time.perf_counter() - self._start
+        if cpu is not None and self._cpu is not None and wall > 0:
+            machine, own = (after - before for after, before in zip(cpu, self._cpu, strict=True))
+            self.cores = max(0.0, machine - own) / wall
+
+
+def ratio_with_load(ratio: float, load_before: float, load_after: float, other_cores: float | None) -> str:
+    """``1.02 (load 1.10→1.30, other work 0.03 cores)``, flagged when other work kept more than
+    OTHER_WORK_CORES busy during it: the machine's speed for the benchmark changed."""
+    if other_cores is None:
+        return f"{ratio:.3f} (load {load_before:.2f}→{load_after:.2f})"
+    flag = " OTHER WORK: rerun on a quieter machine" if other_cores > OTHER_WORK_CORES else ""
+    return f"{ratio:.3f} (load {load_before:.2f}→{load_after:.2f}, other work {other_cores:.2f} cores{flag})"
 
 
 def progress(message: str) -> None:
