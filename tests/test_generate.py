@@ -101,7 +101,14 @@ def test_eager_step_equals_full_forward(variant: str, path: str) -> None:
         full = model(idx)
         model(idx[:, :5], cache=cache)
         stepped = torch.stack([step(idx[:, t : t + 1]) for t in range(5, 12)], dim=1)
+        cache.clear()  # a slide of the window: the step fills the cache itself, then goes on
+        filled = step.fill(idx[:, :5])
+        refilled = torch.stack([step(idx[:, t : t + 1]) for t in range(5, 12)], dim=1)
+        with pytest.raises(ValueError, match="fill starts an empty cache; this one holds 12 positions"):
+            step.fill(idx[:, :5])
     torch.testing.assert_close(stepped, full[:, 5:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(filled, full[:, 4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(refilled, full[:, 5:], rtol=1e-5, atol=1e-5)
 
 
 def test_an_attention_the_eager_step_does_not_know_is_called_as_it_is() -> None:

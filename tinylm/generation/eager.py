@@ -88,7 +88,8 @@ def _layer(block: nn.Module, cache: LayerCache) -> _Layer:
 
 class OneTokenStep:
     """``step(token (B, 1)) -> logits (B, V)`` of the token after those ``cache`` holds, which it
-    stores; the same maths as ``model.place`` then ``model.logits`` on a sliced cache."""
+    stores; the same maths as ``model.place`` then ``model.logits`` on a sliced cache.
+    ``step.fill(tokens)`` the same for a whole window, into an emptied cache."""
 
     def __init__(self, model: TransformerLM, cache: KVCache) -> None:
         self.cache, config = cache, model.config
@@ -100,56 +101,78 @@ class OneTokenStep:
         self.ln_f, self.head = _norm(model.ln_f), _linear(model.lm_head)
 
     def __call__(self, token: Tensor) -> Tensor:
+        """Logits (B, V) after ``token`` (B, 1), the next position of the cache."""
+        return self._run(token, self.cache.length)
+
+    def fill(self, tokens: Tensor) -> Tensor:
+        """Logits (B, V) after ``tokens`` (B, T), which fill the emptied cache from position 0:
+        what generation does at its start and after each slide of the window."""
+        if self.cache.length != 0:
+            raise ValueError(f"fill starts an empty cache; this one holds {self.cache.length} positions")
+        return self._run(tokens, 0)
+
+    def _run(self, tokens: Tensor, p: int) -> Tensor:
+        """The model on ``tokens`` (B, T) at positions p .. p+T-1 (T > 1 only from p = 0, where the
+        causal mask is the plain one), their keys and values stored: the last position's logits."""
         cache = self.cache
-        p = cache.length  # the new token's position
-        if p >= self.block_size:
-            raise ValueError(f"a sequence of {p + 1} tokens is longer than "
+        B, T = tokens.shape
+        if p + T > self.block_size:
+            raise ValueError(f"a sequence of {p + T} tokens is longer than "
                              f"model.block_size={self.block_size}")
-        cache.length = p + 1
-        x = self.embedding.index_select(0, token.view(-1))  # (B, d)
+        cache.length = p + T
+        x = self.embedding.index_select(0, tokens.reshape(-1))  # (B·T, d): the rows, batch-major
         if self.positions is not None:
-            x = x + self.positions[p]
+            x = (x.view(B, T, -1) + self.positions[p : p + T]).view(B * T, -1)
         rope = None
         if self.rope is not None:
             cos, sin = self.rope
-            rope = (cos[p : p + 1], sin[p : p + 1])  # 2 × (1, hd/2)
+            rope = (cos[p : p + T], sin[p : p + T])  # 2 × (T, hd/2)
         for layer in self.layers:
-            x = x + self._attend(layer, layer.ln_1(x), p, rope)
+            x = x + self._attend(layer, layer.ln_1(x), B, T, p, rope)
             if layer.ln_2 is not None:
                 x = x + self._mlp(layer, layer.ln_2(x))
+        if T > 1:
+            x = x.view(B, T, -1)[:, -1]  # (B, d): only the last position's logits are wanted
         logits = self.head(self.ln_f(x))  # (B, V)
         if self.softcap is not None:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
     @staticmethod
-    def _attend(layer: _Layer, x: Tensor, p: int, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        """CausalSelfAttention.forward for one position ``p`` of a sliced cache: (B, d)."""
-        B, H, G, hd = x.size(0), layer.heads, layer.kv_heads, layer.head_dim
-        heads = layer.qkv(x).view(B, H + 2 * G, 1, hd)
+    def _attend(layer: _Layer, x: Tensor, B: int, T: int, p: int, rope: tuple[Tensor, Tensor] | None
+                ) -> Tensor:
+        """CausalSelfAttention.forward for positions p .. p+T-1 of a sliced cache, on (B·T, d) rows."""
+        H, G, hd = layer.heads, layer.kv_heads, layer.head_dim
+        heads = layer.qkv(x)  # (B·T, (H + 2G)·hd)
+        # (B, H + 2G, T, hd); one position's is a view as it comes
+        heads = heads.view(B, H + 2 * G, 1, hd) if T == 1 else heads.view(B, T, H + 2 * G, hd).transpose(1, 2)
         # narrow, not indexing: the same views in one call each instead of a tuple of slices
-        q = heads.narrow(1, 0, H)  # (B, H, 1, hd)
+        q = heads.narrow(1, 0, H)  # (B, H, T, hd)
         cache = layer.cache
         if layer.joint is not None and layer.q_norm is None and rope is None:  # k, v as they come
-            layer.joint.narrow(2, p, 1).copy_(heads.narrow(1, H, 2 * G))
+            layer.joint.narrow(2, p, T).copy_(heads.narrow(1, H, 2 * G))
         else:
-            k, v = heads.narrow(1, H, G), heads.narrow(1, H + G, G)  # (B, G, 1, hd)
+            k, v = heads.narrow(1, H, G), heads.narrow(1, H + G, G)  # (B, G, T, hd)
             if layer.q_norm is not None:
                 q, k = layer.q_norm(q), layer.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            cache.keys.narrow(2, p, 1).copy_(k)
-            cache.values.narrow(2, p, 1).copy_(v)
-        k, v = cache.keys.narrow(2, 0, p + 1), cache.values.narrow(2, 0, p + 1)  # (B, G, p + 1, hd)
+            cache.keys.narrow(2, p, T).copy_(k)
+            cache.values.narrow(2, p, T).copy_(v)
+        k, v = cache.keys.narrow(2, 0, p + T), cache.values.narrow(2, 0, p + T)  # (B, G, p + T, hd)
         if G != H:
             k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
-        # One query: every cached key is visible, so no mask.
-        y = causal_attention(q, k, v)[0] if layer.explicit else F.scaled_dot_product_attention(q, k, v)
-        return layer.proj(y.view(B, H * hd))  # (B, d)
+        # One query sees every cached key: no mask. Several fill the cache from 0: the causal one.
+        if layer.explicit:
+            y = causal_attention(q, k, v)[0]
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)
+        return layer.proj(y)  # (B·T, d)
 
     @staticmethod
     def _mlp(layer: _Layer, x: Tensor) -> Tensor:
-        """MLP.forward on (B, d) rows."""
+        """MLP.forward on (B·T, d) rows."""
         h = layer.fc(x)
         if layer.activation == "swiglu":
             gate, up = h.chunk(2, dim=-1)

@@ -68,8 +68,9 @@ def stream(model: TransformerLM, idx: Tensor, max_new_tokens: int, temperature: 
                 filled = True
         # One row's one-token step on one thread; filling the cache is rows enough to share.
         with native_kernels(one_thread=one_token and eager is not None and batch == 1):
-            if one_token and eager is not None:
-                token = choose_next(eager(new), noise, temperature, top_k, top_p)
+            if eager is not None:
+                logits = eager(new) if one_token else eager.fill(new)
+                token = choose_next(logits, noise, temperature, top_k, top_p)
             else:
                 model.place(new, cache)
                 if one_token and step is not None:

@@ -27,8 +27,6 @@ def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337
     (a checkout of karpathy/nanoGPT) nanoGPT's ``generate`` on the same shape. All in this
     process, the settings taking turns in each of ``bench.repeats`` rounds, so that a change
     in the machine's speed hits them alike; medians."""
-
-
     torch.manual_seed(seed)
     model = GenerativeLM(replace(model_config, dropout=0.0), bench.vocab_size).eval()
     prompt = torch.zeros(bench.num_samples, 1, dtype=torch.long)
@@ -83,8 +81,6 @@ def bench_sample(model_config: ModelConfig, bench: BenchConfig, seed: int = 1337
 def nanogpt_model(model_config: ModelConfig, bench: BenchConfig, seed: int) -> Any:
     """nanoGPT's own ``GPT`` (model.py of the checkout at ``NANOGPT_DIR``), in eval mode, of
     ``model_config``'s shape and ``bench.vocab_size``."""
-
-
     path = Path(os.environ["NANOGPT_DIR"]).expanduser() / "model.py"
     spec = importlib.util.spec_from_file_location("nanogpt_model", path)
     if spec is None or not path.is_file():

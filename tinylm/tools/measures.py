@@ -35,7 +35,6 @@ def process_start_time() -> float:
 
 def peak_matmul_gflops(dtype_name: str = "float32", size: int = 1024, repeats: int = 10) -> float:
     """GFLOP/s of a square matmul in ``dtype_name`` on this machine now: the roof for MFU."""
-
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm up
