@@ -113,3 +113,18 @@ def test_a_run_says_its_precision_in_its_first_lines(small_text: Path, workdir: 
                         "matmuls run at 0.028× float32's speed on this CPU (AMD EPYC, AVX2, bfloat16 "
                         "instructions: none)")
     assert os.environ["XDG_CACHE_HOME"] in str(cache_file())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="caps x86 instructions")
+def test_on_a_cpu_whose_bfloat16_is_slow_the_speedrun_says_it_iterates_muon_in_float32(
+        small_text: Path, workdir: Path) -> None:
+    """Measured, not told: with oneDNN capped to AVX2 this machine's bfloat16 matmuls are an
+    AVX2-only laptop's, and the speedrun's first lines say what it chose and why."""
+    overrides = quick_overrides(small_text, workdir / "run", "experiment=speedrun", "trainer.max_steps=2",
+                                "trainer.val_check_interval=2", script=True)
+    result, _, _ = train_cli(workdir, *overrides, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.splitlines()[1]
+    chosen = "precision: 32-true, Muon's iterations in float32: bfloat16 matmuls run at 0.0"
+    assert line.startswith(chosen), line
+    assert line.endswith("ONEDNN_MAX_CPU_ISA=AVX2)"), line
