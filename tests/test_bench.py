@@ -125,11 +125,6 @@ def test_sample_benchmark_times_the_compiled_step_and_nanogpt_beside_in_batches(
     assert "compile_pays_back_after" in figures
 
 
-def test_speedrun_benchmark_needs_nanogpt() -> None:
-    result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
-    assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr
-
-
 NANOGPT_TRAIN_STUB = """
 import sys
 print("step 2000: train loss 1.7000, val loss 1.8800")  # the line nanoGPT's train.py prints
@@ -137,11 +132,33 @@ assert "--device=cpu" in sys.argv and "--max_iters=2000" in sys.argv, sys.argv
 """
 
 
+def test_speedrun_benchmark_needs_nanogpt() -> None:
+    result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": ""})
+    assert result.returncode != 0 and "NANOGPT_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_speedrun_benchmark_needs_nanogpts_data_prepared(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(NANOGPT_TRAIN_STUB)
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    (tmp_path / "data" / "shakespeare_char" / "meta.pkl").write_bytes(b"")
+    result = run_script("bench.py", "bench.task=speedrun", env={"NANOGPT_DIR": str(tmp_path)})
+    assert result.returncode == 2 and result.stdout == ""
+    data = tmp_path / "data" / "shakespeare_char"
+    assert result.stderr == (f"error: bench.task: speedrun: NANOGPT_DIR has no train.bin, val.bin in {data}; "
+                             f"prepare them there: copy tiny shakespeare to {data}/input.txt and run "
+                             f"python prepare.py in {data}\n")
+
+
+
+
 @pytest.mark.slow
 def test_speedrun_benchmark_gives_each_round_a_directory(small_text: Path, tmp_path: Path) -> None:
     """Each round is a whole new run: a second round in the first round's directory would only
     say that the run has finished, and print no loss."""
     (tmp_path / "train.py").write_text(NANOGPT_TRAIN_STUB)
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    for name in ("train.bin", "val.bin", "meta.pkl"):  # prepared, as the stand-in never reads them
+        (tmp_path / "data" / "shakespeare_char" / name).write_bytes(b"")
     result = run_script("bench.py", "bench.task=speedrun", f"data.source={small_text}", "bench.repeats=2",
                         env={"NANOGPT_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]

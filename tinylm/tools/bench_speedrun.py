@@ -19,6 +19,7 @@ from tinylm.errors import ConfigError
 from tinylm.tools.measures import OtherWork, progress, ratio_with_load
 
 PROGRESS_SECONDS = 15  # between progress lines of a long half
+NANOGPT_DATA = ("train.bin", "val.bin", "meta.pkl")  # what its prepare.py writes, its train.py reads
 
 # nanoGPT's README CPU run ("I only have a macbook"), as its README gives it.
 NANOGPT_CPU_RUN = ("train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
@@ -37,6 +38,11 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     if not nanogpt_dir or not (Path(nanogpt_dir).expanduser() / "train.py").is_file():
         raise ConfigError("bench.task: speedrun needs NANOGPT_DIR, a checkout of karpathy/nanoGPT "
                           "with data/shakespeare_char/train.bin, val.bin and meta.pkl")
+    data = Path(nanogpt_dir).expanduser() / "data" / "shakespeare_char"
+    if missing := [name for name in NANOGPT_DATA if not (data / name).is_file()]:
+        raise ConfigError(f"bench.task: speedrun: NANOGPT_DIR has no {', '.join(missing)} in {data}; "
+                          f"prepare them there: copy tiny shakespeare to {data / 'input.txt'} and run "
+                          f"python prepare.py in {data}")
     source = config.data.source if isinstance(config.data.source, str) else ",".join(config.data.source)
     runs: dict[str, list[dict[str, float]]] = {"nanogpt": [], "tinylm": []}
     with tempfile.TemporaryDirectory(prefix="tinylm-speedrun-") as out:
