@@ -92,10 +92,12 @@ def cpu_seconds() -> tuple[float, float] | None:
 
 class OtherWork:
     """``with OtherWork() as other: ...``; then ``other.cores``: how many cores, on average,
-    worked for anything but this process and its children meanwhile (None without /proc)."""
+    worked for anything but this process and its children meanwhile, and ``other.own_cores``
+    for them (both None without /proc)."""
 
     def __enter__(self) -> OtherWork:
         self.cores: float | None = None
+        self.own_cores: float | None = None
         self._start, self._cpu = time.perf_counter(), cpu_seconds()
         return self
 
@@ -103,7 +105,7 @@ class OtherWork:
         cpu, wall = cpu_seconds(), time.perf_counter() - self._start
         if cpu is not None and self._cpu is not None and wall > 0:
             machine, own = (after - before for after, before in zip(cpu, self._cpu, strict=True))
-            self.cores = max(0.0, machine - own) / wall
+            self.cores, self.own_cores = max(0.0, machine - own) / wall, own / wall
 
 
 def ratio_with_load(ratio: float, load_before: float, load_after: float, other_cores: float | None) -> str:
