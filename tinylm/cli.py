@@ -79,6 +79,7 @@ from tinylm.startup import (
     discard_made_run_dirs,
     discard_unused_run_dir,
     hydra_run_dir,
+    interrupts_after_loading,
     only_bookkeeping,
     remove_run_dir,
     stopped_at_start,
@@ -407,4 +408,6 @@ def exit_on_error(run: Callable[[], T], cleanup: Callable[[], None] | None = Non
 
 def _function(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    with interrupts_after_loading():  # torch, Lightning, datasets: seconds of imports
+        loaded = importlib.import_module(module)
+    return getattr(loaded, name)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import shutil
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -121,3 +124,29 @@ def discard_made_run_dirs() -> None:
     for run_dir in made():
         if run_dir.is_dir() and all(p.name == LOCK_NAME for p in run_dir.iterdir()):
             remove_run_dir(run_dir)
+
+
+@contextmanager
+def interrupts_after_loading() -> Iterator[None]:
+    """A Ctrl-C while a command's libraries load is taken once they have loaded, as the
+    KeyboardInterrupt it would have been: raised inside an import, it is caught half-way by some
+    libraries (numpy's, scipy's), which then fail later on a half-made module with an error that
+    has nothing to do with it. A second Ctrl-C is taken at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
