@@ -145,8 +145,8 @@ def interrupts_after_loading() -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, defer)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: a handler set outside Python, which cannot be set back; Python's own then
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
 
