@@ -60,7 +60,13 @@ from tinylm.command_configs import (
 from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError, TinyLMError
 from tinylm.learner.checker.arguments import overrides as check_attention_overrides
-from tinylm.preflight import check_checkpoint, check_export, check_intact, check_sweep_strategy, check_train
+from tinylm.preflight import (
+    check_checkpoint,
+    check_export,
+    check_resumed_checkpoint,
+    check_sweep_strategy,
+    check_train,
+)
 from tinylm.resume import (
     RunFinished,
     check_unfinished,
@@ -71,7 +77,7 @@ from tinylm.resume import (
     resume_arguments,
     run_settings,
 )
-from tinylm.rundir import run_dir, run_name_suffix, shown
+from tinylm.rundir import run_dir, run_name_suffix
 from tinylm.runlock import acquire, first_process
 from tinylm.schema import as_plain, build, config_error, schema
 from tinylm.search import check_trial, searching, trial_name
@@ -257,28 +263,16 @@ def claim_run_dir(arguments: list[str]) -> list[str]:
     return arguments
 
 
-def check_resumed_checkpoint(root: Path, checkpoint: Path) -> None:
-    """That the checkpoint a resume of the run in ``root`` names is there and intact."""
-    if checkpoint.is_file():
-        check_intact(checkpoint, "ckpt_path")
-    elif checkpoint.name == "last.ckpt":
-        raise ConfigError(f"ckpt_path: {shown(root)} has no checkpoint: it stopped before its first save; "
-                          f"train it again, without ckpt_path")
-    else:
-        raise ConfigError(f"ckpt_path: no checkpoint file at {checkpoint.absolute()}; "
-                          f"its run's last checkpoint: ckpt_path={shown(root)}")
-
-
 def relaunchable(name: str, arguments: list[str], task: Callable[[], T]) -> T:
     """Run ``task`` with ``sys.argv`` a command line that Python can run again: Lightning's ddp
     starts the other processes of a run with ``python sys.argv`` (``python -m tinylm.__main__
     sys.argv[1:]`` under ``python -m tinylm``) plus the run directory. Hydra has read its
     arguments by now."""
-    shown, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
+    given, sys.argv = sys.argv, [str(RELAUNCH), name, *arguments]
     try:
         return task()
     finally:
-        sys.argv = shown
+        sys.argv = given
 
 
 def _translating(command: Command, arguments: list[str], run: Callable[[], T]) -> T:

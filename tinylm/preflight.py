@@ -18,7 +18,7 @@ from tinylm.config import TrainConfig
 from tinylm.errors import ConfigError
 from tinylm.integrity import DamagedCheckpoint, refusal, verify
 from tinylm.memory import check_before_torch
-from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, preferred, run_dir
+from tinylm.rundir import EXPORTED_CONFIG, checkpoint_path, preferred, run_dir, shown
 from tinylm.sources import check_source
 
 
@@ -92,3 +92,15 @@ def check_sweep_strategy(trainer_args: dict[str, Any]) -> None:
             f"trainer.strategy: {strategy} with trainer.devices={devices} re-runs this script in every "
             f"process, which under -m starts the whole sweep again; use trainer.strategy=ddp_spawn"
         )
+
+
+def check_resumed_checkpoint(root: Path, checkpoint: Path) -> None:
+    """That the checkpoint a resume of the run in ``root`` names is there and intact."""
+    if checkpoint.is_file():
+        check_intact(checkpoint, "ckpt_path")
+    elif checkpoint.name == "last.ckpt":
+        raise ConfigError(f"ckpt_path: {shown(root)} has no checkpoint: it stopped before its first save; "
+                          f"train it again, without ckpt_path")
+    else:
+        raise ConfigError(f"ckpt_path: no checkpoint file at {checkpoint.absolute()}; "
+                          f"its run's last checkpoint: ckpt_path={shown(root)}")
