@@ -15,6 +15,7 @@ environment variables that cap oneDNN's, ATen's and MKL's instructions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,7 +62,8 @@ class MatmulSpeed:
         return self.bf16_factor >= BF16_MARGIN
 
     def kind(self) -> str:
-        """The CPU, torch's ISA and the CPU's bfloat16 instructions: "AMD EPYC, AVX512, avx512_bf16"."""
+        """The CPU, torch's ISA, the CPU's bfloat16 instructions and any cap: "AMD EPYC, AVX512,
+        bfloat16 instructions: avx512_bf16"."""
         return ", ".join(filter(None, (self.cpu, self.isa, f"bfloat16 instructions: {self.bf16_instructions}",
                                        self.capped)))
 
@@ -74,24 +76,25 @@ class MatmulSpeed:
 def cpu_model() -> str:
     """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8481C"), from /proc/cpuinfo
     where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_flags() -> list[str]:
     """The CPU's instruction flags from /proc/cpuinfo (empty where there is none)."""
+    return (_cpuinfo("flags", "Features") or "").split()
+
+
+@functools.cache
+def _cpuinfo(*names: str) -> str | None:
+    """The value of /proc/cpuinfo's first line named one of ``names`` (None where there is
+    none); read once per process: the CPU does not change under it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].split()
+            if line.startswith(names):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return []
+    return None
 
 
 def capped_kernels() -> str:

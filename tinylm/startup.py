@@ -149,4 +149,3 @@ def interrupts_after_loading() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
-

@@ -34,11 +34,12 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
     ``data.source``, one after the other, ``bench.repeats`` times; medians, the best val/loss
     each printed, and the load average before each run."""
 
-    nanogpt_dir = os.environ.get("NANOGPT_DIR")
-    if not nanogpt_dir or not (Path(nanogpt_dir).expanduser() / "train.py").is_file():
+    given = os.environ.get("NANOGPT_DIR")
+    nanogpt_dir = Path(given).expanduser() if given else None
+    if nanogpt_dir is None or not (nanogpt_dir / "train.py").is_file():
         raise ConfigError("bench.task: speedrun needs NANOGPT_DIR, a checkout of karpathy/nanoGPT "
                           "with data/shakespeare_char/train.bin, val.bin and meta.pkl")
-    data = Path(nanogpt_dir).expanduser() / "data" / "shakespeare_char"
+    data = nanogpt_dir / "data" / "shakespeare_char"
     if missing := [name for name in NANOGPT_DATA if not (data / name).is_file()]:
         raise ConfigError(f"bench.task: speedrun: NANOGPT_DIR has no {', '.join(missing)} in {data}; "
                           f"prepare them there: copy tiny shakespeare to {data / 'input.txt'} and run "
@@ -50,7 +51,7 @@ def bench_speedrun(config: TrainConfig, bench: BenchConfig) -> dict[str, Any]:
         # directory would only say that it has finished.
         commands = {
             "nanogpt": (lambda n: [sys.executable, *NANOGPT_CPU_RUN, f"--out_dir={out}/nanogpt-{n}"],
-                        Path(nanogpt_dir).expanduser(), r"val loss (\d+\.\d+)"),
+                        nanogpt_dir, r"val loss (\d+\.\d+)"),
             "tinylm": (lambda n: [sys.executable, "-m", "tinylm", "train", "experiment=speedrun",
                                   f"data.source={source}", f"hydra.run.dir={out}/tinylm-{n}"],
                        Path.cwd(), r"best val/loss (\d+\.\d+)"),
